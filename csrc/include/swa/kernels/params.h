@@ -1,0 +1,102 @@
+// Parameter structs of the CUDA kernels: filled once on the host, passed by
+// value. Plain C++ (no torch, no CUDA headers) so that kernel files compile in
+// seconds and other extensions can launch the kernels themselves.
+//
+// Layouts: q/out [B, Hq, Sq, D], k/v [B, Hkv, Sk, D] with arbitrary strides
+// (in elements, 64-bit) and a contiguous last dim; lse [B, Hq, Sq] float32,
+// contiguous. Query head h reads kv head h / (Hq / Hkv).
+#pragma once
+
+#include <cstdint>
+
+#include "swa/kernels/namespace.h"
+
+namespace SWA_KERNEL_NS {
+
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64 = 3 };
+
+// One [B, H, S, D] operand: base pointer and strides in elements.
+struct TensorRef {
+  void* ptr = nullptr;  // const for inputs; written only where the op says so
+  int64_t batch_stride = 0;
+  int64_t head_stride = 0;
+  int64_t row_stride = 0;
+};
+
+// Where keys/values come from in cache_attention: the ring, read in place.
+// Virtual key j of batch b is position key_start + j (see ring.h): ring slot
+// (key_start + j) % capacity below pos[b], else row (key_start + j - pos[b])
+// of params.k / params.v (the new tokens). seqlen_k then varies per batch and
+// is derived on the device from pos, never read back by the host.
+struct RingSource {
+  TensorRef k_cache;          // [B, Hkv, C, D]
+  TensorRef v_cache;          // [B, Hkv, C, D]
+  const int64_t* pos = nullptr;  // [B], device memory
+  int64_t capacity = 0;       // C
+  int64_t window = 0;         // W (window_left = W - 1, window_right = 0)
+};
+
+struct AttentionParams {
+  DType dtype = DType::kBFloat16;
+  TensorRef q, k, v;
+  void* out = nullptr;          // same strides as out_ref below
+  int64_t out_batch_stride = 0, out_head_stride = 0, out_row_stride = 0;
+  float* lse = nullptr;         // [B, Hq, Sq] contiguous
+
+  int64_t batch = 0;
+  int64_t heads_q = 0;
+  int64_t heads_kv = 0;
+  int64_t seqlen_q = 0;
+  int64_t seqlen_k = 0;          // unused when ring is set (per batch then)
+  int64_t head_dim = 0;
+  int64_t window_left = -1;      // -1: unbounded
+  int64_t window_right = 0;      // -1: unbounded
+  float scale = 1.f;             // softmax scale applied to q.k
+  float softcap = 0.f;           // > 0: s -> softcap * tanh(s / softcap)
+
+  // Optional rolling-cache key source (cache_attention); ring.pos == nullptr
+  // means plain attention over params.k / params.v.
+  RingSource ring;
+
+  // Split-KV (flash-decoding): when num_splits > 1 each split writes partial
+  // results to out_accum [splits, B, Hq, Sq, D] and lse_accum
+  // [splits, B, Hq, Sq] (float32, contiguous) and a combine kernel reduces them.
+  int num_splits = 1;
+  float* out_accum = nullptr;
+  float* lse_accum = nullptr;
+
+  int device_sm_count = 0;       // filled by the host for split heuristics
+};
+
+struct AttentionBackwardParams {
+  AttentionParams fwd;           // q, k, v, out, lse and the problem shape
+  TensorRef dout;                // [B, Hq, Sq, D]
+  const float* dlse = nullptr;   // [B, Hq, Sq] contiguous, or nullptr (zero)
+  TensorRef dq;                  // [B, Hq, Sq, D] (written), q's dtype
+  TensorRef dk;                  // [B, Hkv, Sk, D] (written), k's dtype
+  TensorRef dv;                  // [B, Hkv, Sk, D] (written), v's dtype
+  // Workspaces (float32, contiguous, owned by the caller; see launch.h for
+  // which must be zeroed):
+  float* softmax_d = nullptr;    // [B, Hq, Sq]: rowsum(dO * O) - dlse
+  float* dq_accum = nullptr;     // [B, Hq, Sq, D]
+  bool deterministic = false;    // bit-identical results run to run
+};
+
+struct CacheAppendParams {
+  DType dtype = DType::kBFloat16;
+  TensorRef k_cache, v_cache;    // [B, Hkv, C, D] (written)
+  TensorRef k, v;                // [B, Hkv, T, D]
+  const int64_t* pos = nullptr;  // [B]
+  int64_t batch = 0, heads_kv = 0, capacity = 0, new_len = 0, head_dim = 0;
+};
+
+struct CacheGatherParams {
+  DType dtype = DType::kBFloat16;
+  TensorRef k_cache, v_cache;    // [B, Hkv, C, D]
+  void* k_out = nullptr;         // [B, Hkv, n, D] contiguous
+  void* v_out = nullptr;
+  const int64_t* pos = nullptr;  // [B]
+  int64_t batch = 0, heads_kv = 0, capacity = 0, n = 0, head_dim = 0;
+};
+
+}  // namespace SWA_KERNEL_NS

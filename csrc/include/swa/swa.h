@@ -1,0 +1,57 @@
+// swa_cuda's C++ API: one function per op, calling through the PyTorch
+// dispatcher, so C++ callers get the same CPU/CUDA dispatch and autograd as
+// Python's torch.ops.swa.*. Link libswa_cuda.so (swa_cuda.library_path(), or
+// the CMake target swa_cuda::swa_cuda). Plain C++: no CUDA headers.
+//
+// Window convention (see swa/kernels/band.h): query row i sits at key
+// position p = i + Sk - Sq and sees keys j with
+// p - window_left <= j <= p + window_right; -1 = unbounded on that side.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "swa/export.h"
+
+namespace swa {
+
+// (out [B, Hq, Sq, D] in q's dtype and layout, lse [B, Hq, Sq] float32).
+// q [B, Hq, Sq, D]; k, v [B, Hkv, Sk, D] with Hq a multiple of Hkv.
+SWA_API std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v, int64_t window_left = -1,
+                                                     int64_t window_right = 0,
+                                                     std::optional<double> scale = std::nullopt,
+                                                     double softcap = 0.0);
+
+// (grad_q, grad_k, grad_v) of attention's (out, lse); grad_lse may be empty.
+SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic = false);
+
+// Rolling KV cache (ring of capacity C; position p lives in slot p % C).
+// Writes k, v [B, Hkv, T, D] for positions pos .. pos + T - 1 (pos int64 [B]).
+SWA_API void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,
+                          const at::Tensor& v, const at::Tensor& pos);
+
+// The n most recent tokens before pos, oldest first: ([B, Hkv, n, D], same).
+SWA_API std::tuple<at::Tensor, at::Tensor> cache_gather(const at::Tensor& k_cache,
+                                                        const at::Tensor& v_cache,
+                                                        const at::Tensor& pos, int64_t n);
+
+// Attention of q [B, Hq, T, D] at positions pos .. pos + T - 1 over the ring
+// and k_new, v_new [B, Hkv, T, D], window W keys incl. self; ring unchanged.
+SWA_API std::tuple<at::Tensor, at::Tensor> cache_attention(
+    const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+    const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
+    std::optional<double> scale = std::nullopt, double softcap = 0.0);
+
+// The torch and CUDA versions this library was built against ("" = no CUDA).
+SWA_API const char* built_torch_version();
+SWA_API const char* built_cuda_version();
+
+}  // namespace swa
