@@ -1,0 +1,60 @@
+// The C++ API (swa/swa.h): each function looks its op up once and calls it
+// through the dispatcher, exactly as torch.ops.swa.* does from Python.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "swa/swa.h"
+
+namespace swa {
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v, int64_t window_left,
+                                             int64_t window_right, std::optional<double> scale,
+                                             double softcap) {
+  static auto op = find_op<decltype(attention)>("swa::attention");
+  return op.call(q, k, v, window_left, window_right, scale, softcap);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic) {
+  static auto op = find_op<decltype(attention_backward)>("swa::attention_backward");
+  return op.call(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right, scale, softcap,
+                 deterministic);
+}
+
+void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,
+                  const at::Tensor& v, const at::Tensor& pos) {
+  static auto op = find_op<void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&)>("swa::cache_append");
+  op.call(k_cache, v_cache, k, v, pos);
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_gather(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                                const at::Tensor& pos, int64_t n) {
+  static auto op = find_op<decltype(cache_gather)>("swa::cache_gather");
+  return op.call(k_cache, v_cache, pos, n);
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_attention(const at::Tensor& q, const at::Tensor& k_new,
+                                                   const at::Tensor& v_new, const at::Tensor& k_cache,
+                                                   const at::Tensor& v_cache, const at::Tensor& pos,
+                                                   int64_t window, std::optional<double> scale,
+                                                   double softcap) {
+  static auto op = find_op<decltype(cache_attention)>("swa::cache_attention");
+  return op.call(q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap);
+}
+
+const char* built_torch_version() { return SWA_TORCH_VERSION; }
+const char* built_cuda_version() { return SWA_CUDA_VERSION; }
+
+}  // namespace swa

@@ -1,0 +1,64 @@
+// Autograd for swa::attention, registered in C++ under the Autograd key so that
+// Python callers, C++ callers that only link the library, and torch.compile
+// (which traces through this kernel) all get the same backward.
+#include <ATen/Context.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include "swa/swa.h"
+
+namespace swa {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, int64_t window_left, int64_t window_right,
+                               std::optional<double> scale, double softcap) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, lse] = swa::attention(q, k, v, window_left, window_right, scale, softcap);
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["window_left"] = window_left;
+    ctx->saved_data["window_right"] = window_right;
+    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    ctx->saved_data["softcap"] = softcap;
+    // An unused output's gradient arrives undefined rather than as zeros, so
+    // a loss on out alone pays nothing for lse (and vice versa).
+    ctx->set_materialize_grads(false);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    // Upstream gradients may be broadcast views (stride 0, e.g. from .sum()).
+    at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(out);
+    if (grad_out.stride(-1) != 1) grad_out = grad_out.contiguous();
+    std::optional<at::Tensor> grad_lse;
+    if (grads[1].defined()) grad_lse = grads[1].contiguous();
+    const c10::IValue& scale = ctx->saved_data["scale"];
+    auto [dq, dk, dv] = swa::attention_backward(
+        grad_out, grad_lse, q, k, v, out, lse, ctx->saved_data["window_left"].toInt(),
+        ctx->saved_data["window_right"].toInt(),
+        scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()),
+        ctx->saved_data["softcap"].toDouble(), at::globalContext().deterministicAlgorithms());
+    return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v, int64_t window_left,
+                                                      int64_t window_right,
+                                                      std::optional<double> scale, double softcap) {
+  auto outputs = AttentionFunction::apply(q, k, v, window_left, window_right, scale, softcap);
+  return {outputs[0], outputs[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(swa, Autograd, m) { m.impl("attention", &attention_autograd); }
+
+}  // namespace swa

@@ -1,0 +1,71 @@
+#include "ops/checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace swa {
+
+void check_bhsd(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must have 4 dims [B, H, S, D], got ", t.dim(),
+              " dims (shape ", t.sizes(), ")");
+  TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1 || t.numel() == 0, op, ": ", name,
+              " must have a contiguous last dim (stride 1), got strides ", t.strides());
+}
+
+void check_like_q(const char* op, const char* name, const at::Tensor& t, const at::Tensor& q) {
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), op, ": ", name, " must have q's dtype ",
+              q.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == q.device(), op, ": ", name, " must be on q's device ", q.device(),
+              ", got ", t.device());
+}
+
+void check_window(const char* op, int64_t window_left, int64_t window_right) {
+  TORCH_CHECK(window_left >= -1, op, ": window_left must be >= -1 (-1 = unbounded), got ",
+              window_left);
+  TORCH_CHECK(window_right >= -1, op, ": window_right must be >= -1 (-1 = unbounded), got ",
+              window_right);
+}
+
+void check_softcap(const char* op, double softcap) {
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, op,
+              ": softcap must be a finite number >= 0 (0 = off), got ", softcap);
+}
+
+AttentionShape check_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, int64_t window_left, int64_t window_right,
+                               std::optional<double> scale, double softcap) {
+  check_bhsd(op, "q", q);
+  check_bhsd(op, "k", k);
+  check_bhsd(op, "v", v);
+  auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat ||
+                  dtype == at::kDouble,
+              op, ": q must be float16, bfloat16, float32 or float64, got ", dtype);
+  check_like_q(op, "k", k, q);
+  check_like_q(op, "v", v, q);
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape [B, Hkv, Sk, D], got k ",
+              k.sizes(), " and v ", v.sizes());
+  TORCH_CHECK(k.size(0) == q.size(0), op, ": k and v must have q's batch size ", q.size(0),
+              ", got ", k.size(0));
+  TORCH_CHECK(k.size(3) == q.size(3), op, ": k and v must have q's head dim ", q.size(3),
+              ", got ", k.size(3));
+  TORCH_CHECK(q.size(3) >= 1, op, ": the head dim (last dim of q) must be >= 1, got ", q.size(3));
+  AttentionShape s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
+  TORCH_CHECK(s.heads_kv >= 1 || s.heads_q == 0, op, ": k and v must have at least one head, got 0");
+  TORCH_CHECK(s.heads_kv == 0 || s.heads_q % s.heads_kv == 0, op,
+              ": q's head count must be a multiple of k's (GQA/MQA), got Hq = ", s.heads_q,
+              " and Hkv = ", s.heads_kv);
+  check_window(op, window_left, window_right);
+  check_softcap(op, softcap);
+  TORCH_CHECK(!scale.has_value() || std::isfinite(*scale), op,
+              ": scale must be a finite number or None, got ", scale.value_or(0.0));
+  return s;
+}
+
+double softmax_scale(std::optional<double> scale, int64_t head_dim) {
+  return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
+}  // namespace swa

@@ -1,0 +1,43 @@
+// Argument checks shared by every backend. Each violated precondition raises a
+// RuntimeError (TORCH_CHECK) naming the op, the argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace swa {
+
+// The problem shape of attention, read off checked q [B, Hq, Sq, D] and
+// k/v [B, Hkv, Sk, D].
+struct AttentionShape {
+  int64_t batch;
+  int64_t heads_q;
+  int64_t heads_kv;
+  int64_t seqlen_q;
+  int64_t seqlen_k;
+  int64_t head_dim;
+  int64_t group() const { return heads_q / heads_kv; }  // query heads per kv head
+  bool empty() const { return batch == 0 || heads_q == 0 || seqlen_q == 0; }
+};
+
+// A 4-d [B, H, S, D] tensor with a contiguous last dim.
+void check_bhsd(const char* op, const char* name, const at::Tensor& t);
+
+// Same dtype (one of float16, bfloat16, float32, float64) and device as q.
+void check_like_q(const char* op, const char* name, const at::Tensor& t, const at::Tensor& q);
+
+void check_window(const char* op, int64_t window_left, int64_t window_right);
+void check_softcap(const char* op, double softcap);
+
+// Checks q, k, v of attention (ranks, dtypes, devices, head dims, GQA, window,
+// softcap, scale) and returns the shape.
+AttentionShape check_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, int64_t window_left, int64_t window_right,
+                               std::optional<double> scale, double softcap);
+
+// scale, or 1/sqrt(head_dim) when not given.
+double softmax_scale(std::optional<double> scale, int64_t head_dim);
+
+}  // namespace swa

@@ -1,0 +1,23 @@
+// Every op schema of the swa namespace, declared once. Backends register their
+// kernels where they live (csrc/cpu, csrc/cuda); autograd in autograd.cpp.
+// Released schemas never change: new capabilities arrive as overloads.
+#include <torch/library.h>
+
+TORCH_LIBRARY(swa, m) {
+  // Banded attention; see csrc/include/swa/kernels/band.h for the window.
+  m.def(
+      "attention(Tensor q, Tensor k, Tensor v, int window_left=-1, int window_right=0, "
+      "float? scale=None, float softcap=0.0) -> (Tensor out, Tensor lse)");
+  // Gradients of attention's (out, lse) with respect to q, k, v. grad_lse may
+  // be None (zero). deterministic: bit-identical results run to run.
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, int window_left, int window_right, float? scale, float softcap, "
+      "bool deterministic=False) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  // Rolling KV cache; see csrc/include/swa/kernels/ring.h.
+  m.def("cache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor pos) -> ()");
+  m.def("cache_gather(Tensor k_cache, Tensor v_cache, Tensor pos, int n) -> (Tensor, Tensor)");
+  m.def(
+      "cache_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor k_cache, Tensor v_cache, "
+      "Tensor pos, int window, float? scale=None, float softcap=0.0) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,24 @@
+"""swa_cuda: sliding-window (banded) attention for PyTorch.
+
+The ops live in torch.ops.swa (attention, attention_backward, cache_append,
+cache_gather, cache_attention); this package loads their library, registers
+their fake kernels, and offers thin Python fronts.
+"""
+
+from . import _library
+
+_library.load()
+
+from . import ops  # noqa: E402  (fake kernels; needs the library loaded)
+from ._library import cmake_prefix_path, include_dir, library_path  # noqa: E402
+from .ops import local_attention, sliding_window_attention  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sliding_window_attention",
+    "local_attention",
+    "include_dir",
+    "library_path",
+    "cmake_prefix_path",
+]

@@ -1,0 +1,78 @@
+"""Fake kernels of the attention ops and the Python fronts.
+
+The schemas, the CPU/CUDA kernels and autograd are registered in C++ (see
+csrc/ops/schema.cpp); this module only adds what tracing needs (fake kernels)
+and two convenience functions with the usual window conventions.
+"""
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+
+@torch.library.register_fake("swa::attention")
+def _attention_fake(q, k, v, window_left=-1, window_right=0, scale=None, softcap=0.0):
+    torch._check(q.dim() == 4, lambda: f"swa::attention: q must have 4 dims, got {q.dim()}")
+    torch._check(k.dim() == 4 and v.dim() == 4, lambda: "swa::attention: k and v must have 4 dims")
+    out = torch.empty_like(q)
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.register_fake("swa::attention_backward")
+def _attention_backward_fake(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right,
+                             scale, softcap, deterministic=False):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _result(out: Tensor, lse: Tensor, return_lse: bool):
+    return (out, lse) if return_lse else out
+
+
+def sliding_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: Optional[int],
+    *,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Causal sliding-window attention: each token sees the `window` most recent
+    keys, itself included (Mistral / Hugging Face `sliding_window=W`, i.e.
+    FlashAttention `window_size=(W-1, 0)`). `window=None` is full causal.
+
+    q: [B, Hq, Sq, D]; k, v: [B, Hkv, Sk, D] (Hq a multiple of Hkv). The last
+    Sq keys' positions are the queries' (bottom-right alignment).
+    Returns out [B, Hq, Sq, D] (and lse [B, Hq, Sq] float32 if return_lse).
+    """
+    if window is None:
+        window_left = -1
+    else:
+        if window < 1:
+            raise ValueError(f"sliding_window_attention: window must be >= 1 or None, got {window}")
+        window_left = window - 1
+    out, lse = torch.ops.swa.attention(q, k, v, window_left, 0, scale, softcap)
+    return _result(out, lse, return_lse)
+
+
+def local_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window_size: Tuple[int, int] = (-1, -1),
+    *,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Banded attention with FlashAttention's `window_size=(left, right)`
+    numbers (-1 = unbounded; causal is (-1, 0)) but the [B, H, S, D] layout
+    used everywhere in swa_cuda. Query row i sits at key position
+    i + Sk - Sq and sees keys in [p - left, p + right].
+    """
+    left, right = window_size
+    out, lse = torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
+    return _result(out, lse, return_lse)
