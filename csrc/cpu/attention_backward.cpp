@@ -97,26 +97,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool /*deterministic: always*/) {
-  const char* op = "swa::attention_backward";
-  const AttentionShape shape = check_attention(op, q, k, v, window_left, window_right, scale, softcap);
-  check_bhsd(op, "grad_out", grad_out);
-  check_like_q(op, "grad_out", grad_out, q);
-  check_bhsd(op, "out", out);
-  check_like_q(op, "out", out, q);
-  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), op,
-              ": grad_out and out must have q's shape ", q.sizes(), ", got ", grad_out.sizes(),
-              " and ", out.sizes());
+  const AttentionShape shape = check_attention_backward("swa::attention_backward", grad_out, grad_lse, q,
+                                                        k, v, out, lse, window_left, window_right,
+                                                        scale, softcap);
   const std::vector<int64_t> lse_shape{shape.batch, shape.heads_q, shape.seqlen_q};
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == lse_shape && lse.device() == q.device(),
-              op, ": lse must be float32 of shape ", lse_shape, " on q's device, got ",
-              lse.scalar_type(), " ", lse.sizes(), " on ", lse.device());
-  if (grad_lse.has_value() && grad_lse->defined()) {
-    TORCH_CHECK(grad_lse->scalar_type() == at::kFloat && grad_lse->sizes() == lse_shape &&
-                    grad_lse->device() == q.device(),
-                op, ": grad_lse must be float32 of shape ", lse_shape, " on q's device, got ",
-                grad_lse->scalar_type(), " ", grad_lse->sizes(), " on ", grad_lse->device());
-  }
-
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   if (k.numel() == 0 || q.numel() == 0) {
     dq.zero_(), dk.zero_(), dv.zero_();

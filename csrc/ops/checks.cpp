@@ -64,6 +64,31 @@ AttentionShape check_attention(const char* op, const at::Tensor& q, const at::Te
   return s;
 }
 
+AttentionShape check_attention_backward(const char* op, const at::Tensor& grad_out,
+                                        const std::optional<at::Tensor>& grad_lse,
+                                        const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& out, const at::Tensor& lse,
+                                        int64_t window_left, int64_t window_right,
+                                        std::optional<double> scale, double softcap) {
+  const AttentionShape shape = check_attention(op, q, k, v, window_left, window_right, scale, softcap);
+  check_bhsd(op, "grad_out", grad_out);
+  check_like_q(op, "grad_out", grad_out, q);
+  check_bhsd(op, "out", out);
+  check_like_q(op, "out", out, q);
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), op,
+              ": grad_out and out must have q's shape ", q.sizes(), ", got ", grad_out.sizes(),
+              " and ", out.sizes());
+  const std::vector<int64_t> lse_shape{shape.batch, shape.heads_q, shape.seqlen_q};
+  auto check_lse = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.sizes() == lse_shape && t.device() == q.device(),
+                op, ": ", name, " must be float32 of shape ", c10::IntArrayRef(lse_shape), " on q's device, got ",
+                t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  };
+  check_lse("lse", lse);
+  if (grad_lse.has_value() && grad_lse->defined()) check_lse("grad_lse", *grad_lse);
+  return shape;
+}
+
 double softmax_scale(std::optional<double> scale, int64_t head_dim) {
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }

@@ -37,6 +37,15 @@ AttentionShape check_attention(const char* op, const at::Tensor& q, const at::Te
                                const at::Tensor& v, int64_t window_left, int64_t window_right,
                                std::optional<double> scale, double softcap);
 
+// check_attention plus the backward's own tensors: grad_out and out shaped and
+// typed like q, lse and grad_lse (optional) float32 [B, Hq, Sq].
+AttentionShape check_attention_backward(const char* op, const at::Tensor& grad_out,
+                                        const std::optional<at::Tensor>& grad_lse,
+                                        const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& out, const at::Tensor& lse,
+                                        int64_t window_left, int64_t window_right,
+                                        std::optional<double> scale, double softcap);
+
 // scale, or 1/sqrt(head_dim) when not given.
 double softmax_scale(std::optional<double> scale, int64_t head_dim);
 
