@@ -1,0 +1,36 @@
+# Sourced by tests/run.sh and bench/run.sh: installs what the project needs on
+# a fresh machine and builds swa_cuda into the current Python environment.
+# Sets PYTHON. Build options (SWA_CPU_ONLY, TORCH_CUDA_ARCH_LIST, SWA_HEAD_DIMS,
+# SWA_DTYPES, MAX_JOBS) pass through to setup.py.
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="${SWA_TORCH_VERSION:-2.14.1}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+have_torch=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+if [ "$have_torch" != "$TORCH_VERSION" ]; then
+  echo "== installing torch $TORCH_VERSION (found: ${have_torch:-none}) =="
+  "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
+fi
+"$PYTHON" -m pip install -q pytest numpy expecttest matplotlib ninja
+
+# The nvcc on PATH may be a wrapper outside the toolkit: find the real root.
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null 2>&1; then
+  for root in "$(dirname "$(dirname "$(command -v nvcc)")")/cuda" \
+              "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
+    if [ -x "$root/bin/nvcc" ] && [ -f "$root/include/cuda_runtime.h" ]; then
+      export CUDA_HOME="$root"
+      break
+    fi
+  done
+fi
+
+mkdir -p build
+echo "== building swa_cuda (CUDA_HOME=${CUDA_HOME:-none}, archs ${TORCH_CUDA_ARCH_LIST:-default 8.0;9.0+PTX}) =="
+build_start=$(date +%s)
+if ! "$PYTHON" -m pip install --no-build-isolation -v . >build/pip-install.log 2>&1; then
+  tail -n 60 build/pip-install.log
+  echo "swa_cuda: build failed (full log: build/pip-install.log)"
+  exit 1
+fi
+grep -E "^swa_cuda:" build/pip-install.log || true
+echo "== build took $(( $(date +%s) - build_start )) s =="
