@@ -33,8 +33,9 @@ def check_versions() -> None:
         from . import _build_info
     except ImportError as e:  # a source checkout that was never built
         raise ImportError(
-            "swa_cuda: the native library is not built; install the package with "
-            "`pip install --no-build-isolation .`"
+            f"swa_cuda: no built library in {_PACKAGE_DIR}; install the package with "
+            "`pip install --no-build-isolation .` (from the repository root, Python imports "
+            "the unbuilt source folder instead of the installed package: run elsewhere)"
         ) from e
     built = _build_info.TORCH_VERSION
     if _major_minor(built) != _major_minor(torch.__version__):

@@ -1,0 +1,36 @@
+// A consumer torch extension: includes <swa/swa.h>, links libswa_cuda.so
+// (swa_cuda.library_path()) and registers its own op on top of swa::attention.
+// Built by tests/test_cpp_api.py with torch.utils.cpp_extension.
+#include <swa/swa.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+namespace {
+
+// Mistral-style layer attention: W keys including self.
+at::Tensor mistral_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             int64_t window) {
+  return std::get<0>(swa::attention(q, k, v, window - 1, 0));
+}
+
+// Autograd for a C++ caller that only links the library: the gradient of
+// sum(out) + sum(lse) with respect to q, k, v, computed entirely in C++.
+std::vector<at::Tensor> attention_grads(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, int64_t window_left,
+                                        int64_t window_right) {
+  at::AutoGradMode enable(true);
+  auto qg = q.detach().requires_grad_(true);
+  auto kg = k.detach().requires_grad_(true);
+  auto vg = v.detach().requires_grad_(true);
+  auto [out, lse] = swa::attention(qg, kg, vg, window_left, window_right);
+  (out.sum() + lse.sum()).backward();
+  return {qg.grad(), kg.grad(), vg.grad()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(swa_consumer, m) {
+  m.def("mistral_attention(Tensor q, Tensor k, Tensor v, int window) -> Tensor", &mistral_attention);
+  m.def("attention_grads(Tensor q, Tensor k, Tensor v, int window_left, int window_right) -> Tensor[]",
+        &attention_grads);
+}
