@@ -1,0 +1,120 @@
+// CPU backend of the rolling KV cache ops (see swa/kernels/ring.h for the
+// slot rule and the virtual key sequence of cache_attention).
+//
+// A run of consecutive positions occupies consecutive ring slots, wrapping
+// once at most (a run is never longer than C), so every ring access here is
+// at most two slices of the ring. cache_attention builds each sequence's
+// virtual key sequence (ring slots, then the new keys) and runs the exact CPU
+// attention kernel on it: no second attention kernel.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/attention.h"
+#include "ops/cache_checks.h"
+#include "swa/kernels/ring.h"
+
+namespace swa::cpu {
+namespace {
+
+namespace kn = SWA_KERNEL_NS;
+
+// The n ring rows starting at slot, wrapping past C: (Hkv, n, D). A view when
+// they do not wrap, else a copy.
+at::Tensor read_ring(const at::Tensor& ring, int64_t slot, int64_t n) {  // ring (Hkv, C, D)
+  const int64_t head = std::min(n, ring.size(1) - slot);  // rows before the wrap
+  if (head == n) return ring.narrow(1, slot, n);
+  return at::cat({ring.narrow(1, slot, head), ring.narrow(1, 0, n - head)}, 1);
+}
+
+// Writes src (Hkv, n, D) into the n ring rows starting at slot, wrapping.
+void write_ring(const at::Tensor& ring, int64_t slot, const at::Tensor& src) {  // ring (Hkv, C, D)
+  const int64_t n = src.size(1);
+  const int64_t head = std::min(n, ring.size(1) - slot);
+  ring.narrow(1, slot, head).copy_(src.narrow(1, 0, head));
+  if (n > head) ring.narrow(1, 0, n - head).copy_(src.narrow(1, head, n - head));
+}
+
+void cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& pos) {
+  const char* op = "swa::cache_append";
+  const CacheShape cache = check_cache_append(op, k_cache, v_cache, k, v, pos);
+  check_pos_values(op, pos);
+  const int64_t new_len = k.size(2);
+  // Only the last C tokens land when T > C (the earlier ones would be
+  // overwritten by them anyway).
+  const int64_t first = kn::append_first_row(new_len, cache.capacity);
+  const int64_t landing = new_len - first;
+  if (landing == 0 || cache.heads_kv == 0) return;
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t b = 0; b < cache.batch; ++b) {
+    const int64_t slot = kn::ring_slot(p[b] + first, cache.capacity);
+    write_ring(k_cache.select(0, b), slot, k.select(0, b).narrow(1, first, landing));
+    write_ring(v_cache.select(0, b), slot, v.select(0, b).narrow(1, first, landing));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_gather_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                                    const at::Tensor& pos, int64_t n) {
+  const char* op = "swa::cache_gather";
+  const CacheShape cache = check_cache_gather(op, k_cache, v_cache, pos, n);
+  check_pos_values(op, pos);
+  at::Tensor k_out = at::empty({cache.batch, cache.heads_kv, n, cache.head_dim}, k_cache.options());
+  at::Tensor v_out = at::empty_like(k_out);
+  if (k_out.numel() == 0) return {k_out, v_out};
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t b = 0; b < cache.batch; ++b) {
+    // Row r is position pos - n + r; rows below position 0 are zeros.
+    const int64_t zero_rows = std::min(n, std::max<int64_t>(0, -kn::gather_position(p[b], n, 0)));
+    const int64_t held = n - zero_rows;
+    at::Tensor kb = k_out.select(0, b), vb = v_out.select(0, b);  // (Hkv, n, D)
+    kb.narrow(1, 0, zero_rows).zero_();
+    vb.narrow(1, 0, zero_rows).zero_();
+    if (held == 0) continue;
+    const int64_t slot = kn::ring_slot(kn::gather_position(p[b], n, zero_rows), cache.capacity);
+    kb.narrow(1, zero_rows, held).copy_(read_ring(k_cache.select(0, b), slot, held));
+    vb.narrow(1, zero_rows, held).copy_(read_ring(v_cache.select(0, b), slot, held));
+  }
+  return {k_out, v_out};
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, const at::Tensor& k_new,
+                                                       const at::Tensor& v_new, const at::Tensor& k_cache,
+                                                       const at::Tensor& v_cache, const at::Tensor& pos,
+                                                       int64_t window, std::optional<double> scale,
+                                                       double softcap) {
+  const char* op = "swa::cache_attention";
+  const AttentionShape shape =
+      check_cache_attention(op, q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap);
+  check_pos_values(op, pos);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, q.options().dtype(at::kFloat));
+  if (shape.empty()) return {out, lse};
+  const double softmax_scale_value = softmax_scale(scale, shape.head_dim);
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    // Sequences sit at different positions, so each has its own virtual key
+    // sequence: ring slots of positions key_start .. pos - 1, then k_new.
+    const kn::RingView view{p[b], shape.seqlen_q, window, k_cache.size(2)};
+    at::Tensor k_b = k_new.narrow(0, b, 1), v_b = v_new.narrow(0, b, 1);  // (1, Hkv, T, D)
+    if (view.ring_len() > 0) {
+      const int64_t slot = view.slot(0);  // slots of virtual keys 0 .. ring_len - 1 follow on
+      k_b = at::cat({read_ring(k_cache.select(0, b), slot, view.ring_len()).unsqueeze(0), k_b}, 2);
+      v_b = at::cat({read_ring(v_cache.select(0, b), slot, view.ring_len()).unsqueeze(0), v_b}, 2);
+    }
+    // (1, Hkv, seqlen_k, D) keys; the T queries are its last T positions.
+    at::Tensor out_b = out.narrow(0, b, 1), lse_b = lse.narrow(0, b, 1);
+    attention_forward_into(q.narrow(0, b, 1), k_b, v_b, window - 1, 0, softmax_scale_value, softcap,
+                           out_b, lse_b);
+  }
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(swa, CPU, m) {
+  m.impl("cache_append", &cache_append_cpu);
+  m.impl("cache_gather", &cache_gather_cpu);
+  m.impl("cache_attention", &cache_attention_cpu);
+}
+
+}  // namespace swa::cpu

@@ -1,0 +1,113 @@
+#include "ops/cache_checks.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace swa {
+
+CacheShape check_cache(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  check_bhsd(op, "k_cache", k_cache);
+  check_bhsd(op, "v_cache", v_cache);
+  const auto dtype = k_cache.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
+              op, ": k_cache must be float16, bfloat16, float32 or float64, got ", dtype);
+  TORCH_CHECK(v_cache.scalar_type() == dtype, op, ": v_cache must have k_cache's dtype ", dtype,
+              ", got ", v_cache.scalar_type());
+  TORCH_CHECK(v_cache.device() == k_cache.device(), op, ": v_cache must be on k_cache's device ",
+              k_cache.device(), ", got ", v_cache.device());
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), op,
+              ": k_cache and v_cache must have the same shape [B, Hkv, C, D], got k_cache ",
+              k_cache.sizes(), " and v_cache ", v_cache.sizes());
+  CacheShape s{k_cache.size(0), k_cache.size(1), k_cache.size(2), k_cache.size(3)};
+  TORCH_CHECK(s.capacity >= 1, op, ": k_cache's capacity C (dim 2) must be >= 1, got ", s.capacity);
+  return s;
+}
+
+void check_pos(const char* op, const at::Tensor& pos, const CacheShape& cache, const at::Device& device) {
+  TORCH_CHECK(pos.defined(), op, ": pos must be a tensor, got None");
+  TORCH_CHECK(pos.scalar_type() == at::kLong, op, ": pos must be int64, got ", pos.scalar_type());
+  TORCH_CHECK(pos.dim() == 1 && pos.size(0) == cache.batch, op, ": pos must have shape [B] = [",
+              cache.batch, "], got ", pos.sizes());
+  TORCH_CHECK(pos.device() == device, op, ": pos must be on the cache's device ", device, ", got ",
+              pos.device());
+  TORCH_CHECK(pos.size(0) <= 1 || pos.stride(0) == 1, op, ": pos must be contiguous, got stride ",
+              pos.stride(0));
+}
+
+void check_pos_values(const char* op, const at::Tensor& pos) {
+  if (pos.numel() == 0) return;
+  const int64_t lowest = pos.min().item<int64_t>();
+  TORCH_CHECK(lowest >= 0, op, ": pos must be >= 0 (absolute positions), got ", lowest);
+}
+
+int64_t check_new_tokens(const char* op, const char* k_name, const char* v_name, const at::Tensor& k,
+                         const at::Tensor& v, const at::Tensor& k_cache, const CacheShape& cache) {
+  check_bhsd(op, k_name, k);
+  check_bhsd(op, v_name, v);
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{k_name, &k}, {v_name, &v}}) {
+    TORCH_CHECK(t->scalar_type() == k_cache.scalar_type(), op, ": ", name, " must have k_cache's dtype ",
+                k_cache.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == k_cache.device(), op, ": ", name, " must be on k_cache's device ",
+                k_cache.device(), ", got ", t->device());
+  }
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": ", k_name, " and ", v_name,
+              " must have the same shape [B, Hkv, T, D], got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(k.size(0) == cache.batch && k.size(1) == cache.heads_kv && k.size(3) == cache.head_dim, op,
+              ": ", k_name, " and ", v_name, " must be [B, Hkv, T, D] with the cache's B = ", cache.batch,
+              ", Hkv = ", cache.heads_kv, " and D = ", cache.head_dim, ", got ", k.sizes());
+  return k.size(2);
+}
+
+CacheShape check_cache_append(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos) {
+  const CacheShape cache = check_cache(op, k_cache, v_cache);
+  check_new_tokens(op, "k", "v", k, v, k_cache, cache);
+  check_pos(op, pos, cache, k_cache.device());
+  return cache;
+}
+
+CacheShape check_cache_gather(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                              const at::Tensor& pos, int64_t n) {
+  const CacheShape cache = check_cache(op, k_cache, v_cache);
+  check_pos(op, pos, cache, k_cache.device());
+  TORCH_CHECK(n >= 0 && n <= cache.capacity, op, ": n must be in [0, C] = [0, ", cache.capacity,
+              "] (the ring holds C tokens), got ", n);
+  return cache;
+}
+
+AttentionShape check_cache_attention(const char* op, const at::Tensor& q, const at::Tensor& k_new,
+                                     const at::Tensor& v_new, const at::Tensor& k_cache,
+                                     const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
+                                     std::optional<double> scale, double softcap) {
+  TORCH_CHECK(window >= 1, op, ": window must be >= 1 (keys seen per query, itself included), got ",
+              window);
+  // The new keys by their own names first; check_attention then covers the
+  // dtype, GQA, head dim, softcap and scale.
+  check_bhsd(op, "q", q);
+  check_bhsd(op, "k_new", k_new);
+  check_bhsd(op, "v_new", v_new);
+  check_like_q(op, "k_new", k_new, q);
+  check_like_q(op, "v_new", v_new, q);
+  TORCH_CHECK(k_new.sizes() == v_new.sizes(), op,
+              ": k_new and v_new must have the same shape [B, Hkv, T, D], got k_new ", k_new.sizes(),
+              " and v_new ", v_new.sizes());
+  TORCH_CHECK(k_new.size(0) == q.size(0) && k_new.size(3) == q.size(3), op,
+              ": k_new and v_new must have q's batch size ", q.size(0), " and head dim ", q.size(3),
+              ", got ", k_new.sizes());
+  const AttentionShape shape = check_attention(op, q, k_new, v_new, window - 1, 0, scale, softcap);
+  TORCH_CHECK(shape.seqlen_k == shape.seqlen_q, op,
+              ": k_new and v_new must hold one key per query (T = q.size(2) = ", shape.seqlen_q,
+              "), got ", shape.seqlen_k);
+  const CacheShape cache = check_cache(op, k_cache, v_cache);
+  check_like_q(op, "k_cache", k_cache, q);
+  TORCH_CHECK(cache.batch == shape.batch && cache.heads_kv == shape.heads_kv &&
+                  cache.head_dim == shape.head_dim,
+              op, ": k_cache and v_cache must be [B, Hkv, C, D] with k_new's B = ", shape.batch,
+              ", Hkv = ", shape.heads_kv, " and D = ", shape.head_dim, ", got ", k_cache.sizes());
+  TORCH_CHECK(cache.capacity >= window - 1, op, ": k_cache's capacity C (dim 2) must be >= window - 1 = ",
+              window - 1, " (the ring must hold every earlier key a query sees), got ", cache.capacity);
+  check_pos(op, pos, cache, q.device());
+  return shape;
+}
+
+}  // namespace swa
