@@ -1,0 +1,230 @@
+"""Rolling KV cache for sliding-window decoding: the three cache ops' fake
+kernels and `RollingKVCache`, which holds every layer's ring.
+
+The ops (torch.ops.swa.*, CPU and CUDA)
+---------------------------------------
+
+Layouts. ``k_cache`` and ``v_cache`` are ``[B, Hkv, C, D]``: one ring of
+capacity ``C`` per sequence and kv head. ``pos`` is int64 ``[B]`` on the
+cache's device: the absolute position of each sequence's *next* token.
+Sequences may sit at different positions (continuous batching). New tokens
+``k``, ``v`` (``k_new``, ``v_new``) are ``[B, Hkv, T, D]`` and queries ``q``
+are ``[B, Hq, T, D]`` (``Hq`` a multiple of ``Hkv``: GQA/MQA), the ``T``
+tokens at positions ``pos .. pos + T - 1`` of each sequence.
+
+Slot rule. Position ``p`` lives in ring slot ``p % C``, so a sequence at
+``pos`` holds positions ``max(0, pos - C) .. pos - 1`` (Mistral's rolling
+buffer). Nothing is ever shifted or unrotated.
+
+``cache_append(k_cache, v_cache, k, v, pos) -> ()``
+    Writes ``k``, ``v`` for positions ``pos .. pos + T - 1`` in place. When
+    ``T > C`` only the last ``C`` tokens land, exactly as if written one by
+    one. It does not change ``pos`` (advance it yourself, once per step).
+
+``cache_gather(k_cache, v_cache, pos, n) -> (k, v)``
+    The ``n <= C`` most recent tokens before ``pos``, oldest first, as new
+    contiguous ``[B, Hkv, n, D]`` tensors; row ``r`` is position
+    ``pos - n + r``, and rows at negative positions are zeros.
+
+``cache_attention(q, k_new, v_new, k_cache, v_cache, pos, window, scale=None, softcap=0.0) -> (out, lse)``
+    Attention of the ``T`` new queries over the ring's tokens together with
+    ``k_new``, ``v_new``: the query at position ``p`` sees the keys at
+    positions ``p - window + 1 .. p`` (``window`` keys, itself included), so
+    the new tokens attend causally to each other. ``T = 1`` is a decoding
+    step, ``T > 1`` a chunk of a prefill (chunked prefill: any ``T``, even
+    more than ``C``). The ring is read in place (no gather copy) and is not
+    modified: call ``cache_append`` afterwards to add ``k_new``, ``v_new``.
+    Needs ``window >= 1`` and ``C >= window - 1``. Returns ``out``
+    ``[B, Hq, T, D]`` in q's dtype and ``lse`` ``[B, Hq, T]`` float32, with the
+    conventions of ``torch.ops.swa.attention`` (``scale`` defaults to
+    ``1/sqrt(D)``; ``softcap > 0`` caps scores to ``softcap * tanh(s / softcap)``).
+
+Every tensor may have any strides as long as its last dim is contiguous
+(a slice of a longer sequence, one layer's view of a larger cache); on CUDA
+nothing is copied. All arguments' dtypes, shapes and devices are checked. On
+CUDA the values of ``pos`` are never read back to the host (no sync, so a
+decoding step can be captured in a CUDA graph): keeping them >= 0 is the
+caller's job there; the CPU ops reject negative positions.
+
+``T`` is the same for every sequence of one call; mixing prefill chunks and
+decodes of different lengths in one call (ragged ``T``) is not supported yet
+and will come later.
+"""
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["RollingKVCache"]
+
+
+# ---- fake kernels (shapes only, for torch.compile / meta tensors) ---------------
+
+
+@torch.library.register_fake("swa::cache_append")
+def _cache_append_fake(k_cache, v_cache, k, v, pos):
+    torch._check(k_cache.dim() == 4, lambda: "swa::cache_append: k_cache must have 4 dims [B, Hkv, C, D]")
+    torch._check(k.dim() == 4, lambda: "swa::cache_append: k must have 4 dims [B, Hkv, T, D]")
+    return None
+
+
+@torch.library.register_fake("swa::cache_gather")
+def _cache_gather_fake(k_cache, v_cache, pos, n):
+    torch._check(k_cache.dim() == 4, lambda: "swa::cache_gather: k_cache must have 4 dims [B, Hkv, C, D]")
+    shape = (k_cache.shape[0], k_cache.shape[1], n, k_cache.shape[3])
+    return k_cache.new_empty(shape), v_cache.new_empty(shape)
+
+
+@torch.library.register_fake("swa::cache_attention")
+def _cache_attention_fake(q, k_new, v_new, k_cache, v_cache, pos, window, scale=None, softcap=0.0):
+    torch._check(q.dim() == 4, lambda: "swa::cache_attention: q must have 4 dims [B, Hq, T, D]")
+    out = torch.empty_like(q)
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse
+
+
+# ---- the cache object ------------------------------------------------------------
+
+
+def _per_layer(value, num_layers: int, name: str) -> List[int]:
+    if isinstance(value, int):
+        return [value] * num_layers
+    values = [int(x) for x in value]
+    if len(values) != num_layers:
+        raise ValueError(f"RollingKVCache: {name} must be one int or one per layer ({num_layers}), "
+                         f"got {len(values)}")
+    return values
+
+
+class RollingKVCache:
+    """Every layer's rolling KV cache for sliding-window decoding, and one
+    shared ``pos`` (int64 ``[B]``, each sequence's next position).
+
+    Layer ``l`` keeps a ring ``k_cache(l)``, ``v_cache(l)`` of shape
+    ``[B, Hkv, C_l, D]`` (``C_l`` defaults to the layer's window). All rings
+    live in one allocation made here; the memory is
+    ``2 * B * Hkv * D * itemsize * sum(C_l)`` (``2 L B Hkv C D itemsize`` with
+    one capacity) however many tokens pass through.
+
+    One model step (``T`` new tokens per sequence, ``T = 1`` to decode)::
+
+        for layer in range(num_layers):
+            ...
+            out = cache.attend(layer, q, k, v)   # attends, then appends k, v
+            ...
+        cache.advance(T)                         # once, after the last layer
+
+    ``window`` is one int or one per layer (``None`` is not allowed: a rolling
+    cache needs a window). ``capacity`` (one int or one per layer) must be at
+    least each layer's ``window - 1``; more keeps more history for
+    ``gather``. Nothing here syncs with the device, so a decoding step can be
+    captured in a CUDA graph or compiled with ``torch.compile(fullgraph=True)``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        window: Union[int, Sequence[int]],
+        *,
+        capacity: Optional[Union[int, Sequence[int]]] = None,
+        dtype: torch.dtype,
+        device: Union[str, torch.device],
+    ):
+        if num_layers < 1:
+            raise ValueError(f"RollingKVCache: num_layers must be >= 1, got {num_layers}")
+        for name, value in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            if value < 1:
+                raise ValueError(f"RollingKVCache: {name} must be >= 1, got {value}")
+        self.windows = _per_layer(window, num_layers, "window")
+        self.capacities = self.windows if capacity is None else _per_layer(capacity, num_layers, "capacity")
+        for layer, (w, c) in enumerate(zip(self.windows, self.capacities)):
+            if w < 1:
+                raise ValueError(f"RollingKVCache: window of layer {layer} must be >= 1, got {w}")
+            if c < max(1, w - 1):
+                raise ValueError(f"RollingKVCache: capacity of layer {layer} must be >= max(1, window - 1) = "
+                                 f"{max(1, w - 1)}, got {c}")
+        self.num_layers = num_layers
+        self.batch_size = batch_size
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+        # One buffer; layer l's k and v rings are contiguous views of it.
+        ring = batch_size * num_kv_heads * head_dim
+        self._storage = torch.zeros(2 * ring * sum(self.capacities), dtype=dtype, device=self.device)
+        self._k: List[Tensor] = []
+        self._v: List[Tensor] = []
+        offset = 0
+        for c in self.capacities:
+            shape = (batch_size, num_kv_heads, c, head_dim)
+            self._k.append(self._storage[offset:offset + ring * c].view(shape))
+            offset += ring * c
+            self._v.append(self._storage[offset:offset + ring * c].view(shape))
+            offset += ring * c
+        self.pos = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
+
+    # -- the rings ------------------------------------------------------------
+
+    def k_cache(self, layer: int) -> Tensor:
+        """Layer's key ring [B, Hkv, C, D] (a view; slot p % C holds position p)."""
+        return self._k[layer]
+
+    def v_cache(self, layer: int) -> Tensor:
+        """Layer's value ring [B, Hkv, C, D]."""
+        return self._v[layer]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the rings, 2 * B * Hkv * D * itemsize * sum(C_l), constant
+        over the cache's life (pos adds 8 * B bytes)."""
+        return self._storage.numel() * self._storage.element_size()
+
+    # -- one step ---------------------------------------------------------------
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None,
+               softcap: float = 0.0, return_lse: bool = False):
+        """Attention of q [B, Hq, T, D] (the T tokens at positions pos .. pos+T-1)
+        over this layer's ring and k, v [B, Hkv, T, D], with the layer's window;
+        then appends k, v to the ring. Returns out [B, Hq, T, D] (and lse
+        [B, Hq, T] float32 with return_lse). Call advance(T) after the last layer.
+        """
+        kc, vc = self._k[layer], self._v[layer]
+        out, lse = torch.ops.swa.cache_attention(q, k, v, kc, vc, self.pos, self.windows[layer], scale, softcap)
+        # After the attention: with T > C - (W - 1) the new tokens overwrite
+        # slots that the chunk's first queries still read.
+        torch.ops.swa.cache_append(kc, vc, k, v, self.pos)
+        return (out, lse) if return_lse else out
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Writes k, v [B, Hkv, T, D] at positions pos .. pos+T-1 of a layer's ring."""
+        torch.ops.swa.cache_append(self._k[layer], self._v[layer], k, v, self.pos)
+
+    def gather(self, layer: int, n: Optional[int] = None):
+        """The n (default C) most recent tokens of a layer before pos, oldest
+        first: (k, v) [B, Hkv, n, D] copies; negative positions are zeros."""
+        n = self.capacities[layer] if n is None else n
+        return torch.ops.swa.cache_gather(self._k[layer], self._v[layer], self.pos, n)
+
+    def advance(self, num_tokens: int = 1) -> None:
+        """Moves every sequence's position by num_tokens (in place, on the device)."""
+        self.pos.add_(num_tokens)
+
+    def reset(self, index=None) -> None:
+        """Starts sequences over at position 0: all of them, or those selected by
+        index (an int, a list of ints, a bool mask or an index tensor), e.g. when
+        a new request takes a finished one's batch slot. Stale ring contents are
+        never read: only positions 0 .. pos - 1 are."""
+        if index is None:
+            self.pos.zero_()
+        else:
+            self.pos[index] = 0
+
+    def __repr__(self) -> str:
+        return (f"RollingKVCache(num_layers={self.num_layers}, batch_size={self.batch_size}, "
+                f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, windows={self.windows}, "
+                f"capacities={self.capacities}, dtype={self.dtype}, device={self.device})")
