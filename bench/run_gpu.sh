@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The one command a GPU session runs (from the repository root):
+#
+#   bash bench/run_gpu.sh                 # all steps: build test bench decode memcheck
+#   bash bench/run_gpu.sh build test      # only some steps, in the order given
+#
+# Steps: build     pip install --no-build-isolation -v . (TORCH_CUDA_ARCH_LIST=9.0 unless set)
+#        test      python -m pytest -x -q (the whole suite, on the GPU)
+#        bench     python bench/bench_attention.py --quick
+#        decode    python bench/bench_decode.py --quick
+#        memcheck  compute-sanitizer --tool memcheck on a small CUDA test subset
+#
+# Made for 10-minute commands on a machine with torch and nvcc preinstalled
+# and no internet (nothing is installed from the network): the whole run keeps
+# to SWA_GPU_BUDGET_S seconds (default 560), each step gets a `timeout` of
+# min(its cap, what is left), a failing step is recorded and the next one
+# still runs. Everything goes to one log; the log, the benchmark JSON/PNG
+# files and a summary land in $OUT (when set) and in bench/results/.
+#
+# Environment: SWA_GPU_BUDGET_S, TORCH_CUDA_ARCH_LIST (default 9.0),
+# SWA_HEAD_DIMS / SWA_DTYPES / MAX_JOBS (passed to the build),
+# SWA_MEMCHECK_ARGS (pytest arguments of the memcheck step),
+# SWA_BENCH_ARGS / SWA_DECODE_ARGS (extra arguments, e.g. "--series headline").
+set -o pipefail
+set -u
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+export PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+BUDGET="${SWA_GPU_BUDGET_S:-560}"
+START=$(date +%s)
+STAMP=$(date +%Y-%m-%d_%H%M%S)
+RESULTS="$REPO/bench/results"
+mkdir -p "$RESULTS" build
+LOG="$RESULTS/run_gpu_${STAMP}.log"
+MARK="build/.run_gpu_start_$STAMP"  # the results newer than this are this run's
+touch "$MARK"
+exec 3>&1 4>&2
+exec > >(tee -a "$LOG") 2>&1
+
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench decode memcheck)
+# cap (seconds) per step; the real timeout is min(cap, time left - reserve)
+declare -A CAP=([build]=300 [test]=180 [bench]=300 [decode]=120 [memcheck]=150)
+RESERVE=15  # for the summary and the copies
+SUMMARY=()
+FAILED=0
+
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# run_step NAME: runs step_NAME in its own bash under timeout (which kills the
+# step's whole process group), records status and time. The step sees its
+# limit in STEP_LIMIT.
+run_step() {
+  local name=$1
+  local left=$(( BUDGET - $(elapsed) - RESERVE ))
+  local cap=${CAP[$name]}
+  local limit=$(( left < cap ? left : cap ))
+  if [ "$limit" -lt 20 ]; then
+    echo "== $name: SKIPPED (out of time: ${left}s left of ${BUDGET}s) =="
+    SUMMARY+=("$(printf '%-9s %-30s %6s' "$name" "skipped (out of time)" "-")")
+    return
+  fi
+  echo
+  echo "== $name (timeout ${limit}s, t=$(elapsed)s) =="
+  local t0
+  t0=$(date +%s)
+  STEP_LIMIT=$limit timeout --kill-after=10 "$limit" bash -c "step_$name"
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  local status="ok"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${limit}s"
+  elif [ $rc -eq 3 ] && [ "$name" = memcheck ]; then status="UNSUPPORTED (no compute-sanitizer)"
+  elif [ $rc -ne 0 ]; then status="FAILED (rc=$rc)"; fi
+  echo "== $name: $status in ${dt}s =="
+  case "$status" in ok|UNSUPPORTED*) ;; *) FAILED=$((FAILED + 1)) ;; esac
+  SUMMARY+=("$(printf '%-9s %-30s %5ss' "$name" "$status" "$dt")")
+}
+
+step_build() {
+  echo "nvcc: $(command -v nvcc || echo 'not on PATH') | cmake: $(command -v cmake || echo missing)" \
+       "| ninja: $(command -v ninja || echo missing)"
+  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu',
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+  local t0
+  t0=$(date +%s)
+  # --no-deps --no-index: torch is preinstalled and there is no internet.
+  "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -v . >build/pip-install.log 2>&1
+  local rc=$?
+  grep -E "^swa_cuda:|error:|Error" build/pip-install.log | head -n 40
+  [ $rc -ne 0 ] && tail -n 80 build/pip-install.log
+  echo "build took $(( $(date +%s) - t0 )) s (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS," \
+       "SWA_HEAD_DIMS=${SWA_HEAD_DIMS:-all}, SWA_DTYPES=${SWA_DTYPES:-all})"
+  return $rc
+}
+
+# From tests/: at the repository root Python would import the unbuilt source
+# folder swa_cuda/ instead of the installed package.
+step_test() {
+  cd "$REPO/tests" && "$PYTHON" -m pytest -x -q -rfEs -p no:cacheprovider
+}
+
+step_memcheck() {
+  local sanitizer root
+  sanitizer=$(command -v compute-sanitizer || true)
+  local nvcc_root
+  nvcc_root=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent/bin/nvcc)")")")
+  for root in "${CUDA_HOME:-}" "$nvcc_root" /usr/local/cuda /usr/local/cuda-13.0; do
+    for cand in "$root/bin/compute-sanitizer" "$root/compute-sanitizer/compute-sanitizer"; do
+      if [ -z "$sanitizer" ] && [ -n "$root" ] && [ -x "$cand" ]; then sanitizer="$cand"; fi
+    done
+  done
+  if [ -z "$sanitizer" ]; then
+    echo "memcheck UNSUPPORTED: compute-sanitizer not found"
+    return 3
+  fi
+  cd "$REPO/tests" || return 2
+  local args=(-k "cuda and small")
+  [ -n "${SWA_MEMCHECK_ARGS:-}" ] && eval "args=(${SWA_MEMCHECK_ARGS})"
+  # No caching allocator: each tensor is its own cudaMalloc, so an access past
+  # a tensor's end is caught instead of landing in a pooled neighbour.
+  local run=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 99
+             --print-limit 20 "$PYTHON" -m pytest -q -x -p no:cacheprovider)
+  echo "${run[*]} ${args[*]}"
+  "${run[@]}" "${args[@]}"
+  local rc=$?
+  if [ $rc -eq 5 ] && [ -z "${SWA_MEMCHECK_ARGS:-}" ]; then
+    echo "no test matched 'cuda and small'; falling back to the CUDA cases of test_attention.py and test_cache.py"
+    "${run[@]}" test_attention.py test_cache.py -k "cuda and not gradcheck"
+    rc=$?
+  fi
+  [ $rc -eq 99 ] && echo "memcheck found ERRORS (see above)"
+  return $rc
+}
+
+# The benchmarks start no new case in their last minute (results so far are
+# written after every case, so a timeout still leaves them).
+step_bench() {
+  # shellcheck disable=SC2086
+  "$PYTHON" bench/bench_attention.py --quick --out "$RESULTS" \
+    --max-minutes "$(awk "BEGIN{print ($STEP_LIMIT - 60) / 60}")" ${SWA_BENCH_ARGS:-}
+}
+
+step_decode() {
+  # shellcheck disable=SC2086
+  "$PYTHON" bench/bench_decode.py --quick --out "$RESULTS" \
+    --max-minutes "$(awk "BEGIN{print ($STEP_LIMIT - 30) / 60}")" ${SWA_DECODE_ARGS:-}
+}
+
+export -f step_build step_test step_memcheck step_bench step_decode
+export PYTHON REPO RESULTS
+
+echo "== run_gpu.sh $STAMP: steps ${STEPS[*]}; budget ${BUDGET}s; git $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
+for s in "${STEPS[@]}"; do
+  case "$s" in
+    build|test|bench|decode|memcheck) run_step "$s" ;;
+    *) echo "unknown step '$s' (build test bench decode memcheck)"; SUMMARY+=("$s: unknown step"); FAILED=$((FAILED + 1)) ;;
+  esac
+done
+
+echo
+echo "================ run_gpu.sh summary (total $(elapsed)s of ${BUDGET}s; $FAILED not ok) ================"
+printf '%s\n' "${SUMMARY[@]}"
+# The headline numbers again, at the end of the log where a short tail shows them.
+NEW_JSON=$(find "$RESULTS" -maxdepth 1 -newer "$MARK" -name '*.json' 2>/dev/null | sort)
+"$PYTHON" - $NEW_JSON <<'EOF' || true
+import json, sys
+for path in sys.argv[1:]:
+    d = json.load(open(path))
+    print(f"-- {path.split('/')[-1]}")
+    if d.get("headline"):
+        print("   headline:", json.dumps(d["headline"]))
+    if d.get("benchmark") == "attention":
+        for c in d["cases"]:
+            o = c["methods"].get("ours", {})
+            f = c["methods"].get("flex", {})
+            print(f"   {c['name']:40s} ours fwd {o.get('fwd_ms') or float('nan'):8.3f} ms "
+                  f"f+b {o.get('fwd_bwd_ms') or float('nan'):8.3f} ms | vs flex fwd "
+                  f"{f.get('ours_speedup_fwd') or float('nan'):.2f}x f+b {f.get('ours_speedup_fwd_bwd') or float('nan'):.2f}x"
+                  f" | check {c.get('check_vs_peer', {}).get('out_max_abs_diff')}")
+    if d.get("benchmark") == "decode":
+        for c in d["cases"]:
+            o = c["methods"].get("ours", {})
+            print(f"   {c['name']:32s} ours {o.get('us') or float('nan'):8.1f} us "
+                  f"{o.get('gbps') or float('nan'):7.0f} GB/s ({o.get('pct_copy_bw') or float('nan'):.0f}% of copy) "
+                  f"{o.get('reason', '')[:60]}")
+        g = d.get("generation") or {}
+        print(f"   generation: {g.get('status')} flat={g.get('flat')} growth={g.get('memory_growth_bytes')} "
+              f"{g.get('reason', '')[:100]}")
+EOF
+
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  # At most 8 files come back: the log, the build log's tail, and the newest
+  # attention / decode JSON and PNG of this run.
+  if [ build/pip-install.log -nt "$MARK" ]; then  # only when this run built
+    tail -n 300 build/pip-install.log >"$OUT/pip-install-tail.log"
+  fi
+  for f in $NEW_JSON; do
+    cp "$f" "$OUT/" && [ -f "${f%.json}.png" ] && cp "${f%.json}.png" "$OUT/"
+  done
+  echo "copied to \$OUT: $(ls "$OUT" | tr '\n' ' ') $(basename "$LOG")"
+fi
+# Let tee finish the log before the last copy.
+exec 1>&3 2>&4
+sleep 1
+[ -n "${OUT:-}" ] && cp "$LOG" "$OUT/"
+rm -f "$MARK"
+exit $(( FAILED > 0 ))  # 1 when any step failed, timed out or was unknown
