@@ -11,6 +11,7 @@ _library.load()
 
 from . import ops  # noqa: E402  (fake kernels; needs the library loaded)
 from ._library import cmake_prefix_path, include_dir, library_path  # noqa: E402
+from .cache import RollingKVCache  # noqa: E402  (also registers the cache ops' fake kernels)
 from .ops import local_attention, sliding_window_attention  # noqa: E402
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "sliding_window_attention",
     "local_attention",
+    "RollingKVCache",
     "include_dir",
     "library_path",
     "cmake_prefix_path",
