@@ -122,8 +122,11 @@ def make_inputs(p, device, seed=0):
     return rand(p.heads_q, p.seqlen_q), rand(p.heads_kv, p.seqlen_k), rand(p.heads_kv, p.seqlen_k)
 
 
-def max_abs_diff(a, b):
-    return (a.float() - b.float()).abs().max().item()
+def diff_stats(a, b):
+    """max |a - b| and that relative to max |b| (b: the peer's result)."""
+    diff = (a.float() - b.float()).abs().max().item()
+    scale = b.float().abs().max().item()
+    return {"max_abs_diff": diff, "rel_diff": diff / scale if scale else float("nan")}
 
 
 def measure_method(name, builder, window_kind, p, qkv, timer, device, backward, peak):
@@ -218,21 +221,24 @@ def run_case(case, methods, timer, device, backward, peak):
             for phase in ("fwd", "fwd_bwd"):
                 if ours.get(f"{phase}_ms") and rec.get(f"{phase}_ms"):
                     rec[f"ours_speedup_{phase}"] = rec[f"{phase}_ms"] / ours[f"{phase}_ms"]
-            # Accuracy of ours against the first windowed peer that ran.
-            if window_kind == "band" and ours_out and outputs and not check:
-                check["reference"] = name
-                check["out_max_abs_diff"] = max_abs_diff(ours_out["out"], outputs["out"])
-                if "grads" in ours_out and "grads" in outputs:
-                    for g, a, b in zip("qkv", ours_out["grads"], outputs["grads"]):
-                        check[f"d{g}_max_abs_diff"] = max_abs_diff(a, b)
+            # Accuracy of ours against the first windowed peer that produced
+            # each result (outputs and gradients separately).
+            if window_kind == "band" and ours_out and outputs:
+                pairs = [("out", ours_out.get("out"), outputs.get("out"))]
+                pairs += list(zip(("dq", "dk", "dv"), ours_out.get("grads") or (), outputs.get("grads") or ()))
+                for what, a, b in pairs:
+                    if a is not None and b is not None and what not in check:
+                        check[what] = {"reference": name, **diff_stats(a, b)}
         entry["methods"][name] = rec
         log(f"    {peers.LABELS.get(name, name):30s} {describe(rec)}")
         del outputs
+        if common.is_fatal_cuda_error(rec):
+            raise common.FatalCudaError(f"{name}: {rec.get('reason')}")
     if check:
         entry["check_vs_peer"] = check
-        log("    check: ours vs " + check["reference"] + ": " +
-            ", ".join(f"{k.replace('_max_abs_diff', '')} max|diff| {v:.3g}" for k, v in check.items()
-                      if k != "reference"))
+        log("    check of ours: " + ", ".join(
+            f"{what} vs {c['reference']}: max|diff| {c['max_abs_diff']:.3g} (rel {c['rel_diff']:.2g})"
+            for what, c in check.items()))
     del qkv, ours_out
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -461,8 +467,15 @@ def main(argv=None):
             payload.setdefault("skipped_for_time", []).append(case.name)
             continue
         log(f"[{i + 1}/{len(cases)}] {case.name}")
-        payload["cases"].append(run_case(case, methods, timer, device, backward, peak["tflops"]))
-        common.save_json(stem.with_suffix(".json"), payload)
+        try:
+            payload["cases"].append(run_case(case, methods, timer, device, backward, peak["tflops"]))
+        except common.FatalCudaError as e:
+            # A sticky CUDA error (illegal address, ...) fails every later call.
+            payload["fatal_error"] = str(e)
+            log(f"!! FATAL CUDA error, stopping the benchmark (the context is unusable): {e}")
+            break
+        finally:
+            common.save_json(stem.with_suffix(".json"), payload)
     payload["scaling"] = scaling_ratios(payload["cases"])
     payload["headline"] = headline(payload["cases"], device)
     if payload["headline"] is not None:

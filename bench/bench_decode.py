@@ -138,6 +138,8 @@ def run_decode_case(cfg, dtype, device, timer, copy_gbps):
             except Exception as e:
                 rec = common.error_record(e)
         entry["methods"][name] = rec
+        if common.is_fatal_cuda_error(rec):
+            raise common.FatalCudaError(f"{name} on {entry['name']}: {rec['reason']}")
     ours = entry["methods"]["ours"]
     for name, rec in entry["methods"].items():
         if name != "ours" and ours.get("us") and rec.get("us"):
@@ -317,9 +319,15 @@ def main(argv=None):
         if deadline.passed():
             payload.setdefault("skipped_for_time", []).append(str(cfg))
             continue
-        payload["cases"].append(run_decode_case(cfg, dtype, device, timer, copy["gbps"]))
-        common.save_json(stem.with_suffix(".json"), payload)
-    if not args.no_generation and not deadline.passed():
+        try:
+            payload["cases"].append(run_decode_case(cfg, dtype, device, timer, copy["gbps"]))
+        except common.FatalCudaError as e:
+            payload["fatal_error"] = str(e)
+            log(f"!! FATAL CUDA error, stopping (the context is unusable): {e}")
+            break
+        finally:
+            common.save_json(stem.with_suffix(".json"), payload)
+    if not args.no_generation and not deadline.passed() and "fatal_error" not in payload:
         cfg = generation_config(device, args.quick, args.smoke)
         common.banner(f"Generation loop: 10 x W = {10 * cfg[4]} tokens, B{cfg[0]} H{cfg[1]}/{cfg[2]} D{cfg[3]} "
                       f"W{cfg[4]}")

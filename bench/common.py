@@ -251,6 +251,20 @@ def error_record(exc):
     return {"status": "error", "reason": reason[:400], "trace": traceback.format_exc(limit=3)[-1500:]}
 
 
+class FatalCudaError(RuntimeError):
+    """The CUDA context is broken (sticky error): nothing after it can run."""
+
+
+_STICKY = ("illegal memory access", "illegal instruction", "misaligned address", "unspecified launch failure",
+           "device-side assert", "an illegal", "CUDA error: launch failure")
+
+
+def is_fatal_cuda_error(rec):
+    """Whether a record's failure is a sticky CUDA error (not an OOM)."""
+    text = " ".join(str(rec.get(k, "")) for k in ("reason", "fwd_bwd_error", "bwd_error"))
+    return any(s in text for s in _STICKY)
+
+
 def matmul_peak(device, dtype, n, timer):
     """Practical peak TFLOP/s of this device: a dense n x n x n matmul, best
     of the timed calls (a peak, so the fastest call, not the median)."""

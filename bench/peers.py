@@ -52,11 +52,18 @@ class Impl:
     extra: dict = field(default_factory=dict)  # one-time costs, notes (go to the JSON)
 
 
+def upstream_grad(q):
+    """The gradient of out fed to every method's backward: the same tensor
+    values for all of them, so their dq, dk, dv can be compared."""
+    g = torch.Generator(device=q.device).manual_seed(1234)
+    return torch.randn(q.shape, generator=g, device=q.device, dtype=q.dtype)
+
+
 def _grad_fn(forward, q, k, v):
-    """fwd_bwd closure: out = forward(q, k, v), then d(q, k, v) for a fixed
+    """fwd_bwd closure: out = forward(q, k, v), then d(q, k, v) for the fixed
     upstream gradient (torch.autograd.grad: no accumulation into .grad)."""
     inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
-    grad_out = torch.randn_like(q)
+    grad_out = upstream_grad(q)
 
     def run():
         out = forward(*inputs)
@@ -83,7 +90,7 @@ def build_ours(p, q, k, v):
     impl.fwd_bwd = _grad_fn(lambda a, b, c: swa_cuda.local_attention(a, b, c, (wl, wr)), q, k, v)
     if common.op_status("attention_backward", q.device) is None:
         out, lse = fwd()
-        grad_out = torch.randn_like(q)
+        grad_out = upstream_grad(q)
         impl.bwd = lambda: torch.ops.swa.attention_backward(grad_out, None, q, k, v, out, lse, wl, wr, None, 0.0)
     return impl
 

@@ -171,6 +171,8 @@ import json, sys
 for path in sys.argv[1:]:
     d = json.load(open(path))
     print(f"-- {path.split('/')[-1]}")
+    if d.get("fatal_error"):
+        print("   FATAL:", d["fatal_error"])
     if d.get("headline"):
         print("   headline:", json.dumps(d["headline"]))
     if d.get("benchmark") == "attention":
@@ -180,7 +182,7 @@ for path in sys.argv[1:]:
             print(f"   {c['name']:40s} ours fwd {o.get('fwd_ms') or float('nan'):8.3f} ms "
                   f"f+b {o.get('fwd_bwd_ms') or float('nan'):8.3f} ms | vs flex fwd "
                   f"{f.get('ours_speedup_fwd') or float('nan'):.2f}x f+b {f.get('ours_speedup_fwd_bwd') or float('nan'):.2f}x"
-                  f" | check {c.get('check_vs_peer', {}).get('out_max_abs_diff')}")
+                  f" | out diff {c.get('check_vs_peer', {}).get('out', {}).get('max_abs_diff')}")
     if d.get("benchmark") == "decode":
         for c in d["cases"]:
             o = c["methods"].get("ours", {})
