@@ -61,6 +61,7 @@ run_step() {
   if [ "$limit" -lt 20 ]; then
     echo "== $name: SKIPPED (out of time: ${left}s left of ${BUDGET}s) =="
     SUMMARY+=("$(printf '%-9s %-30s %6s' "$name" "skipped (out of time)" "-")")
+    FAILED=$((FAILED + 1))
     return
   fi
   echo
@@ -136,21 +137,22 @@ step_memcheck() {
   return $rc
 }
 
-# The benchmarks start no new case in their last minute (results so far are
-# written after every case, so a timeout still leaves them).
+# Minutes after which a benchmark starts no new case: its step limit less a
+# minute (half of it when short) for the case under way and the report.
+# Results are written after every case, so even a timeout leaves them.
+case_minutes() { awk "BEGIN{l = $STEP_LIMIT; print (l > 120 ? l - 60 : l / 2) / 60}"; }
+
 step_bench() {
   # shellcheck disable=SC2086
-  "$PYTHON" bench/bench_attention.py --quick --out "$RESULTS" \
-    --max-minutes "$(awk "BEGIN{print ($STEP_LIMIT - 60) / 60}")" ${SWA_BENCH_ARGS:-}
+  "$PYTHON" bench/bench_attention.py --quick --out "$RESULTS" --max-minutes "$(case_minutes)" ${SWA_BENCH_ARGS:-}
 }
 
 step_decode() {
   # shellcheck disable=SC2086
-  "$PYTHON" bench/bench_decode.py --quick --out "$RESULTS" \
-    --max-minutes "$(awk "BEGIN{print ($STEP_LIMIT - 30) / 60}")" ${SWA_DECODE_ARGS:-}
+  "$PYTHON" bench/bench_decode.py --quick --out "$RESULTS" --max-minutes "$(case_minutes)" ${SWA_DECODE_ARGS:-}
 }
 
-export -f step_build step_test step_memcheck step_bench step_decode
+export -f step_build step_test step_memcheck step_bench step_decode case_minutes
 export PYTHON REPO RESULTS
 
 echo "== run_gpu.sh $STAMP: steps ${STEPS[*]}; budget ${BUDGET}s; git $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
