@@ -286,6 +286,7 @@ def plot(path, payload, title):
         steps, mem = zip(*gen["memory_allocated"])
         panels.append({"title": f"generation: {gen['steps']} tokens, W={gen['window']} ({gen.get('how', '')[:40]})",
                        "xlabel": "step", "ylabel": "torch.cuda.memory_allocated (MiB)", "xlog": False, "ylog": False,
+                       "y_from_zero": True,
                        "series": {"memory_allocated": [(s, m / 2**20) for s, m in zip(steps, mem)]}})
     return common.plot_panels(path, panels, title)
 

@@ -332,7 +332,7 @@ def save_json(path, payload):
 def plot_panels(path, panels, title):
     """Side-by-side line plots. Each panel is a dict: title, xlabel, ylabel,
     series {label: [(x, y), ...]}, and optionally xlog/ylog (bools, default
-    log-log), ref_slopes [(slope, text)] drawn as dashed guides from the first
+    log-log), y_from_zero (linear y axis starting at 0), ref_slopes [(slope, text)] drawn as dashed guides from the first
     point of the "ours" line, hlines [(y, text)]. Returns the path, or None
     (with a message) without matplotlib or without data."""
     try:
@@ -363,13 +363,16 @@ def plot_panels(path, panels, title):
                 y1 = y0 * (x1 / x0) ** slope
                 ax.plot([x0, x1], [y0, y1], linestyle="--", color="gray", alpha=0.6, linewidth=1)
                 ax.annotate(text, (x1, y1), fontsize=8, color="gray", ha="right", va="bottom")
-        for y, text in panel.get("hlines", []):
-            ax.axhline(y, linestyle=":", color="black", alpha=0.6, linewidth=1)
-            ax.annotate(text, (ax.get_xlim()[0], y), fontsize=8, va="bottom")
         if panel.get("xlog", True):
             ax.set_xscale("log", base=2)
         if panel.get("ylog", True):
             ax.set_yscale("log")
+        for y, text in panel.get("hlines", []):
+            ax.axhline(y, linestyle=":", color="black", alpha=0.6, linewidth=1)
+            # x in axes coordinates (left edge), y in data coordinates
+            ax.text(0.01, y, text, transform=ax.get_yaxis_transform(), fontsize=8, va="bottom")
+        if panel.get("y_from_zero"):
+            ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.2)
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(panel["ylabel"])
         ax.set_title(panel["title"], fontsize=10)
