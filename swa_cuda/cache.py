@@ -32,12 +32,19 @@ buffer). Nothing is ever shifted or unrotated.
     positions ``p - window + 1 .. p`` (``window`` keys, itself included), so
     the new tokens attend causally to each other. ``T = 1`` is a decoding
     step, ``T > 1`` a chunk of a prefill (chunked prefill: any ``T``, even
-    more than ``C``). The ring is read in place (no gather copy) and is not
-    modified: call ``cache_append`` afterwards to add ``k_new``, ``v_new``.
-    Needs ``window >= 1`` and ``C >= window - 1``. Returns ``out``
+    more than ``C``). The ring is not modified: call ``cache_append``
+    afterwards to add ``k_new``, ``v_new``. On CUDA the attention kernel
+    reads the ring in place (no unrotation, no gather copy; decoding splits
+    the window across thread blocks); the CPU kernel assembles each
+    sequence's keys from the ring and runs the exact CPU attention on them.
+    Needs ``window >= 1`` and ``C >= window - 1`` (the ring must hold every
+    earlier key a query sees). Returns ``out``
     ``[B, Hq, T, D]`` in q's dtype and ``lse`` ``[B, Hq, T]`` float32, with the
     conventions of ``torch.ops.swa.attention`` (``scale`` defaults to
     ``1/sqrt(D)``; ``softcap > 0`` caps scores to ``softcap * tanh(s / softcap)``).
+
+Every op needs a ring of capacity ``C >= 1``. The ops are for inference:
+they have no autograd formula.
 
 Every tensor may have any strides as long as its last dim is contiguous
 (a slice of a longer sequence, one layer's view of a larger cache); on CUDA

@@ -7,6 +7,7 @@
 // virtual key sequence (ring slots, then the new keys) and runs the exact CPU
 // attention kernel on it: no second attention kernel.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "cpu/attention.h"
@@ -91,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, cons
   if (shape.empty()) return {out, lse};
   const double softmax_scale_value = softmax_scale(scale, shape.head_dim);
   const int64_t* p = pos.data_ptr<int64_t>();
-  for (int64_t b = 0; b < shape.batch; ++b) {
+  auto attend_sequence = [&](int64_t b) {
     // Sequences sit at different positions, so each has its own virtual key
     // sequence: ring slots of positions key_start .. pos - 1, then k_new.
     const kn::RingView view{p[b], shape.seqlen_q, window, k_cache.size(2)};
@@ -105,6 +106,15 @@ std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, cons
     at::Tensor out_b = out.narrow(0, b, 1), lse_b = lse.narrow(0, b, 1);
     attention_forward_into(q.narrow(0, b, 1), k_b, v_b, window - 1, 0, softmax_scale_value, softcap,
                            out_b, lse_b);
+  };
+  // One sequence: the kernel parallelises over heads and query tiles. Several:
+  // one parallel region over the sequences (the kernel then runs inline).
+  if (shape.batch == 1) {
+    attend_sequence(0);
+  } else {
+    at::parallel_for(0, shape.batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) attend_sequence(b);
+    });
   }
   return {out, lse};
 }
