@@ -28,6 +28,16 @@ def _register():
     swa_hf.register()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The models are tiny: intra-op threads only add overhead, and on a busy
+    # 2-core machine they made these tests 10-30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(kind, head_dim=16, dtype=torch.float32, device="cpu", seed=0, window=WINDOW, **overrides):
     """A 2-layer model with random weights (initializer_range 0.1, so that the
     window visibly matters: changing it moves logits by ~1)."""

@@ -61,18 +61,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 try:
     import transformers as _hf
-    from transformers import AttentionInterface
-    from transformers.cache_utils import Cache, DummyLayer, DynamicLayer, CacheLayerMixin, get_layer_types_and_kwargs
-    from transformers.masking_utils import (
-        AttentionMaskInterface,
-        bidirectional_mask_function,
-        causal_mask_function,
-    )
 except ImportError as _e:  # pragma: no cover - exercised only without transformers
     raise ImportError(
         "swa_cuda.integrations.transformers needs Hugging Face transformers (an optional dependency of "
         "swa_cuda): `pip install transformers` (tested with transformers 5.23). "
         f"Import failed with: {_e}"
+    ) from _e
+try:
+    from transformers import AttentionInterface
+    from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer, get_layer_types_and_kwargs
+    from transformers.masking_utils import (
+        AttentionMaskInterface,
+        bidirectional_mask_function,
+        causal_mask_function,
+    )
+except ImportError as _e:  # pragma: no cover - an older transformers
+    raise ImportError(
+        f"swa_cuda.integrations.transformers: transformers {_hf.__version__} lacks the attention/mask/cache "
+        "interfaces this integration uses; install transformers 5 (`pip install -U transformers`; tested with "
+        f"5.23). Import failed with: {_e}"
     ) from _e
 
 import torch
@@ -251,6 +258,9 @@ _REFUSED_KWARGS = {
 }
 
 
+_WARNED: Dict[str, bool] = {}
+
+
 def _op(q: Tensor, k: Tensor, v: Tensor, window: Tuple[int, int], scale, softcap: float) -> Tensor:
     out, _ = torch.ops.swa.attention(q, k, v, window[0], window[1], scale, softcap)
     return out
@@ -279,7 +289,8 @@ def swa_attention_forward(
     if dropout:
         raise NotImplementedError(f"swa_cuda: attention dropout ({dropout}) is not implemented; set the "
                                   "config's attention_dropout to 0 or call model.eval()")
-    if kwargs.get("output_attentions"):
+    if kwargs.get("output_attentions") and not _WARNED.get("output_attentions"):
+        _WARNED["output_attentions"] = True
         warnings.warn("swa_cuda does not materialise attention weights; output_attentions gives None",
                       stacklevel=2)
     softcap = float(softcap) if softcap else 0.0
