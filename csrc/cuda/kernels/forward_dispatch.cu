@@ -1,0 +1,249 @@
+// The forward launchers of launch.h: run-time dispatch on dtype and head dim
+// to the instantiations that are built (SWA_HDIM_<D>, SWA_DTYPE_<FP16|BF16>),
+// the PackGQA and split-KV decisions, and the exact kernel for fp32/fp64.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "fwd_api.cuh"
+#include "fwd_kernel_traits.cuh"
+#include "swa/kernels/band.h"
+#include "swa/kernels/fwd_tiles.h"
+#include "swa/kernels/launch.h"
+#include "swa/kernels/ring.h"
+
+namespace SWA_KERNEL_NS {
+namespace {
+
+using cuda_detail::FwdTileShape;
+using cuda_detail::FwdTraits;
+using cuda_detail::kMaxSplits;
+
+// Tile shape of a built tensor-core head dim (block_m == 0: none built).
+struct TileDims {
+  int block_m = 0;
+  int block_n = 0;
+  int blocks_per_sm = 0;
+  int variant = 0;  // FwdTileShape<D, variant>
+};
+
+template <int kHeadDim, int kVariant = 0>
+TileDims dims_of() {
+  using S = FwdTileShape<kHeadDim, kVariant>;
+  return {S::kBlockM, S::kBlockN, S::kMinBlocksPerSm, kVariant};
+}
+
+// The d = 256 shape the current device can run: the default one needs more
+// shared memory per block than sm_86 / sm_89 allow (99 KB); they get variant 1.
+// Decided the same way by attention_num_splits and attention_forward (the
+// caller keeps the device current between them).
+TileDims dims_256() {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    (void)cudaGetLastError();  // not ours to report: assume a large device
+    return dims_of<256>();
+  }
+  if (optin >= FwdTraits<__half, 256, 0>::kSmemBytes) return dims_of<256>();
+  return dims_of<256, 1>();
+}
+
+TileDims tile_dims(int64_t head_dim) {
+  switch (head_dim) {
+#ifdef SWA_HDIM_32
+    case 32: return dims_of<32>();
+#endif
+#ifdef SWA_HDIM_64
+    case 64: return dims_of<64>();
+#endif
+#ifdef SWA_HDIM_96
+    case 96: return dims_of<96>();
+#endif
+#ifdef SWA_HDIM_128
+    case 128: return dims_of<128>();
+#endif
+#ifdef SWA_HDIM_256
+    case 256: return dims_256();
+#endif
+    default: return {};
+  }
+}
+
+bool head_dim_built(int64_t head_dim) {
+  switch (head_dim) {
+#ifdef SWA_HDIM_32
+    case 32: return true;
+#endif
+#ifdef SWA_HDIM_64
+    case 64: return true;
+#endif
+#ifdef SWA_HDIM_96
+    case 96: return true;
+#endif
+#ifdef SWA_HDIM_128
+    case 128: return true;
+#endif
+#ifdef SWA_HDIM_256
+    case 256: return true;
+#endif
+    default: return false;
+  }
+}
+
+bool dtype_built(DType dtype) {
+  switch (dtype) {
+#ifdef SWA_DTYPE_FP16
+    case DType::kFloat16: return true;
+#endif
+#ifdef SWA_DTYPE_BF16
+    case DType::kBFloat16: return true;
+#endif
+    default: return false;
+  }
+}
+
+bool is_16bit(DType dtype) { return dtype == DType::kFloat16 || dtype == DType::kBFloat16; }
+
+// cp.async moves 16 bytes: every row must start 16-byte aligned, i.e. an
+// aligned base and strides that are multiples of 8 elements (strides of
+// size-1 dims are never used and not checked).
+bool rows_aligned(const void* ptr, std::initializer_list<std::pair<int64_t, int64_t>> stride_extent) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  for (const auto& se : stride_extent)
+    if (se.second > 1 && se.first % 8 != 0) return false;
+  return true;
+}
+
+// The longest key sequence any batch entry can have: plain seqlen_k, or for
+// the ring (pos unknown on the host) the full window: W - 1 ring keys + Sq.
+Band host_band(const AttentionParams& p) {
+  if (p.ring.pos == nullptr) return Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
+  return RingView{p.ring.window - 1, p.seqlen_q, p.ring.window, p.ring.capacity}.band();
+}
+
+// Can the tensor-core kernel take this problem? Alignment, and the 32-bit
+// index ranges it relies on (packed rows, key indices, ring slots, grid).
+bool tensor_core_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
+  constexpr int64_t kInt32Limit = (int64_t{1} << 31) - 1024;
+  const Band band = host_band(p);
+  if (p.seqlen_q * pack > kInt32Limit || band.seqlen_k > kInt32Limit) return false;
+  const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, pack, kMaxSplits,
+                                     dims.block_m);
+  if (grid.blocks() > kInt32Limit) return false;
+  if (!rows_aligned(p.q.ptr, {{p.q.batch_stride, p.batch}, {p.q.head_stride, p.heads_q}, {p.q.row_stride, p.seqlen_q}}))
+    return false;
+  if (!rows_aligned(p.out, {{p.out_batch_stride, p.batch}, {p.out_head_stride, p.heads_q}, {p.out_row_stride, p.seqlen_q}}))
+    return false;
+  const int64_t new_rows = p.ring.pos == nullptr ? p.seqlen_k : p.seqlen_q;
+  if (!rows_aligned(p.k.ptr, {{p.k.batch_stride, p.batch}, {p.k.head_stride, p.heads_kv}, {p.k.row_stride, new_rows}}) ||
+      !rows_aligned(p.v.ptr, {{p.v.batch_stride, p.batch}, {p.v.head_stride, p.heads_kv}, {p.v.row_stride, new_rows}}))
+    return false;
+  if (p.ring.pos != nullptr) {
+    const RingSource& r = p.ring;
+    if (r.capacity < 1 || r.capacity > kInt32Limit || r.window < 1 || r.window - 1 > r.capacity) return false;
+    if (!rows_aligned(r.k_cache.ptr, {{r.k_cache.batch_stride, p.batch}, {r.k_cache.head_stride, p.heads_kv}, {r.k_cache.row_stride, r.capacity}}) ||
+        !rows_aligned(r.v_cache.ptr, {{r.v_cache.batch_stride, p.batch}, {r.v_cache.head_stride, p.heads_kv}, {r.v_cache.row_stride, r.capacity}}))
+      return false;
+  }
+  return true;
+}
+
+// PackGQA for short query sequences: the G query heads of a kv head share a
+// block (rows m -> query row m / G, head hkv * G + m % G) when the plain tile
+// would be at most half full, so K/V are read once per group.
+int64_t pack_of(const AttentionParams& p, const TileDims& dims) {
+  const int64_t group = p.heads_q / p.heads_kv;
+  return (group > 1 && 2 * p.seqlen_q <= dims.block_m) ? group : 1;
+}
+
+template <typename T>
+cudaError_t run_fwd_head_dim(const AttentionParams& p, const FwdGrid& grid, int variant,
+                             cudaStream_t stream) {
+  using cuda_detail::run_fwd;
+  switch (p.head_dim) {
+#ifdef SWA_HDIM_32
+    case 32: return run_fwd<T, 32>(p, grid, variant, stream);
+#endif
+#ifdef SWA_HDIM_64
+    case 64: return run_fwd<T, 64>(p, grid, variant, stream);
+#endif
+#ifdef SWA_HDIM_96
+    case 96: return run_fwd<T, 96>(p, grid, variant, stream);
+#endif
+#ifdef SWA_HDIM_128
+    case 128: return run_fwd<T, 128>(p, grid, variant, stream);
+#endif
+#ifdef SWA_HDIM_256
+    case 256: return run_fwd<T, 256>(p, grid, variant, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// The 16-bit forward: tensor-core kernel (+ combine when split), or the exact
+// kernel when the tensor-core kernel cannot take the problem.
+template <typename T>
+cudaError_t forward_16bit(const AttentionParams& params, cudaStream_t stream) {
+  const TileDims dims = tile_dims(params.head_dim);
+  if (dims.block_m == 0) return cudaErrorInvalidValue;
+  const int64_t pack = pack_of(params, dims);
+  if (!tensor_core_ok(params, dims, pack)) return cuda_detail::run_exact_fwd<T>(params, stream);
+  AttentionParams p = params;
+  if (p.num_splits < 1) p.num_splits = 1;
+  if (p.num_splits > 1 && (p.num_splits > kMaxSplits || p.out_accum == nullptr || p.lse_accum == nullptr))
+    return cudaErrorInvalidValue;
+  const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, pack, p.num_splits,
+                                     dims.block_m);
+  const cudaError_t err = run_fwd_head_dim<T>(p, grid, dims.variant, stream);
+  if (err != cudaSuccess || p.num_splits == 1) return err;
+  return cuda_detail::run_fwd_combine<T>(p, stream);
+}
+
+}  // namespace
+
+bool attention_supported(DType dtype, int64_t head_dim) {
+  if (dtype == DType::kFloat32 || dtype == DType::kFloat64) return head_dim >= 1 && head_dim <= 256;
+  return is_16bit(dtype) && dtype_built(dtype) && head_dim_built(head_dim);
+}
+
+int attention_num_splits(const AttentionParams& p, int sm_count) {
+  if (!attention_supported(p.dtype, p.head_dim) || !is_16bit(p.dtype)) return 1;
+  if (p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0 || sm_count <= 0) return 1;
+  const TileDims dims = tile_dims(p.head_dim);
+  const int64_t pack = pack_of(p, dims);
+  if (!tensor_core_ok(p, dims, pack)) return 1;
+  const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, pack, 1, dims.block_m);
+  const int64_t blocks = grid.blocks();
+  const int64_t slots = static_cast<int64_t>(sm_count) * dims.blocks_per_sm;
+  if (blocks == 0 || blocks * 5 >= slots * 4) return 1;  // the grid fills the device already
+  // The most key tiles one block walks (m_blocks < slots here: a short loop).
+  const Band band = host_band(p);
+  int64_t tiles = 0;
+  for (int64_t m_block = 0; m_block < grid.m_blocks; ++m_block) {
+    const KeyRange rows = packed_query_rows(m_block, dims.block_m, pack, grid.rows);
+    const int64_t n = rows_key_tile_range(band, rows, dims.block_n).size();
+    tiles = n > tiles ? n : tiles;
+  }
+  return choose_num_splits(blocks, tiles, slots, kMaxSplits);
+}
+
+cudaError_t attention_forward(const AttentionParams& params, cudaStream_t stream) {
+  if (params.batch * params.heads_q * params.seqlen_q == 0) return cudaSuccess;
+  if (params.heads_kv <= 0 || params.heads_q % params.heads_kv != 0) return cudaErrorInvalidValue;
+  switch (params.dtype) {
+    case DType::kFloat32: return cuda_detail::run_exact_fwd<float>(params, stream);
+    case DType::kFloat64: return cuda_detail::run_exact_fwd<double>(params, stream);
+#ifdef SWA_DTYPE_FP16
+    case DType::kFloat16: return forward_16bit<__half>(params, stream);
+#endif
+#ifdef SWA_DTYPE_BF16
+    case DType::kBFloat16: return forward_16bit<__nv_bfloat16>(params, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace SWA_KERNEL_NS
