@@ -126,6 +126,8 @@ def test_greedy_generation_matches_eager(kind):
     ref = generate(model, "eager", ids, mask)
     assert ref.shape == (3, PROMPT + NEW_TOKENS)
     assert torch.equal(generate(model, "swa_cuda", ids, mask), ref)  # transformers' DynamicCache
+    # transformers' StaticCache: masks prepared by generate(), keys in fixed slots
+    assert torch.equal(generate(model, "swa_cuda", ids, mask, cache_implementation="static"), ref)
     cache = swa_hf.SWARollingCache(model.config)
     assert torch.equal(generate(model, "swa_cuda", ids, mask, cache=cache), ref)
     # Each sequence's ring holds its real tokens only (the last one generated is not fed back).

@@ -7,7 +7,7 @@ Use::
 
     swa_hf.register()                                   # once per process
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="swa_cuda")
-    out = model.generate(**inputs)                      # HF's own caches work
+    out = model.generate(**inputs)                      # HF's caches work (dynamic, static)
     out = model.generate(**inputs, past_key_values=swa_hf.SWARollingCache(model.config))
 
 ``register()`` adds ``"swa_cuda"`` to transformers' ``AttentionInterface``
@@ -153,6 +153,13 @@ class SWAMask:
     padding: Optional[Tensor] = None
     _memo: Dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False)
 
+    # It stands for transformers' [B, 1, Sq, Sk] mask: generate() may build it
+    # ahead of the forward (static caches) and hand it back as attention_mask.
+    ndim = 4
+
+    def contiguous(self) -> "SWAMask":
+        return self
+
     def window_size(self) -> Tuple[int, int]:
         """(window_left, window_right) of torch.ops.swa.attention."""
         if self.causal:
@@ -229,6 +236,10 @@ def swa_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offs
     """The AttentionMaskInterface entry: returns an :class:`SWAMask` (no dense
     mask is built)."""
     causal, window = _classify_mask_function(mask_function)
+    if isinstance(attention_mask, SWAMask):
+        # A mask prepared by generate() for this step comes back: keep its
+        # padding, rebuild the pattern from this call's mask function.
+        attention_mask = attention_mask.padding
     padding = None
     if attention_mask is not None:
         if attention_mask.dim() != 2:
