@@ -164,6 +164,24 @@ def test_rolling_cache_memory_is_constant(kind):
         assert cache.nbytes == expected
 
 
+@pytest.mark.parametrize("kind", ["mistral", "gemma2"])
+def test_gradients_match_eager(kind):
+    model = make_model(kind)
+    ids, mask = make_batch(left_padding=True)
+    # No loss term may read a padding position's output: besides the padding
+    # itself, the first real token (which a padding position would predict).
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, 1:] = labels[:, 1:].masked_fill(mask[:, :-1] == 0, -100)
+    grads = {}
+    for impl in ("eager", "swa_cuda"):
+        model.zero_grad()
+        model.set_attn_implementation(impl)
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        grads[impl] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    for name, ref in grads["eager"].items():
+        torch.testing.assert_close(grads["swa_cuda"][name], ref, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_from_pretrained_with_attn_implementation(tmp_path):
     model = make_model("mistral")
     model.save_pretrained(tmp_path)

@@ -40,7 +40,10 @@ contiguous run (left padding, right padding) is exact for every real token;
 a mask with holes is refused. The outputs at padding positions are zeros (as
 FlashAttention's unpadded path gives; eager gives arbitrary values there, and
 nothing downstream reads them: padding keys are masked everywhere). Compare
-logits at real tokens only.
+logits at real tokens only, and in training keep padding positions out of the
+loss: with left padding and the usual shifted labels, also label a
+sequence's first real token -100 (a padding position would predict it).
+Gradients then match eager.
 
 Rolling cache. :class:`SWARollingCache` is a transformers ``Cache`` whose
 sliding-window layers are :class:`RollingSlidingWindowLayer` (each backed by
