@@ -167,5 +167,16 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// ---- 4-byte asynchronous copy (backward: lse and D rows of a query tile) -----
+
+// 4-byte global -> shared copy through L1 (cp.async.ca: 4 and 8 bytes exist
+// only there). When !valid the 4 bytes are zero-filled and global memory is
+// not read (src-size 0). Completes with the same commit/wait groups.
+__device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src, bool valid) {
+  const int src_size = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem_dst)),
+               "l"(gmem_src), "r"(src_size));
+}
+
 }  // namespace cuda_detail
 }  // namespace SWA_KERNEL_NS

@@ -75,11 +75,19 @@ struct AttentionBackwardParams {
   TensorRef dq;                  // [B, Hq, Sq, D] (written), q's dtype
   TensorRef dk;                  // [B, Hkv, Sk, D] (written), k's dtype
   TensorRef dv;                  // [B, Hkv, Sk, D] (written), v's dtype
-  // Workspaces (float32, contiguous, owned by the caller; see launch.h for
-  // which must be zeroed):
-  float* softmax_d = nullptr;    // [B, Hq, Sq]: rowsum(dO * O) - dlse
-  float* dq_accum = nullptr;     // [B, Hq, Sq, D]
-  bool deterministic = false;    // bit-identical results run to run
+  // Workspaces: owned by the caller, contiguous, 16-byte aligned; none needs
+  // to be initialised or zero-filled (the backward writes each before reading
+  // it). Which ones a problem needs (csrc/cuda/kernels/bwd_dispatch.cu):
+  //   fp16 / bf16: softmax_d, and dq_accum unless deterministic
+  //   fp32:        softmax_d
+  //   fp64:        softmax_stats_f64
+  // A workspace a problem does not need may be nullptr.
+  float* softmax_d = nullptr;    // [B, Hq, Sq] float32: D = rowsum(dO * O) - dlse
+  float* dq_accum = nullptr;     // [B, Hq, Sq, D] float32: dQ / scale summed with atomics;
+                                 // nullptr makes fp16/bf16 take the deterministic dQ kernel
+  double* softmax_stats_f64 = nullptr;  // [2, B, Hq, Sq] float64 (fp64 only): lse recomputed
+                                        // in float64, then D
+  bool deterministic = false;    // bit-identical results run to run (no atomics)
 };
 
 struct CacheAppendParams {
