@@ -1,0 +1,92 @@
+// Portable SIMD for the CPU kernels: GCC vector extensions of a chosen width,
+// so one templated kernel body compiles to AVX-512, AVX2 or SSE2 depending on
+// the target attribute of the function it is inlined into (see SWA_TARGET_*
+// and cpu_isa()). Every helper is always_inline: none of them may be emitted
+// as a stand-alone function compiled for the baseline ISA.
+//
+// exp_nonpositive is a float32-accurate exp (about 1 ulp) for the arguments a
+// softmax produces (x <= 0, -inf, NaN); float64 lanes use std::exp.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+// The vector types are passed between always_inline helpers only; GCC's notes
+// about their calling convention do not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define SWA_INLINE __attribute__((always_inline)) inline
+#define SWA_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi2")))
+#define SWA_TARGET_AVX2 __attribute__((target("avx2,fma,bmi2")))
+
+namespace swa::cpu {
+
+// Instruction sets with a kernel build, best first.
+enum class Isa { kAvx512, kAvx2, kBaseline };
+
+// The best instruction set this CPU runs; SWA_CPU_ISA=avx2|baseline lowers it
+// (to test every build of the kernels on one machine).
+Isa cpu_isa();
+
+// kBytes-wide vectors of T (float or double).
+template <class T, int kBytes>
+struct Simd {
+  using scalar = T;
+  typedef T vec __attribute__((vector_size(kBytes)));
+  typedef int32_t ivec32 __attribute__((vector_size(kBytes)));
+  static constexpr int kLanes = kBytes / int(sizeof(T));
+
+  static SWA_INLINE vec load(const T* p) {
+    vec v;
+    std::memcpy(&v, p, sizeof(vec));
+    return v;
+  }
+  static SWA_INLINE void store(T* p, vec v) { std::memcpy(p, &v, sizeof(vec)); }
+  static SWA_INLINE vec set1(T s) { return vec{} + s; }
+  static SWA_INLINE vec zero() { return vec{}; }
+  // Bit masks as produced by comparisons of two vecs (all ones where true).
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> mask_scalar;
+  typedef mask_scalar mask __attribute__((vector_size(kBytes)));
+  // Lanes where m is set keep a, the others get b.
+  static SWA_INLINE vec select(mask m, vec a, vec b) {
+    return (vec)(((mask)a & m) | ((mask)b & ~m));
+  }
+  static SWA_INLINE vec max(vec a, vec b) { return select(a > b, a, b); }
+  static SWA_INLINE T lane(vec v, int i) { return v[i]; }
+
+  // e^x for x <= 0 (also -inf -> 0 and NaN -> NaN); relative error ~1 ulp for
+  // float, exact std::exp for double.
+  static SWA_INLINE vec exp_nonpositive(vec x) {
+    if constexpr (sizeof(T) == 4) {
+      // x = n ln2 + r, |r| <= ln2 / 2 (Cody-Waite: ln2 split in a part exact
+      // in n * ln2_hi and a correction), e^x = 2^n e^r.
+      const vec round_magic = set1(12582912.0f);  // 1.5 * 2^23: adds round-to-nearest
+      vec t = x * set1(1.44269504f) + round_magic;
+      vec n = t - round_magic;
+      vec r = x - n * set1(0.693359375f);
+      r = r - n * set1(-2.12194440e-4f);
+      // e^r = 1 + r + r^2 P(r), P fitted on [-ln2/2, ln2/2] (error 7e-9).
+      vec p = set1(1.35436282e-3f);
+      p = p * r + set1(8.37171171e-3f);
+      p = p * r + set1(4.16738056e-2f);
+      p = p * r + set1(1.66664913e-1f);
+      p = p * r + set1(4.99999672e-1f);
+      vec er = (p * r) * r + r + set1(1.0f);
+      // 2^n from the low bits of t (n + 127 stays in [1, 127] for x >= -87).
+      ivec32 bits;
+      std::memcpy(&bits, &t, sizeof(t));
+      bits = (bits + 127) << 23;
+      vec two_n;
+      std::memcpy(&two_n, &bits, sizeof(t));
+      return select(x < set1(-87.0f), zero(), er * two_n);
+    } else {
+      vec y;
+      for (int i = 0; i < kLanes; ++i) y[i] = std::exp(x[i]);
+      return y;
+    }
+  }
+};
+
+}  // namespace swa::cpu
