@@ -18,6 +18,21 @@
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
 
+// The two 16-bit values of a 32-bit word (low half first), as floats; bit
+// conversions rather than a pointer cast (no type-punning of the loaded vector).
+template <typename T>
+__device__ __forceinline__ float2 unpack_pair(uint32_t w);
+template <>
+__device__ __forceinline__ float2 unpack_pair<__half>(uint32_t w) {
+  return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))),
+                     __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
+}
+template <>
+__device__ __forceinline__ float2 unpack_pair<__nv_bfloat16>(uint32_t w) {
+  return make_float2(__bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w & 0xffffu))),
+                     __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w >> 16))));
+}
+
 constexpr int kBwdRowBlock = 64;     // rows per block
 constexpr int kBwdRowThreads = 256;
 
@@ -57,10 +72,15 @@ __global__ void __launch_bounds__(kBwdRowThreads)
     if (valid && sub < kChunks) {
       const uint4 dv = *reinterpret_cast<const uint4*>(dout + row * params.dout.row_stride + 8 * sub);
       const uint4 ov = *reinterpret_cast<const uint4*>(out + row * fp.out_row_stride + 8 * sub);
-      const T* de = reinterpret_cast<const T*>(&dv);
-      const T* oe = reinterpret_cast<const T*>(&ov);
+      const uint32_t dw[4] = {dv.x, dv.y, dv.z, dv.w};
+      const uint32_t ow[4] = {ov.x, ov.y, ov.z, ov.w};
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc = fmaf(to_float<T>(de[e]), to_float<T>(oe[e]), acc);
+      for (int e = 0; e < 4; ++e) {
+        const float2 d2 = unpack_pair<T>(dw[e]);
+        const float2 o2 = unpack_pair<T>(ow[e]);
+        acc = fmaf(d2.x, o2.x, acc);
+        acc = fmaf(d2.y, o2.y, acc);
+      }
     }
 #pragma unroll
     for (int offset = kLanes / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);

@@ -1,0 +1,288 @@
+// Runs the CUDA backward kernels (csrc/cuda/kernels/bwd_*.cuh) on the CPU
+// through the emulator in fake/ and compares dq, dk, dv with a float64
+// reference computed from the definitions: banded windows, GQA, softcap,
+// dlse, strided layouts, lengths that are not tile multiples, both dQ modes
+// (atomics + convert, deterministic dQ kernel), and the exact kernels for
+// fp32 / fp64. Built and run by run.sh (g++, C++20; needs no GPU).
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "bwd_dkdv_kernel.cuh"
+#include "bwd_dq_kernel.cuh"
+#include "bwd_exact.cuh"
+#include "bwd_kernel_traits.cuh"
+#include "bwd_rows.cuh"
+#include "swa/kernels/bwd_tiles.h"
+#include "swa/kernels/params.h"
+
+namespace kn = SWA_KERNEL_NS;
+using namespace kn::cuda_detail;
+
+namespace {
+
+int failures = 0;
+
+struct Shape {
+  int64_t B, Hq, Hkv, Sq, Sk, D, wl, wr;
+  float softcap;
+  bool dlse;
+  int layout;  // 0: [B, H, S, D] contiguous; 1: [B, S, H, D] with padded rows
+  bool deterministic;
+  const char* name;
+};
+
+template <typename T>
+double to_d(T x) {
+  if constexpr (std::is_same<T, __half>::value) return __half2float(x);
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(x);
+  else return static_cast<double>(x);
+}
+template <typename T>
+T from_d(double x) {
+  if constexpr (std::is_same<T, __half>::value) return __float2half_rn(static_cast<float>(x));
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __float2bfloat16_rn(static_cast<float>(x));
+  else return static_cast<T>(x);
+}
+
+// A [B, H, S, D] operand with its strides (elements).
+template <typename T>
+struct Operand {
+  std::vector<T> data;
+  int64_t bs, hs, rs;
+  int64_t B, H, S, D;
+  void init(int64_t b, int64_t h, int64_t s, int64_t d, int layout) {
+    B = b, H = h, S = s, D = d;
+    if (layout == 0) {
+      rs = d, hs = s * d, bs = h * s * d;
+      data.assign(static_cast<size_t>(b * h * s * d), from_d<T>(NAN));
+    } else {  // [B, S, H, D] with 8 padding elements after each (s, h) row group
+      hs = d, rs = h * d + 8, bs = s * rs;
+      data.assign(static_cast<size_t>(b * bs), from_d<T>(NAN));
+    }
+  }
+  T& at(int64_t b, int64_t h, int64_t s, int64_t d) { return data[static_cast<size_t>(b * bs + h * hs + s * rs + d)]; }
+  kn::TensorRef ref() { return {data.data(), bs, hs, rs}; }
+};
+
+struct Reference {
+  std::vector<double> dq, dk, dv;  // contiguous [B, H, S, D]
+};
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+template <typename T>
+void compare(const char* what, Operand<T>& got, const std::vector<double>& ref, double tol, const Shape& s) {
+  const double scale = max_abs(ref) + 1e-6;
+  double worst = 0;
+  int64_t worst_idx = -1;
+  bool nan = false;
+  for (int64_t b = 0; b < got.B; ++b)
+    for (int64_t h = 0; h < got.H; ++h)
+      for (int64_t i = 0; i < got.S; ++i)
+        for (int64_t d = 0; d < got.D; ++d) {
+          const int64_t idx = ((b * got.H + h) * got.S + i) * got.D + d;
+          const double g = to_d(got.at(b, h, i, d));
+          if (std::isnan(g)) nan = true;
+          const double e = std::fabs(g - ref[static_cast<size_t>(idx)]);
+          if (!(e <= worst)) worst = e, worst_idx = idx;
+        }
+  const bool ok = !nan && worst <= tol * scale;
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %-28s %s: max err %.3g (tol %.3g x max|ref| %.3g) at flat %lld%s\n", s.name, what, worst, tol,
+                scale, static_cast<long long>(worst_idx), nan ? " [NaN]" : "");
+  }
+}
+
+template <typename T, bool kExactPath, int kHeadDim>
+void run_case(const Shape& s, uint64_t seed) {
+  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const int64_t B = s.B, Hq = s.Hq, Hkv = s.Hkv, Sq = s.Sq, Sk = s.Sk, D = s.D, G = Hq / Hkv;
+  // The params carry float scale / softcap: the reference uses the same values.
+  const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  Operand<T> q, k, v, out, dout, dq, dk, dv;
+  q.init(B, Hq, Sq, D, s.layout);
+  out.init(B, Hq, Sq, D, s.layout);
+  dout.init(B, Hq, Sq, D, s.layout);
+  dq.init(B, Hq, Sq, D, s.layout);
+  k.init(B, Hkv, Sk, D, s.layout);
+  v.init(B, Hkv, Sk, D, s.layout);
+  dk.init(B, Hkv, Sk, D, s.layout);
+  dv.init(B, Hkv, Sk, D, s.layout);
+  for (auto* op : {&q, &k, &v, &dout})
+    for (int64_t b = 0; b < op->B; ++b)
+      for (int64_t h = 0; h < op->H; ++h)
+        for (int64_t i = 0; i < op->S; ++i)
+          for (int64_t d = 0; d < D; ++d) op->at(b, h, i, d) = from_d<T>(normal(rng) * (op == &q ? 1.5 : 1.0));
+  const int64_t rows = B * Hq * Sq;
+  std::vector<float> lse(static_cast<size_t>(rows)), dlse(static_cast<size_t>(rows));
+  std::vector<double> lse_d(static_cast<size_t>(rows));
+  for (auto& x : dlse) x = static_cast<float>(0.3 * normal(rng));
+  const kn::Band band{Sq, Sk, s.wl, s.wr};
+
+  auto score = [&](int64_t b, int64_t h, int64_t i, int64_t j, double& t) {
+    double x = 0;
+    for (int64_t d = 0; d < D; ++d) x += to_d(q.at(b, h, i, d)) * to_d(k.at(b, h / G, j, d));
+    x *= scale;
+    if (s.softcap > 0) {
+      t = std::tanh(x / s.softcap);
+      return s.softcap * t;
+    }
+    t = 0;
+    return x;
+  };
+  // Forward in float64; out rounded to T, lse to float (what the forward stores).
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t row = (b * Hq + h) * Sq + i;
+        double m = -INFINITY, l = 0, t;
+        for (int64_t j = band.key_begin(i); j < band.key_end(i); ++j) m = std::max(m, score(b, h, i, j, t));
+        std::vector<double> o(static_cast<size_t>(D), 0.0);
+        for (int64_t j = band.key_begin(i); j < band.key_end(i); ++j) {
+          const double p = std::exp(score(b, h, i, j, t) - m);
+          l += p;
+          for (int64_t d = 0; d < D; ++d) o[d] += p * to_d(v.at(b, h / G, j, d));
+        }
+        lse_d[row] = l > 0 ? m + std::log(l) : -INFINITY;
+        lse[row] = static_cast<float>(lse_d[row]);
+        for (int64_t d = 0; d < D; ++d) out.at(b, h, i, d) = from_d<T>(l > 0 ? o[d] / l : 0.0);
+      }
+  // Backward reference in float64 from the stored (rounded) tensors.
+  Reference ref;
+  ref.dq.assign(static_cast<size_t>(rows * D), 0.0);
+  ref.dk.assign(static_cast<size_t>(B * Hkv * Sk * D), 0.0);
+  ref.dv.assign(static_cast<size_t>(B * Hkv * Sk * D), 0.0);
+  const bool f64 = std::is_same<T, double>::value;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t row = (b * Hq + h) * Sq + i;
+        double dd = 0;
+        for (int64_t d = 0; d < D; ++d) dd += to_d(dout.at(b, h, i, d)) * to_d(out.at(b, h, i, d));
+        if (s.dlse) dd -= dlse[row];
+        const double l = f64 ? lse_d[row] : static_cast<double>(lse[row]);
+        for (int64_t j = band.key_begin(i); j < band.key_end(i); ++j) {
+          double t;
+          const double sc = score(b, h, i, j, t);
+          const double p = std::exp(sc - l);
+          double dp = 0;
+          for (int64_t d = 0; d < D; ++d) dp += to_d(dout.at(b, h, i, d)) * to_d(v.at(b, h / G, j, d));
+          double dx = p * (dp - dd);
+          if (s.softcap > 0) dx *= 1 - t * t;
+          const int64_t kv_row = (b * Hkv + h / G) * Sk + j;
+          for (int64_t d = 0; d < D; ++d) {
+            ref.dv[kv_row * D + d] += p * to_d(dout.at(b, h, i, d));
+            ref.dk[kv_row * D + d] += scale * dx * to_d(q.at(b, h, i, d));
+            ref.dq[row * D + d] += scale * dx * to_d(k.at(b, h / G, j, d));
+          }
+        }
+      }
+
+  // Params; workspaces start as NaN garbage (nothing may rely on their contents).
+  kn::AttentionBackwardParams p;
+  kn::AttentionParams& f = p.fwd;
+  f.dtype = std::is_same<T, __half>::value ? kn::DType::kFloat16
+            : std::is_same<T, __nv_bfloat16>::value ? kn::DType::kBFloat16
+            : std::is_same<T, float>::value ? kn::DType::kFloat32 : kn::DType::kFloat64;
+  f.q = q.ref(), f.k = k.ref(), f.v = v.ref();
+  f.out = out.data.data(), f.out_batch_stride = out.bs, f.out_head_stride = out.hs, f.out_row_stride = out.rs;
+  f.lse = lse.data();
+  f.batch = B, f.heads_q = Hq, f.heads_kv = Hkv, f.seqlen_q = Sq, f.seqlen_k = Sk, f.head_dim = D;
+  f.window_left = s.wl, f.window_right = s.wr;
+  f.scale = static_cast<float>(scale);
+  f.softcap = s.softcap;
+  p.dout = dout.ref();
+  p.dlse = s.dlse ? dlse.data() : nullptr;
+  p.dq = dq.ref(), p.dk = dk.ref(), p.dv = dv.ref();
+  std::vector<float> softmax_d(static_cast<size_t>(rows), NAN);
+  std::vector<float> dq_accum(static_cast<size_t>(rows * D), NAN);
+  std::vector<double> stats(static_cast<size_t>(2 * rows), NAN);
+  p.softmax_d = softmax_d.data();
+  p.dq_accum = s.deterministic ? nullptr : dq_accum.data();
+  p.softmax_stats_f64 = stats.data();
+  p.deterministic = s.deterministic;
+
+  if constexpr (kExactPath) {
+    emu::launch({static_cast<unsigned>((rows + 3) / 4)}, {kExactBwdWarps * 32},
+                [&] { exact_bwd_dq_kernel<T, Acc>(p); });
+    emu::launch({static_cast<unsigned>((B * Hkv * Sk + 3) / 4)}, {kExactBwdWarps * 32},
+                [&] { exact_bwd_dkdv_kernel<T, Acc>(p); });
+  } else {
+    using Kt = BwdTraits<T, kHeadDim>;
+    using Qt = BwdDqTraits<T, kHeadDim>;
+    BwdScoreScale sc;
+    sc.scale = f.scale;
+    sc.use_softcap = f.softcap > 0;
+    sc.scale_log2 = static_cast<float>(static_cast<double>(f.scale) * 1.4426950408889634);
+    sc.softcap_log2 = sc.use_softcap ? static_cast<float>(static_cast<double>(f.softcap) * 1.4426950408889634) : 0.f;
+    sc.scale_over_cap = sc.use_softcap ? static_cast<float>(static_cast<double>(f.scale) / f.softcap) : 0.f;
+    const kn::BwdRowGrid rg = kn::make_bwd_row_grid(B, Hq, Sq, kBwdRowBlock);
+    emu::launch({static_cast<unsigned>(rg.blocks())}, {kBwdRowThreads},
+                [&] { bwd_preprocess_kernel<T, kHeadDim>(p, rg, s.deterministic ? 0 : 1); });
+    const kn::BwdKvGrid kg = kn::make_bwd_kv_grid(B, Hkv, Sk, Kt::kBlockN);
+    emu::launch({static_cast<unsigned>(kg.blocks())}, {Kt::kThreads}, [&] { bwd_dkdv_kernel<Kt>(p, kg, sc); });
+    if (s.deterministic) {
+      const kn::BwdQGrid qg = kn::make_bwd_q_grid(B, Hq, Sq, Qt::kBlockM);
+      emu::launch({static_cast<unsigned>(qg.blocks())}, {Qt::kThreads}, [&] { bwd_dq_kernel<Qt>(p, qg, sc); });
+    } else {
+      emu::launch({static_cast<unsigned>(rg.blocks())}, {kBwdRowThreads},
+                  [&] { bwd_convert_dq_kernel<T, kHeadDim>(p, rg, sc.scale); });
+    }
+  }
+  const double tol = std::is_same<T, double>::value ? 1e-10
+                     : std::is_same<T, float>::value ? 2e-5
+                     : std::is_same<T, __half>::value ? 8e-3 : 4e-2;
+  compare("dq", dq, ref.dq, tol, s);
+  compare("dk", dk, ref.dk, tol, s);
+  compare("dv", dv, ref.dv, tol, s);
+  std::printf("ran  %-28s\n", s.name);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto want = [&](const char* name) { return only.empty() || only == name; };
+  //          B  Hq Hkv  Sq   Sk   D   wl  wr  softcap dlse layout det   name
+  const Shape s64{1, 2, 1, 150, 200, 64, 40, 0, 0.f, false, 0, false, "d64 swa gqa"};
+  const Shape s64d{1, 2, 1, 150, 200, 64, 40, 0, 0.f, true, 1, true, "d64 det strided dlse"};
+  const Shape s64c{2, 2, 2, 97, 97, 64, -1, 0, 30.f, true, 0, false, "d64 causal softcap b2"};
+  const Shape s128{1, 2, 1, 130, 130, 128, 20, 5, 0.f, true, 1, false, "d128 two-sided"};
+  const Shape s128d{1, 2, 1, 130, 130, 128, 20, 5, 10.f, false, 0, true, "d128 det softcap"};
+  const Shape s32{1, 3, 1, 70, 260, 32, -1, -1, 0.f, true, 1, false, "d32 full gqa3"};
+  const Shape s96{1, 1, 1, 200, 90, 96, 33, 2, 0.f, false, 0, false, "d96 sq>sk"};
+  const Shape s96d{1, 1, 1, 200, 90, 96, 33, 2, 0.f, false, 0, true, "d96 det sq>sk"};
+  const Shape s256{1, 2, 1, 100, 140, 256, 50, 0, 0.f, true, 0, false, "d256 split warps"};
+  const Shape s256d{1, 2, 1, 100, 140, 256, 50, 0, 20.f, true, 1, true, "d256 det softcap"};
+  const Shape sempty{1, 1, 1, 40, 300, 64, 10, 0, 0.f, false, 0, false, "d64 unseen keys"};
+  const Shape sx32{1, 4, 2, 37, 53, 40, 9, 3, 15.f, true, 1, true, "exact f32 d40"};
+  const Shape sx64{1, 2, 1, 33, 45, 19, -1, 0, 0.f, true, 0, true, "exact f64 d19"};
+  if (want(s64.name)) run_case<__nv_bfloat16, false, 64>(s64, 1);
+  if (want(s64d.name)) run_case<__half, false, 64>(s64d, 2);
+  if (want(s64c.name)) run_case<__half, false, 64>(s64c, 3);
+  if (want(s128.name)) run_case<__half, false, 128>(s128, 4);
+  if (want(s128d.name)) run_case<__nv_bfloat16, false, 128>(s128d, 5);
+  if (want(s32.name)) run_case<__half, false, 32>(s32, 6);
+  if (want(s96.name)) run_case<__half, false, 96>(s96, 7);
+  if (want(s96d.name)) run_case<__half, false, 96>(s96d, 8);
+  if (want(s256.name)) run_case<__half, false, 256>(s256, 9);
+  if (want(s256d.name)) run_case<__nv_bfloat16, false, 256>(s256d, 10);
+  if (want(sempty.name)) run_case<__half, false, 64>(sempty, 11);
+  if (want(sx32.name)) run_case<float, true, 0>(sx32, 12);
+  if (want(sx64.name)) run_case<double, true, 0>(sx64, 13);
+  std::printf("%d passed, %d failed\n", failures == 0 ? 1 : 0, failures == 0 ? 0 : 1);
+  return failures == 0 ? 0 : 1;
+}

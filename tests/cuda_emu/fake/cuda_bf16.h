@@ -1,0 +1,3 @@
+// Emulator stand-in for <cuda_bf16.h>: see emu_core.h.
+#pragma once
+#include "emu_core.h"
