@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 
 #include "fwd_api.cuh"
 #include "fwd_kernel_traits.cuh"
