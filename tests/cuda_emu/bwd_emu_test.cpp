@@ -26,7 +26,8 @@ using namespace kn::cuda_detail;
 
 namespace {
 
-int failures = 0;
+int failures = 0;      // failed checks
+int cases_run = 0, cases_failed = 0;
 
 struct Shape {
   int64_t B, Hq, Hkv, Sq, Sk, D, wl, wr;
@@ -106,6 +107,7 @@ void compare(const char* what, Operand<T>& got, const std::vector<double>& ref, 
 
 template <typename T, bool kExactPath, int kHeadDim>
 void run_case(const Shape& s, uint64_t seed) {
+  const int failures_before = failures;
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -248,7 +250,9 @@ void run_case(const Shape& s, uint64_t seed) {
   compare("dq", dq, ref.dq, tol, s);
   compare("dk", dk, ref.dk, tol, s);
   compare("dv", dv, ref.dv, tol, s);
-  std::printf("ran  %-28s\n", s.name);
+  ++cases_run;
+  if (failures > failures_before) ++cases_failed;
+  std::printf("%s %-28s\n", failures > failures_before ? "FAIL" : "ok  ", s.name);
 }
 
 }  // namespace
@@ -283,6 +287,6 @@ int main(int argc, char** argv) {
   if (want(sempty.name)) run_case<__half, false, 64>(sempty, 11);
   if (want(sx32.name)) run_case<float, true, 0>(sx32, 12);
   if (want(sx64.name)) run_case<double, true, 0>(sx64, 13);
-  std::printf("%d passed, %d failed\n", failures == 0 ? 1 : 0, failures == 0 ? 0 : 1);
+  std::printf("%d passed, %d failed\n", cases_run - cases_failed, cases_failed);
   return failures == 0 ? 0 : 1;
 }

@@ -114,7 +114,7 @@ bool tensor_core_ok(const AttentionBackwardParams& p, const BwdSmem& smem, bool 
   if (f.seqlen_q > kInt32Limit || f.seqlen_k > kInt32Limit || f.heads_q > kInt32Limit) return false;
   if (make_bwd_kv_grid(f.batch, f.heads_kv, f.seqlen_k, smem.block_n).blocks() > kInt32Limit) return false;
   if (make_bwd_q_grid(f.batch, f.heads_q, f.seqlen_q, smem.block_m).blocks() > kInt32Limit) return false;
-  if (make_bwd_row_grid(f.batch, f.heads_q, f.seqlen_q, 64).blocks() > kInt32Limit) return false;
+  if (make_bwd_row_grid(f.batch, f.heads_q, f.seqlen_q, cuda_detail::kBwdRowBlock).blocks() > kInt32Limit) return false;
   // cp.async / 16-byte loads: q, out, dout, k, v rows; 4-byte stores: dq, dk, dv.
   if (!q_side_aligned(p, f.q.ptr, f.q.batch_stride, f.q.head_stride, f.q.row_stride, 16) ||
       !q_side_aligned(p, f.out, f.out_batch_stride, f.out_head_stride, f.out_row_stride, 16) ||
@@ -130,7 +130,7 @@ bool tensor_core_ok(const AttentionBackwardParams& p, const BwdSmem& smem, bool 
   int device = 0, limit = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky-free error state of the query
+    cudaGetLastError();  // clear the (non-sticky) error of the failed query
     return false;
   }
   const int needed = deterministic && smem.dq > smem.dkdv ? smem.dq : smem.dkdv;

@@ -166,6 +166,11 @@ struct BwdScoreScale {
   int use_softcap;
 };
 
+// Row-wise kernels (bwd_rows.cuh: preprocess, dq_accum -> dq): rows per block
+// and threads per block.
+constexpr int kBwdRowBlock = 64;
+constexpr int kBwdRowThreads = 256;
+
 // ---- dK/dV kernel ------------------------------------------------------------------
 
 template <typename Element_, int kHeadDim_>

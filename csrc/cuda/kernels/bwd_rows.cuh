@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "bwd_kernel_traits.cuh"
 #include "primitives.cuh"
 #include "swa/kernels/bwd_tiles.h"
 #include "swa/kernels/params.h"
@@ -33,8 +34,6 @@ __device__ __forceinline__ float2 unpack_pair<__nv_bfloat16>(uint32_t w) {
                      __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w >> 16))));
 }
 
-constexpr int kBwdRowBlock = 64;     // rows per block
-constexpr int kBwdRowThreads = 256;
 
 // Lanes that share one row in the preprocess: the power of two >= the row's
 // 16-byte chunks (kHeadDim / 8), so that a row's partial sums reduce with
