@@ -10,7 +10,7 @@
 
 #include "cpu/simd.h"
 
-namespace swa::cpu {
+namespace swa::cpu::SWA_CPU_ISA_NS {
 
 // st[j * ld_s + v * kLanes] (j < NJ, v < NV) = row j of K against vectors
 // v of qt (depth x ld_q).
@@ -99,4 +99,4 @@ SWA_INLINE void value_block(int nv, const typename S::scalar* pt, int64_t ld_p,
   }
 }
 
-}  // namespace swa::cpu
+}  // namespace swa::cpu::SWA_CPU_ISA_NS

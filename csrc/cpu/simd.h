@@ -1,8 +1,7 @@
-// Portable SIMD for the CPU kernels: GCC vector extensions of a chosen width,
-// so one templated kernel body compiles to AVX-512, AVX2 or SSE2 depending on
-// the target attribute of the function it is inlined into (see SWA_TARGET_*
-// and cpu_isa()). Every helper is always_inline: none of them may be emitted
-// as a stand-alone function compiled for the baseline ISA.
+// Portable SIMD for the CPU kernels: GCC vector extensions of a chosen width.
+// Include it only in a translation unit compiled for one instruction set (see
+// cpu/isa.h), inside that set's namespace macro SWA_CPU_ISA_NS; then 64-byte
+// vectors are zmm registers, 32-byte ones ymm, 16-byte ones xmm (or NEON).
 //
 // exp_nonpositive is a float32-accurate exp (about 1 ulp) for the arguments a
 // softmax produces (x <= 0, -inf, NaN); float64 lanes use std::exp.
@@ -13,22 +12,17 @@
 #include <cstring>
 #include <type_traits>
 
-// The vector types are passed between always_inline helpers only; GCC's notes
-// about their calling convention do not apply.
+#ifndef SWA_CPU_ISA_NS
+#error "cpu/simd.h: define SWA_CPU_ISA_NS (see cpu/isa.h)"
+#endif
+
+// The vector types are passed between inline helpers of one translation
+// unit only; GCC's notes about their calling convention do not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #define SWA_INLINE __attribute__((always_inline)) inline
-#define SWA_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi2")))
-#define SWA_TARGET_AVX2 __attribute__((target("avx2,fma,bmi2")))
 
-namespace swa::cpu {
-
-// Instruction sets with a kernel build, best first.
-enum class Isa { kAvx512, kAvx2, kBaseline };
-
-// The best instruction set this CPU runs; SWA_CPU_ISA=avx2|baseline lowers it
-// (to test every build of the kernels on one machine).
-Isa cpu_isa();
+namespace swa::cpu::SWA_CPU_ISA_NS {
 
 // kBytes-wide vectors of T (float or double).
 template <class T, int kBytes>
@@ -44,7 +38,8 @@ struct Simd {
     return v;
   }
   static SWA_INLINE void store(T* p, vec v) { std::memcpy(p, &v, sizeof(vec)); }
-  static SWA_INLINE vec set1(T s) { return vec{} + s; }
+  // s - 0 is s for every s (s + 0 is not, for -0.0): a plain broadcast.
+  static SWA_INLINE vec set1(T s) { return s - vec{}; }
   static SWA_INLINE vec zero() { return vec{}; }
   // Bit masks as produced by comparisons of two vecs (all ones where true).
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> mask_scalar;
@@ -89,4 +84,4 @@ struct Simd {
   }
 };
 
-}  // namespace swa::cpu
+}  // namespace swa::cpu::SWA_CPU_ISA_NS

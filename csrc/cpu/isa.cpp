@@ -1,5 +1,5 @@
-// cpu_isa(): the instruction set the CPU kernels run with (cpu/simd.h).
-#include "cpu/simd.h"
+// cpu_isa(): the instruction set the CPU kernels run with (cpu/isa.h).
+#include "cpu/isa.h"
 
 #include <cstdlib>
 #include <cstring>

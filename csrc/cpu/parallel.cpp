@@ -1,0 +1,134 @@
+// parallel_workers: see cpu/parallel.h.
+#include "cpu/parallel.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+
+namespace swa::cpu {
+namespace {
+
+// State shared by the caller and the launched helpers; helpers own a
+// reference, so one that starts late still finds it alive.
+struct Shared {
+  int64_t n, grain;
+  std::atomic<int64_t> next{0};  // first unclaimed task
+  std::mutex mutex;
+  std::condition_variable all_done;
+  int64_t done = 0;  // tasks finished (or abandoned by an exception), under mutex
+  std::exception_ptr error;
+  // Valid while some task is claimed and unfinished: the caller waits for
+  // done == n before it returns.
+  const c10::function_ref<void(TaskQueue&)>* worker = nullptr;
+
+  void finish(int64_t count, std::exception_ptr e = nullptr) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (e && !error) error = e;
+    done += count;
+    if (done == n) all_done.notify_all();
+  }
+};
+
+class SharedQueue final : public TaskQueue {
+ public:
+  SharedQueue(Shared& s, int64_t begin, int64_t end) : s_(s), begin_(begin), end_(end) {}
+  // A chunk still held (the worker stopped early or threw) is released.
+  ~SharedQueue() override {
+    if (begin_ < end_) s_.finish(end_ - begin_);
+  }
+  bool next(int64_t& begin, int64_t& end) override {
+    if (handed_out_) {  // the previous chunk is done; claim another
+      s_.finish(end_ - begin_);
+      begin_ = end_ = 0;
+      const int64_t claimed = s_.next.fetch_add(s_.grain);
+      if (claimed >= s_.n) return false;
+      begin_ = claimed;
+      end_ = std::min(s_.n, claimed + s_.grain);
+    }
+    handed_out_ = true;  // the first call hands out the chunk claimed at start
+    begin = begin_;
+    end = end_;
+    return true;
+  }
+
+ private:
+  Shared& s_;
+  int64_t begin_, end_;
+  bool handed_out_ = false;
+};
+
+// Claims a first chunk and, if there was one, runs the worker on it and on
+// the chunks after it. After an exception the unclaimed tasks are abandoned
+// (counted as done) so that nobody waits for them.
+void run_worker(Shared& s) {
+  const int64_t begin = s.next.fetch_add(s.grain);
+  if (begin >= s.n) return;
+  try {
+    SharedQueue queue(s, begin, std::min(s.n, begin + s.grain));
+    (*s.worker)(queue);
+  } catch (...) {
+    s.finish(0, std::current_exception());
+    for (int64_t b = s.next.fetch_add(s.grain); b < s.n; b = s.next.fetch_add(s.grain))
+      s.finish(std::min(s.n, b + s.grain) - b);
+  }
+}
+
+// Runs everything on the calling thread.
+class SerialQueue final : public TaskQueue {
+ public:
+  SerialQueue(int64_t n, int64_t grain) : n_(n), grain_(grain) {}
+  bool next(int64_t& begin, int64_t& end) override {
+    if (next_ >= n_) return false;
+    begin = next_;
+    end = next_ = std::min(n_, next_ + grain_);
+    return true;
+  }
+
+ private:
+  int64_t n_, grain_, next_ = 0;
+};
+
+}  // namespace
+
+int64_t default_grain(int64_t n) {
+  const int64_t threads = std::max(1, at::get_num_threads());
+  return std::max<int64_t>(1, n / (32 * threads));
+}
+
+void parallel_workers(int64_t n, int64_t grain, c10::function_ref<void(TaskQueue&)> worker) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t chunks = (n + grain - 1) / grain;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), chunks);
+  if (threads <= 1 || at::in_parallel_region() || c10::ParallelGuard::is_enabled()) {
+    c10::ParallelGuard guard(true);
+    SerialQueue queue(n, grain);
+    worker(queue);
+    return;
+  }
+  auto shared = std::make_shared<Shared>();
+  shared->n = n;
+  shared->grain = grain;
+  shared->worker = &worker;
+  for (int64_t t = 1; t < threads; ++t) {
+    at::launch([shared] {
+      c10::ParallelGuard guard(true);
+      run_worker(*shared);
+    });
+  }
+  {
+    c10::ParallelGuard guard(true);
+    run_worker(*shared);
+  }
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->all_done.wait(lock, [&] { return shared->done == shared->n; });
+  if (shared->error) std::rethrow_exception(shared->error);
+}
+
+}  // namespace swa::cpu

@@ -1,0 +1,37 @@
+// Dynamic fork-join for the CPU kernels: tasks [0, n) handed out in chunks to
+// up to at::get_num_threads() workers (the calling thread is one of them).
+//
+// at::parallel_for is an inline template whose threads exist only when the
+// including file is compiled with OpenMP; this library is not, so it would run
+// serially. parallel_workers uses torch's inter-op pool (at::launch) instead,
+// which needs no compiler flags, and falls back to the calling thread alone
+// inside a parallel region or with one thread. A worker that starts after all
+// chunks are claimed never runs, so it cannot touch the caller's state after
+// the call returned.
+#pragma once
+
+#include <c10/util/FunctionRef.h>
+
+#include <cstdint>
+
+namespace swa::cpu {
+
+// Hands out chunks of the task range to one worker.
+class TaskQueue {
+ public:
+  virtual ~TaskQueue() = default;
+  // The next chunk [begin, end); false when no task is left. Claiming a
+  // chunk marks the worker's previous chunk as done.
+  virtual bool next(int64_t& begin, int64_t& end) = 0;
+};
+
+// Calls worker(queue) on each participating thread (at most once per thread);
+// each worker allocates its scratch once and drains the queue. Chunks of
+// `grain` tasks. Exceptions of workers are rethrown here.
+void parallel_workers(int64_t n, int64_t grain, c10::function_ref<void(TaskQueue&)> worker);
+
+// A grain that gives each thread several chunks (dynamic load balance) while
+// keeping consecutive tasks, which share K/V rows, together.
+int64_t default_grain(int64_t n);
+
+}  // namespace swa::cpu
