@@ -77,6 +77,9 @@ struct ForwardKernel {
   int64_t vec_kb[kVecs], vec_ke[kVecs];      // keys some row of the vector sees
   int64_t full_kb[kVecs], full_ke[kVecs];    // keys every row of the vector sees
   vec m[kVecs], l[kVecs];                    // running row max and row sum
+  vec block_max[kVecs];                      // row max of the current key block
+  bool touched[kVecs];                       // the vector sees a key of the block
+  int64_t max_begin[kVecs], max_end[kVecs];  // keys already in block_max
   KeyRun runs[2 * kVecs + 2];
   int nruns = 0;
 
@@ -97,13 +100,30 @@ struct ForwardKernel {
 
   // ---- in-type specific loads and stores (In: the input dtype) ----------
 
-  // Step 1: qt[d][r] = scale * q[r][d], rows past the tile zero.
+  // Step 1: qt[d][r] = scale * q[r][d], rows past the tile zero. L x L
+  // blocks are transposed in registers; 16-bit inputs and a head-dim tail
+  // go element by element.
   template <class In>
   SWA_INLINE void pack_q(const In* q, int64_t q_rs) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t d = 0; d < D; ++d) qt[d * R + r] = T(q[r * q_rs + d]) * scale;
-    for (int64_t d = 0; d < D; ++d)
+    int64_t d_vec = 0;
+    if constexpr (std::is_same_v<In, T>) {
+      d_vec = D / L * L;
+      const vec sc = S::set1(scale);
+      for (int64_t r0 = 0; r0 < R; r0 += L) {
+        for (int64_t d0 = 0; d0 < d_vec; d0 += L) {
+          vec x[L];  // (L rows, L dims), then (L dims, L rows)
+#pragma GCC unroll 64
+          for (int i = 0; i < L; ++i) x[i] = r0 + i < rows ? S::load(q + (r0 + i) * q_rs + d0) * sc : S::zero();
+          S::transpose(x);
+#pragma GCC unroll 64
+          for (int c = 0; c < L; ++c) S::store(qt + (d0 + c) * R + r0, x[c]);
+        }
+      }
+    }
+    for (int64_t d = d_vec; d < D; ++d) {
+      for (int64_t r = 0; r < rows; ++r) qt[d * R + r] = T(q[r * q_rs + d]) * scale;
       for (int64_t r = rows; r < R; ++r) qt[d * R + r] = T(0);
+    }
   }
 
   // Rows [n0, n1) of a [S, D] head (row stride rs) as T, into dst (n, D).
@@ -117,14 +137,28 @@ struct ForwardKernel {
   // key get 0 and -inf.
   template <class In>
   SWA_INLINE void store_out(In* out, int64_t out_rs, float* lse, int64_t lse_rs) {
+    const int64_t d_vec = std::is_same_v<In, T> ? D / L * L : 0;
     for (int v = 0; v < nvec; ++v) {
-      for (int i = 0; i < L && v * L + i < rows; ++i) {
-        const int64_t r = v * L + i;
+      const int64_t r0 = v * L;
+      const vec inv = S::select(l[v] > S::zero(), S::set1(T(1)) / l[v], S::zero());
+      for (int i = 0; i < L && r0 + i < rows; ++i) {
         const T sum = l[v][i];
-        const T inv = sum > T(0) ? T(1) / sum : T(0);
-        lse[r * lse_rs] = sum > T(0) ? float(m[v][i] + std::log(sum)) : -INFINITY;
-        In* o = out + r * out_rs;
-        for (int64_t d = 0; d < D; ++d) o[d] = In(ot[d * R + r] * inv);
+        lse[(r0 + i) * lse_rs] = sum > T(0) ? float(m[v][i] + std::log(sum)) : -INFINITY;
+      }
+      if constexpr (std::is_same_v<In, T>) {
+        for (int64_t d0 = 0; d0 < d_vec; d0 += L) {
+          vec x[L];  // (L dims, L rows), then (L rows, L dims)
+#pragma GCC unroll 64
+          for (int c = 0; c < L; ++c) x[c] = S::load(ot + (d0 + c) * R + r0) * inv;
+          S::transpose(x);
+#pragma GCC unroll 64
+          for (int i = 0; i < L; ++i)
+            if (r0 + i < rows) S::store(out + (r0 + i) * out_rs + d0, x[i]);
+        }
+      }
+      for (int i = 0; i < L && r0 + i < rows; ++i) {
+        In* o = out + (r0 + i) * out_rs;
+        for (int64_t d = d_vec; d < D; ++d) o[d] = In(ot[d * R + r0 + i] * inv[i]);
       }
     }
   }
@@ -186,68 +220,89 @@ struct ForwardKernel {
     }
   }
 
-  // Step 2a: S^T of the runs of block [n0, ...); K row j at k + (j - n0) * k_rs.
-  SWA_INLINE void scores(int64_t n0, const T* k, int64_t k_rs) {
-    for (int ri = 0; ri < nruns; ++ri) {
-      const KeyRun& run = runs[ri];
-      for (int v = run.v_begin; v < run.v_end; v += Cfg::kNV) {
-        const int nv = std::min(Cfg::kNV, run.v_end - v);
-        int64_t j = run.begin;
-        for (; j + Cfg::kNJ <= run.end; j += Cfg::kNJ)
-          score_block<S, Cfg::kNJ, Cfg::kNV>(nv, k + (j - n0) * k_rs, k_rs, D, qt + v * L, R,
-                                             st + (j - n0) * R + v * L, R);
-        if constexpr (Cfg::kNJ > 2) {
-          for (; j + 2 <= run.end; j += 2)
-            score_block<S, 2, Cfg::kNV>(nv, k + (j - n0) * k_rs, k_rs, D, qt + v * L, R,
-                                        st + (j - n0) * R + v * L, R);
-        }
-        for (; j < run.end; ++j)
-          score_block<S, 1, Cfg::kNV>(nv, k + (j - n0) * k_rs, k_rs, D, qt + v * L, R,
-                                      st + (j - n0) * R + v * L, R);
+  // S^T of keys [j, j + NJ) for vectors [v, v + nv). Without softcap, the
+  // max of the vectors that see all these keys in full goes into block_max
+  // right away; their keys [max_begin, max_end) need no second look.
+  template <int NJ>
+  SWA_INLINE void score_chunk(int64_t n0, const T* k, int64_t k_rs, int64_t j, int v, int nv,
+                              bool fuse_max) {
+    vec chunk_max[Cfg::kNV];  // (nv)
+    for (int c = 0; c < nv; ++c) chunk_max[c] = S::set1(-std::numeric_limits<T>::infinity());
+    score_block<S, NJ, Cfg::kNV>(nv, k + (j - n0) * k_rs, k_rs, D, qt + v * L, R, st + (j - n0) * R + v * L,
+                                 R, fuse_max ? chunk_max : nullptr);
+    if (!fuse_max) return;
+    for (int c = 0; c < nv; ++c) {
+      if (full_kb[v + c] <= j && j + NJ <= full_ke[v + c]) {
+        block_max[v + c] = S::max(block_max[v + c], chunk_max[c]);
+        // Chunks seen in full by a vector are consecutive: one interval.
+        max_begin[v + c] = std::min(max_begin[v + c], j);
+        max_end[v + c] = std::max(max_end[v + c], j + NJ);
       }
     }
   }
 
-  // Step 2b: softcap and band mask on S^T, the online softmax update of m
-  // and l, O^T rescaled, S^T turned into P^T.
+  // Step 2a: S^T of the runs of block [n0, ...); K row j at k + (j - n0) * k_rs.
+  SWA_INLINE void scores(int64_t n0, const T* k, int64_t k_rs) {
+    for (int v = 0; v < nvec; ++v) {
+      block_max[v] = S::set1(-std::numeric_limits<T>::infinity());
+      touched[v] = false;
+      max_begin[v] = std::numeric_limits<int64_t>::max();
+      max_end[v] = std::numeric_limits<int64_t>::min();
+    }
+    const bool fuse_max = !(p.softcap > 0);
+    for (int ri = 0; ri < nruns; ++ri) {
+      const KeyRun& run = runs[ri];
+      for (int v = run.v_begin; v < run.v_end; v += Cfg::kNV) {
+        const int nv = std::min(Cfg::kNV, run.v_end - v);
+        for (int c = 0; c < nv; ++c) touched[v + c] = true;
+        int64_t j = run.begin;
+        for (; j + Cfg::kNJ <= run.end; j += Cfg::kNJ) score_chunk<Cfg::kNJ>(n0, k, k_rs, j, v, nv, fuse_max);
+        if constexpr (Cfg::kNJ > 2) {
+          for (; j + 2 <= run.end; j += 2) score_chunk<2>(n0, k, k_rs, j, v, nv, fuse_max);
+        }
+        for (; j < run.end; ++j) score_chunk<1>(n0, k, k_rs, j, v, nv, fuse_max);
+      }
+    }
+  }
+
+  // Step 2b: softcap and band mask on S^T (and the rest of the block max),
+  // the online softmax update of m and l, O^T rescaled, S^T turned into P^T.
   SWA_INLINE void softmax(int64_t n0) {
     const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
-    vec block_max[kVecs];
-    bool touched[kVecs];
-    for (int v = 0; v < nvec; ++v) {
-      block_max[v] = neg_inf;
-      touched[v] = false;
-    }
     const T softcap = T(p.softcap);
     for (int ri = 0; ri < nruns; ++ri) {
       const KeyRun& run = runs[ri];
       for (int v = run.v_begin; v < run.v_end; ++v) {
-        touched[v] = true;
+        // Keys of the run not in block_max yet: [run.begin, run.end) minus
+        // [max_begin, max_end), as [a0, a1) and [b0, b1).
+        const int64_t a0 = run.begin, a1 = std::clamp(max_begin[v], run.begin, run.end);
+        const int64_t b0 = std::clamp(max_end[v], a1, run.end), b1 = run.end;
+        if (a0 == a1 && b0 == b1) continue;
         // Lane i sees key j iff row_kb <= j < row_ke; relative to n0 and
         // clamped so that they are exact in T.
         vec rel_kb = S::zero(), rel_ke = S::zero();
-        const bool partial = run.begin < full_kb[v] || run.end > full_ke[v];
-        if (partial) {
-          for (int i = 0; i < L && v * L + i < rows; ++i) {
-            const int64_t r = v * L + i;
-            rel_kb[i] = T(std::clamp<int64_t>(row_kb[r] - n0, -1, kTileKeys + 1));
-            rel_ke[i] = T(std::clamp<int64_t>(row_ke[r] - n0, -1, kTileKeys + 1));
-          }
+        for (int i = 0; i < L && v * L + i < rows; ++i) {
+          const int64_t r = v * L + i;
+          rel_kb[i] = T(std::clamp<int64_t>(row_kb[r] - n0, -1, kTileKeys + 1));
+          rel_ke[i] = T(std::clamp<int64_t>(row_ke[r] - n0, -1, kTileKeys + 1));
         }
+        const bool full = full_kb[v] <= run.begin && run.end <= full_ke[v];
         vec mx = block_max[v];
-        for (int64_t j = run.begin; j < run.end; ++j) {
+        auto cap_mask_max = [&](int64_t j) {
           T* sp = st + (j - n0) * R + v * L;
           vec s = S::load(sp);
           if (softcap > T(0)) {
             for (int i = 0; i < L; ++i) s[i] = softcap * std::tanh(s[i] / softcap);
           }
-          if (j < full_kb[v] || j >= full_ke[v]) {
+          if (!full) {
             const vec key = S::set1(T(j - n0));
             s = S::select((rel_kb <= key) & (key < rel_ke), s, neg_inf);
           }
           S::store(sp, s);
           mx = S::max(mx, s);
-        }
+        };
+        for (int64_t j = a0; j < a1; ++j) cap_mask_max(j);
+        for (int64_t j = b0; j < b1; ++j) cap_mask_max(j);
         block_max[v] = mx;
       }
     }

@@ -13,11 +13,11 @@
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
 // st[j * ld_s + v * kLanes] (j < NJ, v < NV) = row j of K against vectors
-// v of qt (depth x ld_q).
+// v of qt (depth x ld_q); with vmax, also vmax[v] = max(vmax[v], max_j st[j][v]).
 template <class S, int NJ, int NV>
 SWA_INLINE void score_micro(const typename S::scalar* k, int64_t k_stride, int64_t depth,
                             const typename S::scalar* qt, int64_t ld_q, typename S::scalar* st,
-                            int64_t ld_s) {
+                            int64_t ld_s, typename S::vec* vmax) {
   using vec = typename S::vec;
   constexpr int L = S::kLanes;
   vec acc[NJ][NV];  // (NJ keys, NV row vectors)
@@ -40,6 +40,15 @@ SWA_INLINE void score_micro(const typename S::scalar* k, int64_t k_stride, int64
   for (int j = 0; j < NJ; ++j)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) S::store(st + j * ld_s + v * L, acc[j][v]);
+  if (vmax != nullptr) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      vec mx = vmax[v];
+#pragma GCC unroll 8
+      for (int j = 0; j < NJ; ++j) mx = S::max(mx, acc[j][v]);
+      vmax[v] = mx;
+    }
+  }
 }
 
 // ot[dd * ld_o + v * kLanes] (dd < ND, v < NV) += sum over keys j < n of
@@ -76,13 +85,13 @@ SWA_INLINE void value_micro(const typename S::scalar* pt, int64_t ld_p, const ty
 template <class S, int NJ, int kMaxNV>
 SWA_INLINE void score_block(int nv, const typename S::scalar* k, int64_t k_stride, int64_t depth,
                             const typename S::scalar* qt, int64_t ld_q, typename S::scalar* st,
-                            int64_t ld_s) {
+                            int64_t ld_s, typename S::vec* vmax) {
   static_assert(kMaxNV >= 1 && kMaxNV <= 4);
   switch (nv) {
-    case 1: score_micro<S, NJ, 1>(k, k_stride, depth, qt, ld_q, st, ld_s); break;
-    case 2: if constexpr (kMaxNV >= 2) score_micro<S, NJ, 2>(k, k_stride, depth, qt, ld_q, st, ld_s); break;
-    case 3: if constexpr (kMaxNV >= 3) score_micro<S, NJ, 3>(k, k_stride, depth, qt, ld_q, st, ld_s); break;
-    case 4: if constexpr (kMaxNV >= 4) score_micro<S, NJ, 4>(k, k_stride, depth, qt, ld_q, st, ld_s); break;
+    case 1: score_micro<S, NJ, 1>(k, k_stride, depth, qt, ld_q, st, ld_s, vmax); break;
+    case 2: if constexpr (kMaxNV >= 2) score_micro<S, NJ, 2>(k, k_stride, depth, qt, ld_q, st, ld_s, vmax); break;
+    case 3: if constexpr (kMaxNV >= 3) score_micro<S, NJ, 3>(k, k_stride, depth, qt, ld_q, st, ld_s, vmax); break;
+    case 4: if constexpr (kMaxNV >= 4) score_micro<S, NJ, 4>(k, k_stride, depth, qt, ld_q, st, ld_s, vmax); break;
   }
 }
 

@@ -8,9 +8,11 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #ifndef SWA_CPU_ISA_NS
 #error "cpu/simd.h: define SWA_CPU_ISA_NS (see cpu/isa.h)"
@@ -46,10 +48,45 @@ struct Simd {
   typedef mask_scalar mask __attribute__((vector_size(kBytes)));
   // Lanes where m is set keep a, the others get b.
   static SWA_INLINE vec select(mask m, vec a, vec b) {
+#if defined(__clang__)
     return (vec)(((mask)a & m) | ((mask)b & ~m));
+#else
+    return m ? a : b;  // one blend (or a zero-masked op) instead of three logic ops
+#endif
   }
   static SWA_INLINE vec max(vec a, vec b) { return select(a > b, a, b); }
   static SWA_INLINE T lane(vec v, int i) { return v[i]; }
+
+  // One stage of an in-register transpose: rows a = x[i], b = x[i + s] with
+  // (i & s) == 0 swap their off-diagonal s x s blocks (kHigh: the new b).
+  template <int s, bool kHigh, std::size_t... k>
+  static SWA_INLINE vec transpose_stage(vec a, vec b, std::index_sequence<k...>) {
+    constexpr auto index = [](std::size_t lane) -> mask_scalar {
+      if constexpr (kHigh) return mask_scalar((lane & s) == 0 ? lane + s : kLanes + lane);
+      else return mask_scalar((lane & s) == 0 ? lane : kLanes + lane - s);
+    };
+#if defined(__clang__)
+    return __builtin_shufflevector(a, b, index(k)...);
+#else
+    return __builtin_shuffle(a, b, mask{index(k)...});
+#endif
+  }
+
+  // x[i][k] <- x[k][i] for the kLanes x kLanes block x (log2(kLanes) stages
+  // of two-input shuffles).
+  template <int s = kLanes / 2>
+  static SWA_INLINE void transpose(vec (&x)[kLanes]) {
+    if constexpr (s >= 1) {
+#pragma GCC unroll 64
+      for (int i = 0; i < kLanes; ++i) {
+        if ((i & s) != 0) continue;
+        const vec a = x[i], b = x[i + s];
+        x[i] = transpose_stage<s, false>(a, b, std::make_index_sequence<kLanes>());
+        x[i + s] = transpose_stage<s, true>(a, b, std::make_index_sequence<kLanes>());
+      }
+      transpose<s / 2>(x);
+    }
+  }
 
   // e^x for x <= 0 (also -inf -> 0 and NaN -> NaN); relative error ~1 ulp for
   // float, exact std::exp for double.
