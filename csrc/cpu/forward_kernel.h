@@ -2,11 +2,13 @@
 // (batch, query head, tile of kForwardTileRows query rows) the keys the tile
 // sees are walked in blocks of kForwardTileKeys with an online softmax, all
 // in per-thread buffers:
-//   1. Q^T = scale * q_tile^T                               (D, kTileRows)
+//   1. Q^T = scale log2(e) q_tile^T                        (D, kTileRows)
 //   2. per key block: S^T = K Q^T                            (keys, kTileRows)
-//      row max m, P^T = exp(S^T - m), row sum l, O^T *= e^(m_old - m)
+//      row max m, P^T = 2^(S^T - m), row sum l, O^T *= 2^(m_old - m)
 //      O^T += V^T P^T                                       (D, kTileRows)
-//   3. out = (O^T / l)^T, lse = m + log l
+//   3. out = (O^T / l)^T, lse = (m + log2 l) ln 2
+// Scores are kept in base 2 (log2(e) folded into the scale, as FlashAttention
+// does), which makes the exponential's range reduction exact.
 // The query rows sit in vector lanes (cpu/micro_gemm.h), so a row vector only
 // meets the keys its rows see: a key run is computed for the row vectors that
 // see some of it, and masked per lane only where a vector sees part of it.
@@ -28,6 +30,8 @@ namespace swa::cpu::SWA_CPU_ISA_NS {
 using SWA_KERNEL_NS::Band;
 constexpr int64_t kTileRows = kForwardTileRows;
 constexpr int64_t kTileKeys = kForwardTileKeys;
+constexpr double kLog2e = 1.4426950408889634;  // log2(e)
+constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
 // A 64-byte aligned array of n T, released at scope exit.
 template <class T>
@@ -61,7 +65,7 @@ struct ForwardKernel {
 
   const ForwardProblem& p;
   const int64_t D;
-  const T scale;
+  const T scale;  // softmax scale * log2(e)
   // Per-thread buffers.
   AlignedBuffer<T> qt_buf, st_buf, ot_buf, kv_buf;
   T* qt;  // (D, R)          scaled Q^T
@@ -86,7 +90,7 @@ struct ForwardKernel {
   SWA_INLINE explicit ForwardKernel(const ForwardProblem& prob)
       : p(prob),
         D(prob.head_dim),
-        scale(T(prob.scale)),
+        scale(T(prob.scale * kLog2e)),
         qt_buf(prob.head_dim * R),
         st_buf(kTileKeys * R),
         ot_buf(prob.head_dim * R),
@@ -100,7 +104,7 @@ struct ForwardKernel {
 
   // ---- in-type specific loads and stores (In: the input dtype) ----------
 
-  // Step 1: qt[d][r] = scale * q[r][d], rows past the tile zero. L x L
+  // Step 1: qt[d][r] = scale log2(e) q[r][d], rows past the tile zero. L x L
   // blocks are transposed in registers; 16-bit inputs and a head-dim tail
   // go element by element.
   template <class In>
@@ -143,7 +147,7 @@ struct ForwardKernel {
       const vec inv = S::select(l[v] > S::zero(), S::set1(T(1)) / l[v], S::zero());
       for (int i = 0; i < L && r0 + i < rows; ++i) {
         const T sum = l[v][i];
-        lse[(r0 + i) * lse_rs] = sum > T(0) ? float(m[v][i] + std::log(sum)) : -INFINITY;
+        lse[(r0 + i) * lse_rs] = sum > T(0) ? float((double(m[v][i]) + std::log2(double(sum))) * kLn2) : -INFINITY;
       }
       if constexpr (std::is_same_v<In, T>) {
         for (int64_t d0 = 0; d0 < d_vec; d0 += L) {
@@ -291,8 +295,8 @@ struct ForwardKernel {
         auto cap_mask_max = [&](int64_t j) {
           T* sp = st + (j - n0) * R + v * L;
           vec s = S::load(sp);
-          if (softcap > T(0)) {
-            for (int i = 0; i < L; ++i) s[i] = softcap * std::tanh(s[i] / softcap);
+          if (softcap > T(0)) {  // c tanh(x / c) on the natural-base score x
+            for (int i = 0; i < L; ++i) s[i] = softcap * std::tanh(s[i] * T(kLn2) / softcap) * T(kLog2e);
           }
           if (!full) {
             const vec key = S::set1(T(j - n0));
@@ -311,7 +315,8 @@ struct ForwardKernel {
       if (!touched[v]) continue;
       const vec m_new = S::max(m[v], block_max[v]);
       m_use[v] = S::select(m_new == neg_inf, S::zero(), m_new);  // rows with no key yet
-      const vec alpha = S::exp_nonpositive(m[v] - m_use[v]);
+      if (!S::any(m_new != m[v])) continue;  // no row max moved: nothing to rescale
+      const vec alpha = S::exp2_nonpositive(m[v] - m_use[v]);
       m[v] = m_new;
       l[v] *= alpha;
       for (int64_t d = 0; d < D; ++d) S::store(ot + d * R + v * L, S::load(ot + d * R + v * L) * alpha);
@@ -322,7 +327,7 @@ struct ForwardKernel {
         vec sum = S::zero();
         for (int64_t j = run.begin; j < run.end; ++j) {
           T* sp = st + (j - n0) * R + v * L;
-          const vec pr = S::exp_nonpositive(S::load(sp) - m_use[v]);
+          const vec pr = S::exp2_nonpositive(S::load(sp) - m_use[v]);
           S::store(sp, pr);
           sum += pr;
         }

@@ -3,8 +3,8 @@
 // cpu/isa.h), inside that set's namespace macro SWA_CPU_ISA_NS; then 64-byte
 // vectors are zmm registers, 32-byte ones ymm, 16-byte ones xmm (or NEON).
 //
-// exp_nonpositive is a float32-accurate exp (about 1 ulp) for the arguments a
-// softmax produces (x <= 0, -inf, NaN); float64 lanes use std::exp.
+// exp2_nonpositive is a float32-accurate 2^x (within 2 ulp) for the arguments
+// a softmax produces (x <= 0, -inf, NaN); float64 lanes use std::exp2.
 #pragma once
 
 #include <cmath>
@@ -31,7 +31,6 @@ template <class T, int kBytes>
 struct Simd {
   using scalar = T;
   typedef T vec __attribute__((vector_size(kBytes)));
-  typedef int32_t ivec32 __attribute__((vector_size(kBytes)));
   static constexpr int kLanes = kBytes / int(sizeof(T));
 
   static SWA_INLINE vec load(const T* p) {
@@ -55,6 +54,12 @@ struct Simd {
 #endif
   }
   static SWA_INLINE vec max(vec a, vec b) { return select(a > b, a, b); }
+  static SWA_INLINE bool any(mask m) {
+    mask_scalar bits = 0;
+#pragma GCC unroll 64
+    for (int i = 0; i < kLanes; ++i) bits |= m[i];
+    return bits != 0;
+  }
   static SWA_INLINE T lane(vec v, int i) { return v[i]; }
 
   // One stage of an in-register transpose: rows a = x[i], b = x[i + s] with
@@ -88,34 +93,33 @@ struct Simd {
     }
   }
 
-  // e^x for x <= 0 (also -inf -> 0 and NaN -> NaN); relative error ~1 ulp for
-  // float, exact std::exp for double.
-  static SWA_INLINE vec exp_nonpositive(vec x) {
+  // 2^x for x <= 0 (also -inf -> 0 and NaN -> NaN): float to within 2 ulp,
+  // double through std::exp2. (The kernels work in base 2: log2(e) is folded
+  // into the score scale, so the range reduction x = n + r is exact.)
+  static SWA_INLINE vec exp2_nonpositive(vec x) {
     if constexpr (sizeof(T) == 4) {
-      // x = n ln2 + r, |r| <= ln2 / 2 (Cody-Waite: ln2 split in a part exact
-      // in n * ln2_hi and a correction), e^x = 2^n e^r.
-      const vec round_magic = set1(12582912.0f);  // 1.5 * 2^23: adds round-to-nearest
-      vec t = x * set1(1.44269504f) + round_magic;
-      vec n = t - round_magic;
-      vec r = x - n * set1(0.693359375f);
-      r = r - n * set1(-2.12194440e-4f);
-      // e^r = 1 + r + r^2 P(r), P fitted on [-ln2/2, ln2/2] (error 7e-9).
-      vec p = set1(1.35436282e-3f);
-      p = p * r + set1(8.37171171e-3f);
-      p = p * r + set1(4.16738056e-2f);
-      p = p * r + set1(1.66664913e-1f);
-      p = p * r + set1(4.99999672e-1f);
-      vec er = (p * r) * r + r + set1(1.0f);
-      // 2^n from the low bits of t (n + 127 stays in [1, 127] for x >= -87).
-      ivec32 bits;
+      const vec round_magic = set1(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+      const vec t = x + round_magic;
+      const vec n = t - round_magic;  // round(x)
+      const vec r = x - n;            // in [-1/2, 1/2], exact
+      // 2^r = 1 + r P(r), P fitted on [-1/2, 1/2] (relative error 2e-8).
+      vec p = set1(1.54122681e-4f);
+      p = p * r + set1(1.34179520e-3f);
+      p = p * r + set1(9.61826183e-3f);
+      p = p * r + set1(5.55026084e-2f);
+      p = p * r + set1(2.40226492e-1f);
+      p = p * r + set1(6.93147242e-1f);
+      const vec two_r = p * r + set1(1.0f);
+      // 2^n from the low bits of t (n + 127 stays in [1, 127] for x >= -126).
+      mask bits;
       std::memcpy(&bits, &t, sizeof(t));
       bits = (bits + 127) << 23;
       vec two_n;
       std::memcpy(&two_n, &bits, sizeof(t));
-      return select(x < set1(-87.0f), zero(), er * two_n);
+      return select(x < set1(-126.0f), zero(), two_r * two_n);
     } else {
       vec y;
-      for (int i = 0; i < kLanes; ++i) y[i] = std::exp(x[i]);
+      for (int i = 0; i < kLanes; ++i) y[i] = std::exp2(x[i]);
       return y;
     }
   }
