@@ -46,7 +46,7 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
   p.group = q.size(1) / k.size(1);
   p.seqlen_q = q.size(2);
   p.head_dim = q.size(3);
-  p.m_blocks = (p.seqlen_q + kForwardTileRows - 1) / kForwardTileRows;
+  p.m_blocks = (p.seqlen_q + kTileLanes - 1) / kTileLanes;
   p.band = SWA_KERNEL_NS::Band{p.seqlen_q, k.size(2), window_left, window_right};
   p.scale = scale;
   p.softcap = softcap;

@@ -35,7 +35,6 @@ struct ForwardKernel {
   static constexpr int R = Tile::R;
   static constexpr int kVecs = Tile::kVecs;
   static constexpr int64_t kKeys = kForwardTileKeys;
-  static_assert(kTileLanes == kForwardTileRows);
 
   const ForwardProblem& p;
   const int64_t D;
@@ -83,7 +82,7 @@ struct ForwardKernel {
 
   // Step 2b: softcap and band mask on S^T (and the rest of the block max),
   // the online softmax update of m and l, O^T rescaled, S^T turned into P^T.
-  SWA_INLINE void softmax(int64_t n0) {
+  SWA_OUTLINE void softmax(int64_t n0) {
     const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
     const T softcap = T(p.softcap);
     tile.for_unmaxed([&](const LaneRun& run, int v, int64_t j0, int64_t j1) {

@@ -23,7 +23,9 @@
 
 namespace swa::cpu {
 
-constexpr int64_t kForwardTileRows = 64;  // query rows per task
+// Lanes of a task's tile (cpu/lane_tile.h): query rows per forward / dQ
+// task, keys per dK/dV task.
+constexpr int64_t kTileLanes = 64;
 constexpr int64_t kForwardTileKeys = 128;  // keys per online-softmax block
 
 // One forward problem. Strides in elements: [0] batch, [1] head, [2] row; the

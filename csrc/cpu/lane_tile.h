@@ -20,8 +20,6 @@
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
-constexpr int64_t kTileLanes = 64;  // lanes per tile (R, the leading dim of lane-major buffers)
-
 // A 64-byte aligned array of n T, released at scope exit.
 template <class T>
 struct AlignedBuffer {
@@ -166,7 +164,7 @@ struct LaneTile {
   // st = rows packed over the runs of the block at n0 (row j at rows +
   // (j - n0) * rs; packed (depth, R), st (items, R)). Resets the block max;
   // with fuse_max fills it for the items vectors see in full.
-  SWA_INLINE void products(int64_t n0, const T* rows, int64_t rs, int64_t depth, const T* packed, T* st,
+  SWA_OUTLINE void products(int64_t n0, const T* rows, int64_t rs, int64_t depth, const T* packed, T* st,
                            bool fuse_max) {
     for (int v = 0; v < nvec; ++v) {
       block_max[v] = S::set1(-std::numeric_limits<T>::infinity());
@@ -190,7 +188,7 @@ struct LaneTile {
 
   // acc (depth, R) += rows^T pt over the runs of the block at n0 (row j at
   // rows + (j - n0) * rs; pt (items, R)).
-  SWA_INLINE void accumulate(int64_t n0, const T* pt, const T* rows, int64_t rs, int64_t depth, T* acc) const {
+  SWA_OUTLINE void accumulate(int64_t n0, const T* pt, const T* rows, int64_t rs, int64_t depth, T* acc) const {
     for (int ri = 0; ri < nruns; ++ri) {
       const LaneRun& run = runs[ri];
       const int64_t n = run.end - run.begin;

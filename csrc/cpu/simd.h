@@ -23,6 +23,9 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #define SWA_INLINE __attribute__((always_inline)) inline
+// For the per-block steps, which do not depend on the input dtype: emitted
+// once per accumulation type instead of once per dtype (compile time).
+#define SWA_OUTLINE __attribute__((noinline))
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
