@@ -1,141 +1,98 @@
-// Exact CPU backward of swa::attention, in two passes that need no atomics and
-// are deterministic by construction:
-//   1. per (batch, query head, query tile): D = rowsum(dO * O) - dlse and
-//      dQ = scale * dX K over the keys the tile sees; the row's lse is
-//      recomputed there in the accumulation type (float64 inputs get float64
-//      gradients, not ones limited by the float32 lse output);
-//   2. per (batch, kv head, key tile): over the query heads of the group and
-//      the rows that see the tile, dV = P^T dO and dK = scale * dX^T Q.
-// With P = exp(s - lse), dS = P * (dO V^T - D), and dX = dS * (1 - tanh^2)
-// under softcap (s = c tanh(x / c)), else dX = dS.
-#include <ATen/Parallel.h>
+// Exact CPU backward of swa::attention: argument plumbing, the choice of the
+// kernel build for this CPU, and the two parallel passes (dQ per query tile,
+// then dK/dV per key tile; no atomics, deterministic by construction). The
+// kernels are in cpu/backward_kernel.h (built per instruction set by
+// cpu/backward_<isa>.cpp).
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "cpu/tiles.h"
+#include "cpu/backward_problem.h"
+#include "cpu/isa.h"
+#include "cpu/parallel.h"
 #include "ops/checks.h"
 
 namespace swa::cpu {
 namespace {
 
-struct BackwardInputs {
-  at::Tensor dout, q, k, v, out;
-  at::Tensor softmax_d;  // [B, Hq, Sq] accumulation type: rowsum(dO * O) - dlse
-  at::Tensor lse_acc;    // [B, Hq, Sq] accumulation type: recomputed lse
-  double scale;
-  double softcap;
-  Band band;
-  int64_t group;
-};
-
-// dX of a tile (the gradient with respect to the scaled, uncapped scores).
-at::Tensor score_gradient(const BackwardInputs& in, const ScoreTile& s, const at::Tensor& lse_rows,
-                          const at::Tensor& dout_tile, const at::Tensor& v_tile,
-                          const at::Tensor& d_rows, at::Tensor* p_out) {
-  at::Tensor p = probabilities(s.s, lse_rows);                 // (M, N)
-  at::Tensor dp = at::matmul(dout_tile, v_tile.t());           // (M, N)
-  at::Tensor dx = dp.sub_(d_rows.unsqueeze(1)).mul_(p);        // dS
-  if (in.softcap > 0) dx.mul_(1 - s.tanh * s.tanh);            // through the cap
-  if (p_out) *p_out = p;
-  return dx;
+void fill_strides(int64_t (&dst)[3], const at::Tensor& t) {
+  for (int i = 0; i < 3; ++i) dst[i] = t.stride(i);
 }
 
-// Pass 1: D and dQ for query rows [m0, m1) of head h of batch b.
-void query_tile_pass(const BackwardInputs& in, int64_t b, int64_t h, int64_t m0, int64_t m1,
-                     at::Tensor& dq) {
-  at::Tensor dq_tile = dq.select(0, b).select(0, h).narrow(0, m0, m1 - m0);  // (M, D)
-  at::Tensor dout_tile = rows(in.dout, b, h, m0, m1);                         // (M, D)
-  at::Tensor d_rows = (dout_tile * rows(in.out, b, h, m0, m1)).sum(1);        // (M)
-  in.softmax_d.select(0, b).select(0, h).narrow(0, m0, m1 - m0).add_(d_rows);
-
-  at::Tensor lse_rows = in.lse_acc.select(0, b).select(0, h).narrow(0, m0, m1 - m0);  // (M)
-  auto keys = SWA_KERNEL_NS::key_range(in.band, m0, m1);
-  if (keys.empty()) {
-    dq_tile.zero_();
-    lse_rows.fill_(-INFINITY);
-    return;
-  }
-  const int64_t hk = h / in.group;
-  at::Tensor q_tile = rows(in.q, b, h, m0, m1);                  // (M, D)
-  at::Tensor k_tile = rows(in.k, b, hk, keys.begin, keys.end);   // (N, D)
-  at::Tensor v_tile = rows(in.v, b, hk, keys.begin, keys.end);   // (N, D)
-  at::Tensor d_full = in.softmax_d.select(0, b).select(0, h).narrow(0, m0, m1 - m0);
-  ScoreTile s = score_tile(q_tile, k_tile, in.scale, in.softcap, in.band, m0, keys.begin);
-  lse_rows.copy_(at::logsumexp(s.s, {1}));
-  at::Tensor dx = score_gradient(in, s, lse_rows, dout_tile, v_tile, d_full, nullptr);
-  dq_tile.copy_(at::matmul(dx, k_tile).mul_(in.scale));  // (M, D)
-}
-
-// Pass 2: dK and dV for keys [n0, n1) of kv head hk of batch b.
-void key_tile_pass(const BackwardInputs& in, int64_t b, int64_t hk, int64_t n0, int64_t n1,
-                   at::Tensor& dk, at::Tensor& dv) {
-  at::Tensor k_tile = rows(in.k, b, hk, n0, n1);  // (N, D)
-  at::Tensor v_tile = rows(in.v, b, hk, n0, n1);  // (N, D)
-  at::Tensor dk_acc = at::zeros_like(k_tile);     // (N, D)
-  at::Tensor dv_acc = at::zeros_like(v_tile);     // (N, D)
-  auto query_rows = SWA_KERNEL_NS::row_range(in.band, n0, n1);  // rows that see [n0, n1)
-  if (!query_rows.empty()) {
-    const int64_t m0 = query_rows.begin, m1 = query_rows.end;
-    for (int64_t g = 0; g < in.group; ++g) {
-      const int64_t h = hk * in.group + g;
-      at::Tensor q_tile = rows(in.q, b, h, m0, m1);        // (M, D)
-      at::Tensor dout_tile = rows(in.dout, b, h, m0, m1);  // (M, D)
-      at::Tensor lse_rows = in.lse_acc.select(0, b).select(0, h).narrow(0, m0, m1 - m0);
-      at::Tensor d_rows = in.softmax_d.select(0, b).select(0, h).narrow(0, m0, m1 - m0);
-      ScoreTile s = score_tile(q_tile, k_tile, in.scale, in.softcap, in.band, m0, n0);
-      at::Tensor p;
-      at::Tensor dx = score_gradient(in, s, lse_rows, dout_tile, v_tile, d_rows, &p);
-      dv_acc.add_(at::matmul(p.t(), dout_tile));             // (N, D)
-      dk_acc.add_(at::matmul(dx.t(), q_tile), in.scale);     // (N, D)
-    }
-  }
-  dk.select(0, b).select(0, hk).narrow(0, n0, n1 - n0).copy_(dk_acc);
-  dv.select(0, b).select(0, hk).narrow(0, n0, n1 - n0).copy_(dv_acc);
-}
+// t itself when its head dim has unit stride, else a contiguous copy.
+at::Tensor unit_last(const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,
+    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool /*deterministic: always*/) {
-  const AttentionShape shape = check_attention_backward("swa::attention_backward", grad_out, grad_lse, q,
-                                                        k, v, out, lse, window_left, window_right,
+  const AttentionShape shape = check_attention_backward("swa::attention_backward", grad_out_in, grad_lse, q_in,
+                                                        k_in, v_in, out_in, lse, window_left, window_right,
                                                         scale, softcap);
-  const std::vector<int64_t> lse_shape{shape.batch, shape.heads_q, shape.seqlen_q};
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  if (k.numel() == 0 || q.numel() == 0) {
+  at::Tensor dq = at::empty_like(q_in), dk = at::empty_like(k_in), dv = at::empty_like(v_in);
+  if (k_in.numel() == 0 || q_in.numel() == 0) {
     dq.zero_(), dk.zero_(), dv.zero_();
     return {dq, dk, dv};
   }
-  const auto acc = accum_type(q.scalar_type());
-  BackwardInputs in{grad_out, q, k, v, out, at::Tensor(), at::empty(lse_shape, q.options().dtype(acc)),
-                    softmax_scale(scale, shape.head_dim),
-                    softcap, Band{shape.seqlen_q, shape.seqlen_k, window_left, window_right},
-                    shape.group()};
-  in.softmax_d = (grad_lse.has_value() && grad_lse->defined())
-                     ? grad_lse->neg().to(acc).contiguous()
-                     : at::zeros(lse_shape, q.options().dtype(acc));
+  const at::Tensor grad_out = unit_last(grad_out_in), q = unit_last(q_in), k = unit_last(k_in),
+                   v = unit_last(v_in), out = unit_last(out_in);
+  at::Tensor dq_rows = unit_last(dq), dk_rows = unit_last(dk), dv_rows = unit_last(dv);
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor lse2 = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, q.options().dtype(acc));
+  const at::Tensor delta = at::empty_like(lse2);
+  const bool has_grad_lse = grad_lse.has_value() && grad_lse->defined();
 
-  const int64_t m_blocks = (shape.seqlen_q + kBlockM - 1) / kBlockM;
-  at::parallel_for(0, shape.batch * shape.heads_q * m_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t m_block = task % m_blocks;
-      const int64_t h = (task / m_blocks) % shape.heads_q;
-      const int64_t b = task / (m_blocks * shape.heads_q);
-      const int64_t m0 = m_block * kBlockM;
-      query_tile_pass(in, b, h, m0, std::min(m0 + kBlockM, shape.seqlen_q), dq);
-    }
-  });
+  BackwardProblem p;
+  p.dtype = q.scalar_type();
+  p.dout = grad_out.data_ptr();
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  p.grad_lse = has_grad_lse ? grad_lse->data_ptr<float>() : nullptr;
+  p.dq = dq_rows.data_ptr();
+  p.dk = dk_rows.data_ptr();
+  p.dv = dv_rows.data_ptr();
+  fill_strides(p.dout_stride, grad_out);
+  fill_strides(p.q_stride, q);
+  fill_strides(p.k_stride, k);
+  fill_strides(p.v_stride, v);
+  fill_strides(p.out_stride, out);
+  if (has_grad_lse) fill_strides(p.grad_lse_stride, *grad_lse);
+  fill_strides(p.dq_stride, dq_rows);
+  fill_strides(p.dk_stride, dk_rows);
+  fill_strides(p.dv_stride, dv_rows);
+  p.lse2 = lse2.data_ptr();
+  p.delta = delta.data_ptr();
+  p.heads_q = shape.heads_q;
+  p.heads_kv = shape.heads_kv;
+  p.group = shape.group();
+  p.seqlen_q = shape.seqlen_q;
+  p.seqlen_k = shape.seqlen_k;
+  p.head_dim = shape.head_dim;
+  p.m_blocks = (shape.seqlen_q + kTileLanes - 1) / kTileLanes;
+  p.n_blocks = (shape.seqlen_k + kTileLanes - 1) / kTileLanes;
+  p.band = SWA_KERNEL_NS::Band{shape.seqlen_q, shape.seqlen_k, window_left, window_right};
+  p.scale = softmax_scale(scale, shape.head_dim);
+  p.softcap = softcap;
 
-  const int64_t n_blocks = (shape.seqlen_k + kBlockN - 1) / kBlockN;
-  at::parallel_for(0, shape.batch * shape.heads_kv * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n_block = task % n_blocks;
-      const int64_t hk = (task / n_blocks) % shape.heads_kv;
-      const int64_t b = task / (n_blocks * shape.heads_kv);
-      const int64_t n0 = n_block * kBlockN;
-      key_tile_pass(in, b, hk, n0, std::min(n0 + kBlockN, shape.seqlen_k), dk, dv);
-    }
-  });
+  void (*dq_pass)(const BackwardProblem&, TaskQueue&) = backward_dq_tasks_baseline;
+  void (*dkdv_pass)(const BackwardProblem&, TaskQueue&) = backward_dkdv_tasks_baseline;
+#if defined(__x86_64__) || defined(__i386__)
+  switch (cpu_isa()) {
+    case Isa::kAvx512: dq_pass = backward_dq_tasks_avx512, dkdv_pass = backward_dkdv_tasks_avx512; break;
+    case Isa::kAvx2: dq_pass = backward_dq_tasks_avx2, dkdv_pass = backward_dkdv_tasks_avx2; break;
+    case Isa::kBaseline: break;
+  }
+#endif
+  // Pass 1 writes lse2 and delta of every row; pass 2 reads them.
+  const int64_t q_tasks = shape.batch * shape.heads_q * p.m_blocks;
+  parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
+  const int64_t k_tasks = shape.batch * shape.heads_kv * p.n_blocks;
+  parallel_workers(k_tasks, default_grain(k_tasks), [&](TaskQueue& queue) { dkdv_pass(p, queue); });
+  if (!dq_rows.is_same(dq)) dq.copy_(dq_rows);
+  if (!dk_rows.is_same(dk)) dk.copy_(dk_rows);
+  if (!dv_rows.is_same(dv)) dv.copy_(dv_rows);
   return {dq, dk, dv};
 }
 

@@ -1,0 +1,48 @@
+// The CPU backward's problem description and its per-ISA entry points (see
+// cpu/backward_kernel.h for the algorithm, cpu/isa.h for the builds). Like
+// cpu/forward_problem.h it includes everything from outside the project the
+// kernel uses, so an ISA translation unit includes it before its target switch.
+#pragma once
+
+#include "cpu/forward_problem.h"
+
+namespace swa::cpu {
+
+constexpr int64_t kBackwardTileItems = 128;  // keys (dQ pass) / query rows (dK/dV pass) per block
+
+// One backward problem. Strides in elements: [0] batch, [1] head, [2] row; the
+// last dim has unit stride. grad_lse (float32) may be null.
+struct BackwardProblem {
+  c10::ScalarType dtype;
+  const void* dout;
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* out;
+  const float* grad_lse;
+  void* dq;
+  void* dk;
+  void* dv;
+  int64_t dout_stride[3], q_stride[3], k_stride[3], v_stride[3], out_stride[3], grad_lse_stride[3];
+  int64_t dq_stride[3], dk_stride[3], dv_stride[3];
+  // Per query row, written by the dQ pass and read by the dK/dV pass, in the
+  // accumulation type (float64 for float64 inputs, else float32), contiguous
+  // [B, Hq, Sq]: the base-2 log-sum-exp and rowsum(dO * O) - dlse.
+  void* lse2;
+  void* delta;
+  int64_t heads_q, heads_kv, group, seqlen_q, seqlen_k, head_dim, m_blocks, n_blocks;
+  SWA_KERNEL_NS::Band band;
+  double scale, softcap;
+};
+
+// One worker of the dQ pass (task = (batch * heads_q + head) * m_blocks +
+// query tile) or of the dK/dV pass (task = (batch * heads_kv + kv head) *
+// n_blocks + key tile), with the kernel built for one instruction set.
+void backward_dq_tasks_avx512(const BackwardProblem& p, TaskQueue& queue);
+void backward_dq_tasks_avx2(const BackwardProblem& p, TaskQueue& queue);
+void backward_dq_tasks_baseline(const BackwardProblem& p, TaskQueue& queue);
+void backward_dkdv_tasks_avx512(const BackwardProblem& p, TaskQueue& queue);
+void backward_dkdv_tasks_avx2(const BackwardProblem& p, TaskQueue& queue);
+void backward_dkdv_tasks_baseline(const BackwardProblem& p, TaskQueue& queue);
+
+}  // namespace swa::cpu
