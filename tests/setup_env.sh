@@ -5,13 +5,15 @@
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${SWA_TORCH_VERSION:-2.14.1}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Idle OpenMP workers sleep instead of spinning (a loaded 2-core box slows 10x otherwise).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 have_torch=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
 if [ "$have_torch" != "$TORCH_VERSION" ]; then
   echo "== installing torch $TORCH_VERSION (found: ${have_torch:-none}) =="
   "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
 fi
-"$PYTHON" -m pip install -q pytest numpy expecttest matplotlib ninja
+"$PYTHON" -m pip install -q pytest numpy expecttest matplotlib ninja "transformers==5.23.0"
 
 # The nvcc on PATH may be a wrapper outside the toolkit: find the real root.
 if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null 2>&1; then

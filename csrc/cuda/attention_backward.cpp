@@ -34,11 +34,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   params.dq = tensor_ref(dq);
   params.dk = tensor_ref(dk);
   params.dv = tensor_ref(dv);
-  auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor softmax_d = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, f32);
-  at::Tensor dq_accum = at::zeros({shape.batch, shape.heads_q, shape.seqlen_q, shape.head_dim}, f32);
-  params.softmax_d = softmax_d.data_ptr<float>();
-  params.dq_accum = dq_accum.data_ptr<float>();
+  // Workspaces (csrc/cuda/kernels/bwd_dispatch.cu): none needs zero-filling.
+  const bool half = q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16;
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor softmax_d, dq_accum, softmax_stats_f64;
+  if (q.scalar_type() == at::kDouble) {
+    softmax_stats_f64 = at::empty({2, shape.batch, shape.heads_q, shape.seqlen_q}, q.options());
+    params.softmax_stats_f64 = softmax_stats_f64.data_ptr<double>();
+  } else {
+    softmax_d = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, f32);
+    params.softmax_d = softmax_d.data_ptr<float>();
+  }
+  if (half && !deterministic) {
+    dq_accum = at::empty({shape.batch, shape.heads_q, shape.seqlen_q, shape.head_dim}, f32);
+    params.dq_accum = dq_accum.data_ptr<float>();
+  }
   params.deterministic = deterministic;
   C10_CUDA_CHECK(kn::attention_backward(params, c10::cuda::getCurrentCUDAStream()));
   return {dq, dk, dv};
