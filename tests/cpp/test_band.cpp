@@ -5,33 +5,13 @@
 #include <cstdio>
 #include <random>
 
+#include "expect.h"
+#include "band_brute_force.h"
 #include "swa/kernels/band.h"
 
 using SWA_KERNEL_NS::Band;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                                      \
-  do {                                                         \
-    if (!(cond)) {                                             \
-      ++failures;                                              \
-      if (failures <= 20) {                                    \
-        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                              \
-        std::printf("\n");                                     \
-      }                                                        \
-    }                                                          \
-  } while (0)
-
-// Visibility from the definition, independent of band.h's helpers.
-bool sees(const Band& b, int64_t i, int64_t j) {
-  int64_t p = i + b.seqlen_k - b.seqlen_q;
-  bool left_ok = b.window_left < 0 || j >= p - b.window_left;
-  bool right_ok = b.window_right < 0 || j <= p + b.window_right;
-  return j >= 0 && j < b.seqlen_k && left_ok && right_ok;
-}
 
 bool tile_pair_visible(const Band& b, int64_t m, int64_t bm, int64_t n, int64_t bn) {
   for (int64_t i = m * bm; i < (m + 1) * bm && i < b.seqlen_q; ++i)

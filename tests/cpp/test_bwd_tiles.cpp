@@ -9,6 +9,8 @@
 #include <random>
 #include <vector>
 
+#include "expect.h"
+#include "band_brute_force.h"
 #include "swa/kernels/band.h"
 #include "swa/kernels/bwd_tiles.h"
 
@@ -17,28 +19,6 @@ using kn::Band;
 using kn::KeyRange;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                                            \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      ++failures;                                                    \
-      if (failures <= 20) {                                          \
-        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                    \
-        std::printf("\n");                                           \
-      }                                                              \
-    }                                                                \
-  } while (0)
-
-// Visibility from the definition (independent of band.h).
-bool sees(const Band& b, int64_t i, int64_t j) {
-  int64_t p = i + b.seqlen_k - b.seqlen_q;
-  bool left_ok = b.window_left < 0 || j >= p - b.window_left;
-  bool right_ok = b.window_right < 0 || j <= p + b.window_right;
-  return i >= 0 && i < b.seqlen_q && j >= 0 && j < b.seqlen_k && left_ok && right_ok;
-}
 
 // The problem, for failure messages: CTXF in the format, CTXA among the arguments.
 #define CTXF "Sq=%lld Sk=%lld wl=%lld wr=%lld bm=%lld bn=%lld"

@@ -8,25 +8,12 @@
 #include <random>
 #include <vector>
 
+#include "expect.h"
 #include "swa/kernels/ring.h"
 
 namespace kn = SWA_KERNEL_NS;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                                            \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      ++failures;                                                    \
-      if (failures <= 20) {                                          \
-        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                    \
-        std::printf("\n");                                           \
-      }                                                              \
-    }                                                                \
-  } while (0)
 
 // A ring filled one token at a time: slot -> position it holds (-1 = never written).
 struct SimulatedRing {
