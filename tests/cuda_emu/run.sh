@@ -1,14 +1,78 @@
 #!/bin/bash
-# Builds and runs the CPU emulation of the CUDA backward kernels (no GPU):
-# copies csrc/cuda/kernels/bwd_*.cuh next to the emulated primitives.cuh of
-# fake/, compiles bwd_emu_test.cpp with g++ (C++20) against fake/ (stand-ins for
-# the CUDA headers) and runs it. Usage: tests/cuda_emu/run.sh [case name]
+# Builds and runs the CPU emulation of the CUDA kernels (no GPU needed):
+#   bwd: bwd_emu_test.cpp, the backward kernels (bwd_*.cuh) called directly;
+#   fwd: fwd_emu_test.cpp, the forward through its real host code
+#        (forward_dispatch.cu, fwd_launch.cuh, fwd_combine.cu, exact_fwd.cu,
+#        cache_kernels.cu): dispatch, PackGQA / split-KV decisions, launches.
+# The kernel sources are copied next to the emulated primitives.cuh of fake/
+# with two rewrites that stand in for nvcc: `k<<<grid, block, smem, stream>>>(`
+# -> `emu::Launch(k, grid, block, smem, stream)(` and `extern __shared__` ->
+# `extern` (see fake/emu_core.h). Compiled with g++ (C++20) against fake/
+# (stand-ins for the CUDA headers), translation units in parallel.
+#
+# Each emulator runs twice: cp.async copies landing as late as the PTX allows
+# (at the wait that retires their group: catches reading a tile too early) and
+# as early as it allows (at issue: catches refilling shared memory that other
+# warps may still read); see fake/primitives.cuh.
+#
+# Usage: tests/cuda_emu/run.sh [--bwd | --fwd] [case-name substring]
+#   (no option: both emulators; each prints "ok/FAIL <case>" and a summary,
+#   and the script exits non-zero when any case failed).
+# Env: CXX (g++), SWA_EMU_KERNELS (kernel source dir), SWA_EMU_JOBS (compile
+# jobs), SWA_EMU_CP_ASYNC=late|early (run that landing mode only).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+kernels="${SWA_EMU_KERNELS:-$root/csrc/cuda/kernels}"
+run_bwd=1 run_fwd=1
+case "${1:-}" in
+  --bwd) run_fwd=0; shift ;;
+  --fwd) run_bwd=0; shift ;;
+esac
+filter="${1:-}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cp "${SWA_EMU_KERNELS:-$root/csrc/cuda/kernels}"/bwd_*.cuh "$work"/
+
+for f in "$kernels"/*.cuh "$kernels"/*.cu; do
+  sed -E -e 's/extern __shared__/extern/' \
+         -e 's/([A-Za-z_][A-Za-z0-9_]*(<[^<>()]*>)?)<<<(.*)>>>\(/emu::Launch(\1, \3)(/' \
+         "$f" > "$work/$(basename "$f")"
+done
 cp "$here"/fake/primitives.cuh "$work"/
-${CXX:-g++} -std=c++20 -O2 -w -I"$work" -I"$here/fake" -I"$root/csrc/include" "$here/bwd_emu_test.cpp" -o "$work/bwd_emu_test"
-"$work/bwd_emu_test" "$@"
+
+cxx="${CXX:-g++}"
+flags=(-std=c++20 -O2 -w -I"$work" -I"$here/fake" -I"$root/csrc/include"
+       -DSWA_HDIM_32 -DSWA_HDIM_64 -DSWA_HDIM_96 -DSWA_HDIM_128 -DSWA_HDIM_256
+       -DSWA_DTYPE_FP16 -DSWA_DTYPE_BF16)
+units=()
+if [ "$run_bwd" = 1 ]; then units+=("$here/bwd_emu_test.cpp"); fi
+if [ "$run_fwd" = 1 ]; then
+  units+=("$here/fwd_emu_test.cpp")
+  for u in forward_dispatch fwd_combine exact_fwd cache_kernels; do units+=("$work/$u.cu"); done
+  for f in "$work"/fwd_hdim*_*.cu; do units+=("$f"); done
+fi
+jobs="${SWA_EMU_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+printf '%s\n' "${units[@]}" | xargs -P "$jobs" -I{} sh -c \
+  'u="$1"; shift; exec "$@" -x c++ -c "$u" -o "'"$work"'/$(basename "$u").o"' _ {} "$cxx" "${flags[@]}"
+
+modes="${SWA_EMU_CP_ASYNC:-late early}"
+status=0
+if [ "$run_bwd" = 1 ]; then
+  "$cxx" "$work/bwd_emu_test.cpp.o" -o "$work/bwd_emu_test"
+  for mode in $modes; do
+    echo "== backward kernels (bwd_emu_test), cp.async landing $mode"
+    SWA_EMU_CP_ASYNC=$mode "$work/bwd_emu_test" "$filter" || status=1
+  done
+fi
+if [ "$run_fwd" = 1 ]; then
+  fwd_objs=()
+  for u in "${units[@]}"; do
+    [ "$(basename "$u")" = bwd_emu_test.cpp ] || fwd_objs+=("$work/$(basename "$u").o")
+  done
+  "$cxx" "${fwd_objs[@]}" -o "$work/fwd_emu_test"
+  for mode in $modes; do
+    echo "== forward kernels (fwd_emu_test), cp.async landing $mode"
+    SWA_EMU_CP_ASYNC=$mode "$work/fwd_emu_test" "$filter" || status=1
+  done
+fi
+exit $status

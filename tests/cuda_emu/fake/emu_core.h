@@ -1,11 +1,25 @@
 // A small CPU emulator of the CUDA execution model, enough to run the
-// backward kernels of csrc/cuda/kernels on the host: every thread of a block
-// is a cooperative user-level context (ucontext); __syncthreads and the
+// kernels of csrc/cuda/kernels on the host: every thread of a block
+// is a cooperative user-level context (see Context below); __syncthreads and the
 // warp-collective instructions (ldmatrix, mma.sync, shfl) are barriers over
 // the block / warp, with the collective's semantics taken from the PTX ISA.
 // Blocks run one after another, so the emulated shared memory is one global
-// array. cp.async copies complete immediately (group waits are no-ops), so
-// this checks the math, layouts and masks, not asynchronous-copy ordering.
+// array. A cp.async copy lands at the latest moment the PTX ISA allows: when
+// its thread's cp.async.wait_group retires the copy's commit group (until then
+// shared memory keeps its old contents), so a kernel that reads a tile before
+// waiting for it, or refills a stage that other warps still read, computes
+// with stale data here. (Real copies may also land earlier; that order is not
+// explored.)
+//
+// Launches: run.sh rewrites `kernel<<<grid, block, smem, stream>>>(args)` in the
+// copied kernel sources to `emu::Launch(kernel, grid, block, smem, stream)(args)`
+// and `extern __shared__` to `extern` (dynamic shared memory is the one
+// emulated array of primitives.cuh); a static `__shared__` variable becomes a
+// function-local static, i.e. one copy that every thread of the block sees.
+// Launch checks what the driver checks (block size, dynamic shared memory
+// against 48 KB or the cudaFuncSetAttribute opt-in, which is itself bounded
+// by the emulated device's limit) and fills the dynamic shared memory with
+// 0xff bytes (16-bit NaN) so that nothing can rely on stale contents.
 #pragma once
 
 #include <ucontext.h>
@@ -16,18 +30,23 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <vector>
 
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__
+#define __shared__ static
 #define __align__(n)
 #define __launch_bounds__(...)
 
 struct uint3 { unsigned x, y, z; };
-struct dim3 { unsigned x = 1, y = 1, z = 1; };
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(8) uint2 { unsigned x, y; };
 struct float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
@@ -39,6 +58,11 @@ inline int max(int a, int b) { return a > b ? a : b; }
 typedef int cudaError_t;
 typedef void* cudaStream_t;
 constexpr int cudaSuccess = 0;
+constexpr int cudaErrorInvalidValue = 1;
+constexpr int cudaErrorInvalidConfiguration = 9;
+constexpr int cudaErrorLaunchOutOfResources = 701;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 
 // ---- 16-bit types ---------------------------------------------------------------
 struct __half { uint16_t bits; };
@@ -82,17 +106,87 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
 // ---- the cooperative scheduler ------------------------------------------------------
 namespace emu {
 
+// User-level contexts. On x86-64 a minimal switch (callee-saved registers and
+// the stack pointer; the emulated code never changes the FP control state):
+// swapcontext also saves the signal mask with a system call, which made it
+// most of the emulators' run time. Elsewhere (or with -DSWA_EMU_UCONTEXT),
+// ucontext.
+#if defined(__x86_64__) && !defined(SWA_EMU_UCONTEXT)
+#define SWA_EMU_FAST_SWITCH 1
+extern "C" void swa_emu_switch(void** save_sp, void* next_sp);
+// Weak: every translation unit that includes this header defines it.
+asm(R"(
+  .text
+  .p2align 4
+  .weak swa_emu_switch
+  .type swa_emu_switch, @function
+swa_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size swa_emu_switch, .-swa_emu_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+inline void ctx_switch(Context& from, Context& to) { swa_emu_switch(&from.sp, to.sp); }
+// A context that starts fn (which must never return) on the given stack.
+inline void ctx_make(Context& c, char* stack, size_t size, void (*fn)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t{15};
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                          // fn's frame: rsp % 16 == 8 at entry
+  *--sp = reinterpret_cast<void*>(fn);      // swa_emu_switch's ret
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void ctx_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void ctx_make(Context& c, char* stack, size_t size, void (*fn)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, fn, 0);
+}
+#endif
+
 constexpr int kMaxThreads = 1024;
 
 struct Thread {
-  ucontext_t ctx;
-  std::vector<char> stack;
+  Context ctx;
+  char* stack = nullptr;  // from stack_pool(), reused by every block
   uint3 tid;
   int linear = 0;
   bool done = false;
   int wait_kind = 0;  // 0 running/ready, 1 warp barrier, 2 block barrier
   uint64_t wait_gen = 0;
   uint64_t collectives = 0;  // per-lane count of warp collectives (slot parity)
+  // cp.async copies issued and not yet landed (primitives.cuh): the source
+  // bytes as read at issue, the shared-memory destination and the commit
+  // group; committed_groups counts this thread's cp.async.commit_group calls.
+  struct AsyncCopy {
+    uint32_t dst;
+    int bytes;
+    uint64_t group;
+    unsigned char data[16];
+  };
+  std::vector<AsyncCopy> async_copies;
+  uint64_t committed_groups = 0;
 };
 
 struct WarpExchange {
@@ -102,7 +196,7 @@ struct WarpExchange {
 struct Block {
   std::vector<Thread> threads;
   Thread* current = nullptr;
-  ucontext_t scheduler;
+  Context scheduler;
   int nthreads = 0;
   int warp_arrived[kMaxThreads / 32] = {};
   uint64_t warp_gen[kMaxThreads / 32] = {};
@@ -131,11 +225,43 @@ inline dim3& block_dim() {
 
 inline Thread* cur() { return block()->current; }
 
+// Thread stacks, allocated once and reused by every block of every launch.
+inline std::vector<std::vector<char>>& stack_pool() {
+  static std::vector<std::vector<char>> pool;
+  return pool;
+}
+
+// The emulated device (see Launch below and the cuda* stand-ins).
+struct Device {
+  int sm_count = 132;
+  int smem_optin = 227 * 1024;    // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  size_t dyn_smem_bytes = 0;      // dynamic shared memory of the running launch; 0: any
+  cudaError_t last_error = cudaSuccess;
+  std::map<const void*, int> max_dyn_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+  // Optional check of every global address that cp.async reads (set by a test
+  // that knows its tensors' extents); returns false to report the access.
+  bool (*global_read_ok)(const void* p, size_t bytes) = nullptr;
+  // Called at the start of every block (e.g. to refill shared memory).
+  void (*block_start)() = nullptr;
+  // Every emu::Launch that ran, in order (tests check which kernels a host
+  // code path launched).
+  struct LaunchRecord {
+    dim3 grid;
+    unsigned threads;
+    size_t smem;
+  };
+  std::vector<LaunchRecord> launches;
+};
+inline Device& device() {
+  static Device d;
+  return d;
+}
+
 inline void yield_waiting(int kind, uint64_t gen) {
   Thread* t = cur();
   t->wait_kind = kind;
   t->wait_gen = gen;
-  swapcontext(&t->ctx, &block()->scheduler);
+  ctx_switch(t->ctx, block()->scheduler);
 }
 
 inline void warp_sync() {
@@ -165,7 +291,8 @@ inline void trampoline() {
   Block* b = block();
   b->body();
   b->current->done = true;
-  // returns to uc_link (the scheduler)
+  ctx_switch(b->current->ctx, b->scheduler);  // never resumed
+  std::abort();
 }
 
 // Runs body on every thread of every block, blocks in order.
@@ -186,17 +313,20 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body, size_
         b->nthreads = n;
         b->body = body;
         b->threads.resize(n);
+        if (device().block_start) device().block_start();
+        auto& pool = stack_pool();
+        if (pool.size() < static_cast<size_t>(n) || pool[0].size() < stack_bytes) {
+          pool.resize(n);
+          for (auto& st : pool)
+            if (st.size() < stack_bytes) st.resize(stack_bytes);
+        }
         for (int i = 0; i < n; ++i) {
           Thread& t = b->threads[i];
           t.linear = i;
           t.tid = {static_cast<unsigned>(i % blk.x), static_cast<unsigned>((i / blk.x) % blk.y),
                    static_cast<unsigned>(i / (blk.x * blk.y))};
-          t.stack.resize(stack_bytes);
-          getcontext(&t.ctx);
-          t.ctx.uc_stack.ss_sp = t.stack.data();
-          t.ctx.uc_stack.ss_size = t.stack.size();
-          t.ctx.uc_link = &b->scheduler;
-          makecontext(&t.ctx, trampoline, 0);
+          t.stack = pool[i].data();
+          ctx_make(t.ctx, t.stack, pool[i].size(), trampoline);
         }
         int remaining = n;
         while (remaining > 0) {
@@ -208,7 +338,7 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body, size_
             if (!ready) continue;
             t.wait_kind = 0;
             b->current = &t;
-            swapcontext(&b->scheduler, &t.ctx);
+            ctx_switch(b->scheduler, t.ctx);
             progress = true;
             if (t.done) --remaining;
           }
@@ -252,5 +382,74 @@ inline float atomicAdd(float* p, float v) {  // one host thread runs every conte
   return old;
 }
 
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
+
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+
 inline __half __ushort_as_half(unsigned short i) { return __half{i}; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short i) { return __nv_bfloat16{i}; }
+
+// ---- the runtime API, as far as the launchers use it ----------------------------------
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = emu::device().last_error;
+  emu::device().last_error = cudaSuccess;
+  return e;
+}
+inline cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *v = emu::device().sm_count; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = emu::device().smem_optin; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > emu::device().smem_optin)
+    return cudaErrorInvalidValue;
+  emu::device().max_dyn_smem[reinterpret_cast<const void*>(kernel)] = value;
+  return cudaSuccess;
+}
+
+namespace emu {
+
+// kernel<<<grid, block, smem, stream>>>(args) after run.sh's rewrite.
+template <typename F>
+struct Launch {
+  F* kernel;
+  dim3 grid, blk;
+  size_t smem;
+  Launch(F* k, dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : kernel(k), grid(g), blk(b), smem(s) {}
+  template <typename... Args>
+  void operator()(const Args&... args) const {
+    Device& dev = device();
+    const unsigned threads = blk.x * blk.y * blk.z;
+    size_t limit = 48 * 1024;
+    auto it = dev.max_dyn_smem.find(reinterpret_cast<const void*>(kernel));
+    if (it != dev.max_dyn_smem.end() && static_cast<size_t>(it->second) > limit) limit = it->second;
+    if (threads == 0 || threads > 1024 || threads % 32 != 0 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.y > 65535 || grid.z > 65535) {
+      std::fprintf(stderr, "emu: invalid launch configuration (grid %u x %u x %u, block %u)\n", grid.x, grid.y,
+                   grid.z, threads);
+      dev.last_error = cudaErrorInvalidConfiguration;
+      return;
+    }
+    if (smem > limit) {
+      std::fprintf(stderr, "emu: launch with %zu bytes of dynamic shared memory, limit %zu\n", smem, limit);
+      dev.last_error = cudaErrorInvalidValue;
+      return;
+    }
+    dev.launches.push_back({grid, threads, smem});
+    dev.dyn_smem_bytes = smem;
+    launch(grid, blk, [&] { kernel(args...); });
+    dev.dyn_smem_bytes = 0;
+  }
+};
+template <typename F>
+Launch(F*, dim3, dim3, size_t, cudaStream_t) -> Launch<F>;
+
+}  // namespace emu

@@ -15,9 +15,24 @@
 
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
-// The emulated shared memory (blocks run one at a time); kernels name it in
-// their `extern __shared__` declarations.
-alignas(128) inline unsigned char bwd_smem[256 * 1024];
+// The emulated dynamic shared memory (blocks run one at a time); the kernels'
+// `extern __shared__` arrays (bwd_smem, fwd_smem) are all this one array.
+alignas(128) inline unsigned char emu_smem[256 * 1024];
+#define bwd_smem emu_smem
+#define fwd_smem emu_smem
+
+// Bytes of emu_smem the running launch may touch: its dynamic shared memory
+// size (emu::Launch), or the whole array for direct emu::launch calls.
+inline size_t smem_limit() {
+  const size_t n = emu::device().dyn_smem_bytes;
+  return n != 0 ? n : sizeof(emu_smem);
+}
+// Every block starts with shared memory full of 0xff bytes (NaN as fp16, bf16
+// and fp32): a kernel that reads what it did not write sees garbage, as on a GPU.
+inline const bool emu_smem_fill_registered = [] {
+  emu::device().block_start = [] { std::memset(emu_smem, 0xff, smem_limit()); };
+  return true;
+}();
 }  // namespace cuda_detail
 }  // namespace SWA_KERNEL_NS
 
@@ -59,40 +74,87 @@ inline float bits_to_float(uint16_t b) {
 
 inline uint32_t smem_addr(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
-  if (c < bwd_smem || c >= bwd_smem + sizeof(bwd_smem)) {
+  if (c < emu_smem || c >= emu_smem + sizeof(emu_smem)) {
     std::fprintf(stderr, "emu: smem_addr of a non-shared pointer\n");
     std::abort();
   }
-  return static_cast<uint32_t>(c - bwd_smem);
+  return static_cast<uint32_t>(c - emu_smem);
 }
 
 inline void check_smem(uint32_t addr, int bytes, int align) {
-  if (addr % align != 0 || addr + bytes > sizeof(bwd_smem)) {
-    std::fprintf(stderr, "emu: bad shared access at %u (%d bytes, align %d)\n", addr, bytes, align);
+  if (addr % align != 0 || addr + bytes > smem_limit()) {
+    std::fprintf(stderr, "emu: bad shared access at %u (%d bytes, align %d, %zu bytes of shared memory)\n", addr,
+                 bytes, align, smem_limit());
     std::abort();
   }
 }
 
-inline void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
-  check_smem(smem_addr(smem_dst), 16, 16);
-  if (valid) {
-    if (reinterpret_cast<uintptr_t>(gmem_src) % 16 != 0) {
-      std::fprintf(stderr, "emu: misaligned 16-byte cp.async source\n");
-      std::abort();
-    }
-    std::memcpy(smem_dst, gmem_src, 16);
-  } else {
-    std::memset(smem_dst, 0, 16);
+inline void check_global_read(const void* src, size_t bytes) {
+  if (emu::device().global_read_ok && !emu::device().global_read_ok(src, bytes)) {
+    std::fprintf(stderr, "emu: cp.async reads %zu bytes at %p, outside every tensor\n", bytes, src);
+    std::abort();
   }
 }
-inline void cp_async_4(void* smem_dst, const void* gmem_src, bool valid) {
-  check_smem(smem_addr(smem_dst), 4, 4);
-  if (valid) std::memcpy(smem_dst, gmem_src, 4);
-  else std::memset(smem_dst, 0, 4);
+
+// When cp.async copies land: at the wait that retires their group (default,
+// the latest moment allowed: catches reads of a tile before it is waited for),
+// or with SWA_EMU_CP_ASYNC=early at issue (the earliest: catches a refill of
+// shared memory that other warps may still be reading, as no barrier
+// separates them).
+inline bool cp_async_early() {
+  static const bool early = [] {
+    const char* e = std::getenv("SWA_EMU_CP_ASYNC");
+    return e != nullptr && std::strcmp(e, "early") == 0;
+  }();
+  return early;
 }
-inline void cp_async_commit() {}
+
+// cp.async: the source is read (and bounds-checked) at issue; the bytes land in
+// shared memory at issue or when cp_async_wait retires their group (above).
+inline void cp_async_issue(void* smem_dst, const void* gmem_src, bool valid, int bytes) {
+  const uint32_t dst = smem_addr(smem_dst);
+  check_smem(dst, bytes, bytes);
+  emu::Thread::AsyncCopy c;
+  c.dst = dst;
+  c.bytes = bytes;
+  c.group = emu::cur()->committed_groups;
+  if (valid) {
+    if (reinterpret_cast<uintptr_t>(gmem_src) % bytes != 0) {
+      std::fprintf(stderr, "emu: misaligned %d-byte cp.async source\n", bytes);
+      std::abort();
+    }
+    check_global_read(gmem_src, bytes);
+    std::memcpy(c.data, gmem_src, bytes);
+  } else {
+    std::memset(c.data, 0, bytes);  // src-size 0: zero fill, nothing read
+  }
+  if (cp_async_early()) std::memcpy(emu_smem + dst, c.data, bytes);
+  else emu::cur()->async_copies.push_back(c);
+}
+inline void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
+  cp_async_issue(smem_dst, gmem_src, valid, 16);
+}
+inline void cp_async_4(void* smem_dst, const void* gmem_src, bool valid) {
+  cp_async_issue(smem_dst, gmem_src, valid, 4);
+}
+inline void cp_async_commit() { ++emu::cur()->committed_groups; }
+// cp.async.wait_group n: every group but the newest n committed ones is
+// complete; copies not yet committed stay in flight.
 template <int n>
-inline void cp_async_wait() {}
+inline void cp_async_wait() {
+  emu::Thread* t = emu::cur();
+  const uint64_t done_below = t->committed_groups >= static_cast<uint64_t>(n) ? t->committed_groups - n : 0;
+  auto& q = t->async_copies;
+  size_t kept = 0;
+  for (size_t i = 0; i < q.size(); ++i) {
+    if (q[i].group < done_below) {
+      std::memcpy(emu_smem + q[i].dst, q[i].data, q[i].bytes);
+    } else {
+      q[kept++] = q[i];
+    }
+  }
+  q.resize(kept);
+}
 
 // One warp collective: deposit this lane's words, meet the warp, return the
 // exchange slot that every lane filled.
@@ -108,7 +170,7 @@ inline uint32_t (*warp_exchange(const uint32_t* mine, int words))[6] {
 
 inline uint16_t smem_u16(uint32_t addr) {
   uint16_t v;
-  std::memcpy(&v, bwd_smem + addr, 2);
+  std::memcpy(&v, emu_smem + addr, 2);
   return v;
 }
 
@@ -159,6 +221,11 @@ inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
     for (int k = 0; k < 16; ++k) acc += A(rows[e], k) * B(k, cols[e]);
     d[e] = acc;
   }
+}
+
+inline float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
 inline float quad_sum(float x) {

@@ -1,0 +1,802 @@
+// Runs the CUDA forward (csrc/cuda/kernels) on the CPU through the emulator in
+// fake/, entering through the library's own host code exactly as the torch
+// glue does (csrc/cuda/tensor_params.cpp: attention_num_splits, workspaces,
+// attention_forward; csrc/cuda/cache.cpp for cache_attention): the dispatch,
+// the PackGQA and split-KV decisions, fwd_launch.cuh's grid / block / dynamic
+// shared memory and the combine kernel all run as they would on a GPU.
+//
+// Checked against a float64 reference computed here from the op contract
+// (not from band.h / ring.h): out with FlashAttention's rule
+//     max|out - ref| <= 2 max|out_lowp - ref| + 1e-5,
+// out_lowp being the attention evaluated the way PyTorch does in the input
+// dtype (q * scale, scores, probabilities and output rounded to it); lse within
+// 1e-3 relative (1e-3 absolute below 1); rows that see no key: out exactly 0,
+// lse exactly -inf. fp32 / fp64 (exact kernel): max|out - ref| below 2e-5 /
+// 1e-12 of max|ref|.
+//
+// Memory: every tensor is its own mapping that ends at a PROT_NONE page
+// (another one before it, then 256 canary bytes), so a read or write past a
+// tensor faults and is reported by name; cp.async sources are checked against
+// the tensors' extents (fake primitives.cuh); canaries and tensor padding are
+// checked after each case. Inputs have NaN in their padding (strides with gaps:
+// rows past S, bytes between rows), so a read of padding that reaches a result
+// shows up as NaN; outputs start as a NaN canary pattern and must be written
+// exactly on their logical elements (not on padding rows past Sq, not between
+// rows). The ring's slots that hold no key of the window are NaN too.
+//
+// Usage: fwd_emu_test [case-name substring]; built and run by run.sh.
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "fwd_kernel_traits.cuh"
+#include "swa/kernels/launch.h"
+#include "swa/kernels/params.h"
+
+namespace kn = SWA_KERNEL_NS;
+using kn::DType;
+
+namespace {
+
+const char* current_case = "";
+
+// ---- guarded allocations --------------------------------------------------------------
+constexpr unsigned char kCanaryByte = 0xa5;
+constexpr size_t kFrontCanary = 256;
+
+struct Region {
+  char* map;
+  size_t map_bytes;
+  char* data;
+  size_t bytes;     // the tensor
+  size_t rounded;   // bytes rounded up to 16: data + rounded is the guard page
+  std::string name;
+};
+std::vector<Region> regions;  // the running case's allocations
+
+size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+void* guarded_alloc(size_t bytes, const std::string& name) {
+  const size_t page = page_size();
+  const size_t rounded = (bytes + 15) / 16 * 16;
+  const size_t middle = (kFrontCanary + rounded + page - 1) / page * page;
+  const size_t total = middle + 2 * page;
+  void* m = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) {
+    std::perror("mmap");
+    std::abort();
+  }
+  char* map = static_cast<char*>(m);
+  mprotect(map, page, PROT_NONE);
+  mprotect(map + page + middle, page, PROT_NONE);
+  std::memset(map + page, kCanaryByte, middle);
+  char* data = map + page + middle - rounded;
+  regions.push_back({map, total, data, bytes, rounded, name});
+  return data;
+}
+
+void free_regions() {
+  for (const Region& r : regions) munmap(r.map, r.map_bytes);
+  regions.clear();
+}
+
+// Canary bytes outside the tensors (before them, and the tail up to 16 B).
+int check_canaries() {
+  int bad = 0;
+  const size_t page = page_size();
+  for (const Region& r : regions) {
+    for (const char* c = r.map + page; c < r.data; ++c)
+      if (static_cast<unsigned char>(*c) != kCanaryByte) {
+        std::printf("  %s: written %td bytes before its start\n", r.name.c_str(), r.data - c);
+        ++bad;
+        break;
+      }
+    for (size_t i = r.bytes; i < r.rounded; ++i)
+      if (static_cast<unsigned char>(r.data[i]) != kCanaryByte) {
+        std::printf("  %s: written past its end\n", r.name.c_str());
+        ++bad;
+        break;
+      }
+  }
+  return bad;
+}
+
+bool global_read_ok(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  for (const Region& r : regions)
+    if (c >= r.data && c + n <= r.data + r.bytes) return true;
+  return false;
+}
+
+void on_segv(int, siginfo_t* info, void*) {
+  const char* a = static_cast<const char*>(info->si_addr);
+  const size_t page = page_size();
+  char msg[512];
+  int n = std::snprintf(msg, sizeof msg, "FAIL %s: out-of-bounds access at %p", current_case, info->si_addr);
+  for (const Region& r : regions) {
+    if (a >= r.map && a < r.map + page)
+      n += std::snprintf(msg + n, sizeof msg - n, " (guard page before %s)", r.name.c_str());
+    else if (a >= r.data + r.rounded && a < r.map + r.map_bytes)
+      n += std::snprintf(msg + n, sizeof msg - n, " (%td bytes past the end of %s)", a - (r.data + r.bytes),
+                         r.name.c_str());
+  }
+  n += std::snprintf(msg + n, sizeof msg - n, "\n");
+  (void)!write(1, msg, n);
+  _exit(2);
+}
+
+void install_segv_handler() {
+  static std::vector<char> alt(1 << 16);
+  stack_t ss{};
+  ss.ss_sp = alt.data();
+  ss.ss_size = alt.size();
+  sigaltstack(&ss, nullptr);
+  struct sigaction sa{};
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigaction(SIGSEGV, &sa, nullptr);
+  sigaction(SIGBUS, &sa, nullptr);
+}
+
+// ---- element types ---------------------------------------------------------------------
+template <typename T>
+double to_d(T x) {
+  if constexpr (std::is_same<T, __half>::value) return __half2float(x);
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(x);
+  else return static_cast<double>(x);
+}
+template <typename T>
+T from_d(double x) {
+  if constexpr (std::is_same<T, __half>::value) return __float2half_rn(static_cast<float>(x));
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __float2bfloat16_rn(static_cast<float>(x));
+  else return static_cast<T>(x);
+}
+template <typename T>
+double round_t(double x) {  // x rounded to T, as PyTorch's T tensors hold it
+  return to_d(from_d<T>(x));
+}
+template <typename T>
+constexpr DType dtype_of() {
+  if constexpr (std::is_same<T, __half>::value) return DType::kFloat16;
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return DType::kBFloat16;
+  else if constexpr (std::is_same<T, float>::value) return DType::kFloat32;
+  else return DType::kFloat64;
+}
+template <typename T>
+const char* dtype_name() {
+  if constexpr (std::is_same<T, __half>::value) return "fp16";
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return "bf16";
+  else if constexpr (std::is_same<T, float>::value) return "fp32";
+  else return "fp64";
+}
+template <typename T>
+T nan_value() {
+  return from_d<T>(NAN);
+}
+// Output canary: a NaN bit pattern (all exponent bits, payload 0xa5...) that no
+// kernel produces.
+template <typename T>
+T canary_value() {
+  T x;
+  if constexpr (sizeof(T) == 2) {
+    const uint16_t b = 0xffa5;
+    std::memcpy(&x, &b, 2);
+  } else if constexpr (sizeof(T) == 4) {
+    const uint32_t b = 0xffa5a5a5u;
+    std::memcpy(&x, &b, 4);
+  } else {
+    const uint64_t b = 0xffa5a5a5a5a5a5a5ull;
+    std::memcpy(&x, &b, 8);
+  }
+  return x;
+}
+template <typename T>
+bool is_canary(T x) {
+  const T c = canary_value<T>();
+  return std::memcmp(&x, &c, sizeof(T)) == 0;
+}
+
+// ---- [B, H, S, D] tensors with strided layouts -------------------------------------------
+enum Layout {
+  kBHSD = 0,   // [B, H, S, D] with 3 padding rows after each head's S rows
+  kBSHD = 1,   // [B, S, H, D] (a transposed view) with 8 elements after each (s, .) row group
+               // and 2 padding rows per batch
+  kOddRows = 2 // [B, H, S, D], row stride D + 4: rows not 16-byte aligned (16-bit: exact kernel)
+};
+
+template <typename T>
+struct Tensor4 {
+  T* data = nullptr;
+  size_t elems = 0;
+  int64_t B = 0, H = 0, S = 0, D = 0, bs = 0, hs = 0, rs = 0;
+  std::vector<char> logical;  // per element of the allocation
+
+  void init(const std::string& name, int64_t b, int64_t h, int64_t s, int64_t d, int layout, bool output) {
+    B = b, H = h, S = s, D = d;
+    if (layout == kBHSD) {
+      rs = d, hs = (s + 3) * d, bs = h * hs + 8;
+    } else if (layout == kBSHD) {
+      hs = d, rs = h * d + 8, bs = (s + 2) * rs;
+    } else {
+      rs = d + 4, hs = s * rs, bs = h * hs;
+    }
+    elems = static_cast<size_t>(b * bs);
+    data = static_cast<T*>(guarded_alloc(elems * sizeof(T), name));
+    logical.assign(elems, 0);
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t j = 0; j < h; ++j)
+        for (int64_t r = 0; r < s; ++r)
+          for (int64_t e = 0; e < d; ++e) logical[static_cast<size_t>(i * bs + j * hs + r * rs + e)] = 1;
+    const T fill = output ? canary_value<T>() : nan_value<T>();
+    for (size_t i = 0; i < elems; ++i) data[i] = fill;
+  }
+  T& at(int64_t b, int64_t h, int64_t s, int64_t d) { return data[b * bs + h * hs + s * rs + d]; }
+  kn::TensorRef ref() { return {data, bs, hs, rs}; }
+  void randomize(std::mt19937_64& rng, double sigma) {
+    std::normal_distribution<double> normal(0.0, sigma);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t d = 0; d < D; ++d) at(b, h, s, d) = from_d<T>(normal(rng));
+  }
+};
+
+// An output must be written on every logical element and nowhere else.
+template <typename T>
+int check_written(const char* what, const Tensor4<T>& t) {
+  int64_t unwritten = 0, stray = 0;
+  for (size_t i = 0; i < t.elems; ++i) {
+    const bool c = is_canary(t.data[i]);
+    if (t.logical[i] && c) ++unwritten;
+    if (!t.logical[i] && !c) ++stray;
+  }
+  if (unwritten) std::printf("  %s: %lld elements never written\n", what, static_cast<long long>(unwritten));
+  if (stray)
+    std::printf("  %s: %lld padding elements written (rows past S or between rows)\n", what,
+                static_cast<long long>(stray));
+  return (unwritten ? 1 : 0) + (stray ? 1 : 0);
+}
+
+// ---- cases ---------------------------------------------------------------------------------
+struct Case {
+  const char* name;
+  int64_t B, Hq, Hkv, Sq, Sk, D;
+  int64_t wl, wr;
+  float softcap;
+  int layout;
+  // cache_attention (ring key source): Sk is unused, the window is (window - 1, 0).
+  int64_t window = 0, capacity = 0;
+  std::vector<int64_t> pos = {};
+  // Split-KV: 0 = the library's heuristic for sm_count SMs (as the torch glue
+  // does), else forced (as an extension filling the params may).
+  int forced_splits = 0;
+  int sm_count = 132;
+  int smem_optin = 227 * 1024;
+  // What the dispatch must have chosen: 't' tensor-core, 'x' exact kernel;
+  // expect_split: 1 = must split, 0 = must not, -1 = either.
+  char expect_kernel = 't';
+  int expect_split = -1;
+  double scale = 0;  // 0: the default 1 / sqrt(D)
+};
+
+int cases_run = 0, cases_failed = 0;
+
+// The keys query row (b, h, i) sees, in order: callbacks give k / v rows.
+struct KeyRef {
+  int64_t kind;  // 0: params.k / v row `row`; 1: ring slot `row`
+  int64_t row;
+};
+
+template <typename T>
+void run_attention_case(const Case& c, uint64_t seed) {
+  current_case = c.name;
+  const auto t0 = std::chrono::steady_clock::now();
+  int bad = 0;
+  std::mt19937_64 rng(seed);
+  const bool ring = c.window > 0;
+  const bool lowp = sizeof(T) == 2;
+  const int64_t B = c.B, Hq = c.Hq, Hkv = c.Hkv, Sq = c.Sq, D = c.D, G = Hq / Hkv;
+  const int64_t Sk = ring ? Sq : c.Sk;  // rows of params.k / v (the new tokens for the ring)
+  Tensor4<T> q, k, v, out, kc, vc;
+  q.init("q", B, Hq, Sq, D, c.layout, false);
+  k.init(ring ? "k_new" : "k", B, Hkv, Sk, D, c.layout, false);
+  v.init(ring ? "v_new" : "v", B, Hkv, Sk, D, c.layout, false);
+  out.init("out", B, Hq, Sq, D, c.layout, true);
+  q.randomize(rng, 1.0);
+  k.randomize(rng, 1.0);
+  v.randomize(rng, 1.0);
+  float* lse = static_cast<float*>(guarded_alloc(static_cast<size_t>(B * Hq * Sq) * 4, "lse"));
+  for (int64_t i = 0; i < B * Hq * Sq; ++i) lse[i] = canary_value<float>();
+  int64_t* pos = nullptr;
+  if (ring) {
+    kc.init("k_cache", B, Hkv, c.capacity, D, c.layout, false);
+    vc.init("v_cache", B, Hkv, c.capacity, D, c.layout, false);
+    pos = static_cast<int64_t*>(guarded_alloc(static_cast<size_t>(B) * 8, "pos"));
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (int64_t b = 0; b < B; ++b) {
+      pos[b] = c.pos[b];
+      // Only the slots of positions key_start .. pos - 1 hold keys a query may
+      // see; every other slot stays NaN.
+      const int64_t key_start = std::max<int64_t>(0, pos[b] - (c.window - 1));
+      for (int64_t x = key_start; x < pos[b]; ++x)
+        for (int64_t h = 0; h < Hkv; ++h)
+          for (int64_t d = 0; d < D; ++d) {
+            kc.at(b, h, x % c.capacity, d) = from_d<T>(normal(rng));
+            vc.at(b, h, x % c.capacity, d) = from_d<T>(normal(rng));
+          }
+    }
+  }
+
+  // Params, as attention_params / cache_attention_cuda / launch_forward fill them.
+  kn::AttentionParams p;
+  p.dtype = dtype_of<T>();
+  p.q = q.ref(), p.k = k.ref(), p.v = v.ref();
+  p.out = out.data, p.out_batch_stride = out.bs, p.out_head_stride = out.hs, p.out_row_stride = out.rs;
+  p.lse = lse;
+  p.batch = B, p.heads_q = Hq, p.heads_kv = Hkv, p.seqlen_q = Sq, p.seqlen_k = Sk, p.head_dim = D;
+  p.window_left = ring ? c.window - 1 : c.wl;
+  p.window_right = ring ? 0 : c.wr;
+  p.scale = static_cast<float>(c.scale > 0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(D)));
+  p.softcap = c.softcap;
+  p.device_sm_count = c.sm_count;
+  if (ring) {
+    p.ring.k_cache = kc.ref();
+    p.ring.v_cache = vc.ref();
+    p.ring.pos = pos;
+    p.ring.capacity = c.capacity;
+    p.ring.window = c.window;
+    p.seqlen_k = (c.window - 1) + Sq;
+  }
+  emu::device().sm_count = c.sm_count;
+  emu::device().smem_optin = c.smem_optin;
+  emu::device().launches.clear();
+  p.num_splits = c.forced_splits > 0 ? c.forced_splits : kn::attention_num_splits(p, c.sm_count);
+  if (p.num_splits > 1) {
+    const int64_t rows = B * Hq * Sq;
+    p.out_accum = static_cast<float*>(
+        guarded_alloc(static_cast<size_t>(p.num_splits * rows * D) * 4, "out_accum"));
+    p.lse_accum = static_cast<float*>(guarded_alloc(static_cast<size_t>(p.num_splits * rows) * 4, "lse_accum"));
+    for (int64_t i = 0; i < p.num_splits * rows * D; ++i) p.out_accum[i] = NAN;
+    for (int64_t i = 0; i < p.num_splits * rows; ++i) p.lse_accum[i] = NAN;
+  }
+  const cudaError_t err = kn::attention_forward(p, nullptr);
+  if (err != cudaSuccess || cudaGetLastError() != cudaSuccess) {
+    std::printf("  attention_forward returned %d\n", err);
+    ++bad;
+  }
+
+  // Which kernels ran (the launch log of the emulated runtime).
+  const auto& launches = emu::device().launches;
+  std::string path;
+  int tc_smem = 0;
+  for (const auto& l : launches) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%s%ux%u", path.empty() ? "" : " + ", l.grid.x, l.threads);
+    path += buf;
+    if (l.smem) {
+      std::snprintf(buf, sizeof buf, " (%zu B smem)", l.smem);
+      path += buf;
+      tc_smem = static_cast<int>(l.smem);
+    }
+  }
+  const bool tensor_core = tc_smem > 0;
+  if ((c.expect_kernel == 't') != tensor_core) {
+    std::printf("  expected the %s kernel, launches: %s\n", c.expect_kernel == 't' ? "tensor-core" : "exact",
+                path.c_str());
+    ++bad;
+  }
+  if (c.expect_split >= 0 && (p.num_splits > 1) != (c.expect_split == 1)) {
+    std::printf("  expected %s, num_splits = %d\n", c.expect_split ? "a split-KV launch" : "no split", p.num_splits);
+    ++bad;
+  }
+  if (p.num_splits > 1 && launches.size() != 2) {
+    std::printf("  split-KV: expected the forward and the combine, launches: %s\n", path.c_str());
+    ++bad;
+  }
+
+  // Reference, per query row.
+  const double scale = p.scale;  // the float the kernel gets
+  double err_out = 0, err_lowp = 0, err_lse = 0, max_ref = 0;
+  int64_t empty_rows = 0, bad_empty = 0, nan_out = 0;
+  std::vector<KeyRef> keys;
+  std::vector<double> s, s_low, pr, o(static_cast<size_t>(D)), o_low(static_cast<size_t>(D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t hk = h / G;
+        keys.clear();
+        if (ring) {  // query i at position pos + i sees positions pos + i - (W - 1) .. pos + i
+          const int64_t P = pos[b] + i;
+          for (int64_t x = std::max<int64_t>(0, P - (c.window - 1)); x <= P; ++x)
+            keys.push_back(x < pos[b] ? KeyRef{1, x % c.capacity} : KeyRef{0, x - pos[b]});
+        } else {  // row i at key position i + Sk - Sq sees [p - wl, p + wr]
+          const int64_t P = i + Sk - Sq;
+          for (int64_t j = 0; j < Sk; ++j)
+            if ((c.wl < 0 || j >= P - c.wl) && (c.wr < 0 || j <= P + c.wr)) keys.push_back({0, j});
+        }
+        auto kv = [&](const KeyRef& kr, bool value, int64_t d) {
+          if (kr.kind == 1) return to_d(value ? vc.at(b, hk, kr.row, d) : kc.at(b, hk, kr.row, d));
+          return to_d(value ? v.at(b, hk, kr.row, d) : k.at(b, hk, kr.row, d));
+        };
+        const float got_lse = lse[(b * Hq + h) * Sq + i];
+        if (keys.empty()) {
+          ++empty_rows;
+          bool ok = got_lse == -INFINITY;
+          for (int64_t d = 0; d < D; ++d) ok = ok && to_d(out.at(b, h, i, d)) == 0.0;
+          if (!ok) ++bad_empty;
+          continue;
+        }
+        const size_t n = keys.size();
+        s.assign(n, 0), s_low.assign(n, 0), pr.assign(n, 0);
+        double m = -INFINITY, m_low = -INFINITY;
+        for (size_t t = 0; t < n; ++t) {
+          double dot = 0, dot_low = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const double qd = to_d(q.at(b, h, i, d)), kd = kv(keys[t], false, d);
+            dot += qd * kd;
+            dot_low += round_t<T>(qd * scale) * kd;
+          }
+          double x = dot * scale, xl = round_t<T>(dot_low);
+          if (c.softcap > 0) {
+            x = c.softcap * std::tanh(x / c.softcap);
+            xl = round_t<T>(c.softcap * round_t<T>(std::tanh(round_t<T>(xl / c.softcap))));
+          }
+          s[t] = x, s_low[t] = xl;
+          m = std::max(m, x), m_low = std::max(m_low, xl);
+        }
+        double l = 0, l_low = 0;
+        for (size_t t = 0; t < n; ++t) l += std::exp(s[t] - m), l_low += std::exp(s_low[t] - m_low);
+        const double ref_lse = m + std::log(l);
+        std::fill(o.begin(), o.end(), 0.0);
+        std::fill(o_low.begin(), o_low.end(), 0.0);
+        for (size_t t = 0; t < n; ++t) {
+          const double w = std::exp(s[t] - m) / l, wl = round_t<T>(std::exp(s_low[t] - m_low) / l_low);
+          for (int64_t d = 0; d < D; ++d) {
+            const double vd = kv(keys[t], true, d);
+            o[d] += w * vd;
+            o_low[d] += wl * vd;
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          const double g = to_d(out.at(b, h, i, d));
+          if (std::isnan(g)) ++nan_out;
+          err_out = std::max(err_out, std::fabs(g - o[d]));
+          err_lowp = std::max(err_lowp, std::fabs(round_t<T>(o_low[d]) - o[d]));
+          max_ref = std::max(max_ref, std::fabs(o[d]));
+        }
+        const double e = std::fabs(static_cast<double>(got_lse) - ref_lse) / std::max(1.0, std::fabs(ref_lse));
+        err_lse = std::isnan(got_lse) ? INFINITY : std::max(err_lse, e);
+      }
+
+  double tol;
+  if (lowp) tol = 2 * err_lowp + 1e-5;
+  else tol = (std::is_same<T, float>::value ? 2e-5 : 1e-12) * std::max(max_ref, 1e-3);
+  if (nan_out || !(err_out <= tol)) {
+    std::printf("  out: max|out - ref| = %.3g, tolerance %.3g (max|out_lowp - ref| = %.3g)%s\n", err_out, tol,
+                err_lowp, nan_out ? ", NaN in out" : "");
+    ++bad;
+  }
+  if (!(err_lse <= 1e-3)) {
+    std::printf("  lse: relative error %.3g\n", err_lse);
+    ++bad;
+  }
+  if (bad_empty) {
+    std::printf("  %lld of %lld rows that see no key do not have out = 0, lse = -inf\n",
+                static_cast<long long>(bad_empty), static_cast<long long>(empty_rows));
+    ++bad;
+  }
+  bad += check_written("out", out);
+  for (int64_t i = 0; i < B * Hq * Sq; ++i)
+    if (is_canary(lse[i])) {
+      std::printf("  lse: row %lld never written\n", static_cast<long long>(i));
+      ++bad;
+      break;
+    }
+  bad += check_canaries();
+  free_regions();
+
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++cases_run;
+  if (bad) ++cases_failed;
+  std::printf("%s %-34s %s d%lld splits %d, %s; err %.2g (tol %.2g)%s, %.1fs\n", bad ? "FAIL" : "ok  ", c.name,
+              dtype_name<T>(), static_cast<long long>(D), p.num_splits, path.c_str(), err_out, tol,
+              empty_rows ? (", " + std::to_string(empty_rows) + " empty rows").c_str() : "", secs);
+  std::fflush(stdout);
+}
+
+// ---- cache_append / cache_gather ------------------------------------------------------
+struct CacheCase {
+  const char* name;
+  int64_t B, Hkv, C, T, D;  // T: rows appended; gather n = T (<= C) or C
+  std::vector<int64_t> pos;
+  int layout;
+};
+
+template <typename T>
+void run_cache_case(const CacheCase& c, uint64_t seed) {
+  current_case = c.name;
+  const auto t0 = std::chrono::steady_clock::now();
+  int bad = 0;
+  std::mt19937_64 rng(seed);
+  Tensor4<T> kc, vc, k, v;
+  kc.init("k_cache", c.B, c.Hkv, c.C, c.D, c.layout, false);
+  vc.init("v_cache", c.B, c.Hkv, c.C, c.D, c.layout, false);
+  k.init("k", c.B, c.Hkv, c.T, c.D, c.layout, false);
+  v.init("v", c.B, c.Hkv, c.T, c.D, c.layout, false);
+  kc.randomize(rng, 1.0), vc.randomize(rng, 1.0), k.randomize(rng, 1.0), v.randomize(rng, 1.0);
+  int64_t* pos = static_cast<int64_t*>(guarded_alloc(static_cast<size_t>(c.B) * 8, "pos"));
+  for (int64_t b = 0; b < c.B; ++b) pos[b] = c.pos[b];
+  // Expected caches after the append: row t lands in slot (pos + t) % C, only
+  // the last min(T, C) rows.
+  std::vector<T> k_exp(kc.data, kc.data + kc.elems), v_exp(vc.data, vc.data + vc.elems);
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hkv; ++h)
+      for (int64_t t = std::max<int64_t>(0, c.T - c.C); t < c.T; ++t)
+        for (int64_t d = 0; d < c.D; ++d) {
+          const int64_t slot = (pos[b] + t) % c.C;
+          k_exp[b * kc.bs + h * kc.hs + slot * kc.rs + d] = k.at(b, h, t, d);
+          v_exp[b * vc.bs + h * vc.hs + slot * vc.rs + d] = v.at(b, h, t, d);
+        }
+  kn::CacheAppendParams ap;
+  ap.dtype = dtype_of<T>();
+  ap.k_cache = kc.ref(), ap.v_cache = vc.ref(), ap.k = k.ref(), ap.v = v.ref();
+  ap.pos = pos;
+  ap.batch = c.B, ap.heads_kv = c.Hkv, ap.capacity = c.C, ap.new_len = c.T, ap.head_dim = c.D;
+  emu::device().launches.clear();
+  if (kn::cache_append(ap, nullptr) != cudaSuccess) ++bad, std::printf("  cache_append failed\n");
+  if (std::memcmp(k_exp.data(), kc.data, kc.elems * sizeof(T)) != 0 ||
+      std::memcmp(v_exp.data(), vc.data, vc.elems * sizeof(T)) != 0) {
+    std::printf("  cache_append: caches differ from the expected ones\n");
+    ++bad;
+  }
+  // Gather the n most recent positions (after the append: pos + T).
+  const int64_t n = std::min(c.C, c.T + 3);
+  for (int64_t b = 0; b < c.B; ++b) pos[b] += c.T;
+  T* k_out = static_cast<T*>(guarded_alloc(static_cast<size_t>(c.B * c.Hkv * n * c.D) * sizeof(T), "k_out"));
+  T* v_out = static_cast<T*>(guarded_alloc(static_cast<size_t>(c.B * c.Hkv * n * c.D) * sizeof(T), "v_out"));
+  for (int64_t i = 0; i < c.B * c.Hkv * n * c.D; ++i) k_out[i] = canary_value<T>(), v_out[i] = canary_value<T>();
+  kn::CacheGatherParams gp;
+  gp.dtype = dtype_of<T>();
+  gp.k_cache = kc.ref(), gp.v_cache = vc.ref();
+  gp.k_out = k_out, gp.v_out = v_out;
+  gp.pos = pos;
+  gp.batch = c.B, gp.heads_kv = c.Hkv, gp.capacity = c.C, gp.n = n, gp.head_dim = c.D;
+  if (kn::cache_gather(gp, nullptr) != cudaSuccess) ++bad, std::printf("  cache_gather failed\n");
+  int64_t wrong = 0;
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hkv; ++h)
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t d = 0; d < c.D; ++d) {
+          const int64_t x = pos[b] - n + r;
+          const T want = x < 0 ? from_d<T>(0.0) : kc.at(b, h, x % c.C, d);
+          const T want_v = x < 0 ? from_d<T>(0.0) : vc.at(b, h, x % c.C, d);
+          const size_t o = static_cast<size_t>(((b * c.Hkv + h) * n + r) * c.D + d);
+          if (std::memcmp(&want, k_out + o, sizeof(T)) || std::memcmp(&want_v, v_out + o, sizeof(T))) ++wrong;
+        }
+  if (wrong) {
+    std::printf("  cache_gather: %lld elements differ\n", static_cast<long long>(wrong));
+    ++bad;
+  }
+  std::string widths;
+  for (const auto& l : emu::device().launches) widths += std::to_string(l.grid.x) + "x" + std::to_string(l.grid.y) + " ";
+  bad += check_canaries();
+  free_regions();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++cases_run;
+  if (bad) ++cases_failed;
+  std::printf("%s %-34s %s d%lld C %lld T %lld, grids %s%.1fs\n", bad ? "FAIL" : "ok  ", c.name, dtype_name<T>(),
+              static_cast<long long>(c.D), static_cast<long long>(c.C), static_cast<long long>(c.T), widths.c_str(),
+              secs);
+  std::fflush(stdout);
+}
+
+// Runs one case in a child process, so that a fault (guard page), an emulator
+// abort (bad shared-memory access, cp.async outside every tensor, deadlock)
+// or a hang fails that case only.
+void run_isolated(const char* name, const std::function<void()>& body) {
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    alarm(120);  // a hung case (e.g. a barrier that never completes) fails
+    const int failed_before = cases_failed;
+    body();
+    std::fflush(stdout);
+    _exit(cases_failed == failed_before ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ++cases_run;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+  ++cases_failed;
+  if (WIFSIGNALED(status))
+    std::printf("FAIL %s: the emulation died with signal %d (see stderr)\n", name, WTERMSIG(status));
+  else if (WEXITSTATUS(status) != 1)
+    std::printf("FAIL %s: the emulation exited with status %d\n", name, WEXITSTATUS(status));
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto want = [&](const char* name) { return std::string(name).find(only) != std::string::npos; };
+  install_segv_handler();
+  emu::device().global_read_ok = global_read_ok;
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t seed = 1;
+#define RUN(T, ...)                                  \
+  do {                                               \
+    const Case c_{__VA_ARGS__};                      \
+    if (want(c_.name)) run_isolated(c_.name, [&] { run_attention_case<T>(c_, seed); }); \
+    ++seed;                                          \
+  } while (0)
+  using H = __half;
+  using BF = __nv_bfloat16;
+  //                name                             B  Hq Hkv  Sq   Sk    D   wl  wr  cap layout
+  // Tensor-core prefill: partial tiles, windows off tile boundaries, Sq != Sk.
+  RUN(H, "d64 causal partial tiles", 1, 2, 2, 150, 150, 64, -1, 0, 0.f, kBHSD);
+  RUN(BF, "d64 swa gqa sq<sk b2", 2, 4, 2, 100, 200, 64, 37, 0, 0.f, kBHSD);
+  RUN(H, "d64 two-sided strided sq>sk", 1, 2, 1, 130, 90, 64, 20, 13, 0.f, kBSHD);
+  RUN(H, "d64 softcap full", 1, 1, 1, 70, 130, 64, -1, -1, 5.f, kBHSD);
+  RUN(BF, "d64 empty query tile", 1, 1, 1, 300, 50, 64, -1, 0, 0.f, kBHSD);
+  RUN(H, "d128 swa", 1, 2, 2, 200, 200, 128, 63, 0, 0.f, kBHSD);
+  RUN(BF, "d128 two-sided softcap strided", 1, 4, 2, 90, 160, 128, 45, 30, 30.f, kBSHD);
+  RUN(H, "d32 packgqa prefill", 1, 8, 2, 20, 150, 32, 50, 0, 0.f, kBHSD);
+  RUN(BF, "d96 causal", 1, 2, 1, 90, 90, 96, -1, 0, 0.f, kBSHD);
+  RUN(H, "d256 two-sided sq>sk", 1, 1, 1, 140, 100, 256, 30, 5, 0.f, kBHSD);
+  RUN(BF, "d64 window on tile edge multi m-block", 1, 1, 1, 300, 300, 64, 64, 0, 0.f, kBHSD);
+  RUN(H, "d64 long keys short window", 1, 2, 1, 64, 1000, 64, 128, 0, 0.f, kBSHD);
+  RUN(BF, "d128 packgqa two-sided softcap", 2, 8, 2, 10, 200, 128, 100, 20, 8.f, kBHSD);
+  RUN(H, "d128 causal sq<sk multi m-block", 1, 1, 1, 260, 330, 128, -1, 0, 0.f, kBSHD);
+  {
+    Case c{"d64 custom scale sq1 no pack", 1, 3, 3, 1, 90, 64, -1, 0, 0.f, kBHSD};
+    c.scale = 0.4;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  {  // d = 256 on a 99 KB device (sm_86 / sm_89): the smaller tile shape
+    Case c{"d256 99KB device softcap", 1, 2, 1, 70, 70, 256, -1, 0, 10.f, kBSHD};
+    c.smem_optin = 99 * 1024;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  // Decoding through split-KV + combine (heuristic on a 132-SM device).
+  {
+    Case c{"d64 decode split packgqa", 1, 8, 2, 1, 1000, 64, -1, 0, 0.f, kBHSD};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"d128 decode split window strided", 2, 4, 4, 1, 700, 128, 300, 0, 0.f, kBSHD};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"d256 decode split softcap", 1, 2, 1, 1, 300, 256, -1, 0, 20.f, kBHSD};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"d32 decode split gqa", 1, 4, 1, 1, 600, 32, -1, -1, 0.f, kBHSD};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"d96 decode split", 1, 2, 2, 1, 400, 96, -1, 0, 0.f, kBSHD};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {  // several query rows per packed tile (two active warps) with splits
+    Case c{"d128 spec decode sq4 gqa8 split", 2, 8, 1, 4, 800, 128, 500, 0, 0.f, kBSHD};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {  // more than 32 splits: the combine's per-lane loops over splits wrap
+    Case c{"d32 forced 40 splits combine", 1, 2, 1, 2, 5000, 32, -1, 0, 0.f, kBHSD};
+    c.forced_splits = 40;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {  // more splits than key tiles: the last splits are empty partials
+    Case c{"d64 forced 6 splits sq3 empty splits", 1, 2, 1, 3, 200, 64, -1, 0, 0.f, kBHSD};
+    c.forced_splits = 6;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {  // split rows of which some see no key
+    Case c{"d64 forced splits empty rows", 1, 2, 2, 40, 150, 64, 10, -1, 0.f, kBHSD};
+    c.forced_splits = 3;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  // cache_attention: the ring key source, wrapped rings, several positions.
+  {
+    Case c{"ring decode d64 wrapped", 3, 4, 1, 1, 0, 64, 0, 0, 0.f, kBHSD};
+    c.window = 100, c.capacity = 128, c.pos = {5, 128 + 17, 3 * 128 + 2};
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"ring decode d128 split", 2, 2, 2, 1, 0, 128, 0, 0, 0.f, kBSHD};
+    c.window = 400, c.capacity = 450, c.pos = {1000, 37};
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"ring prefill chunk d128 wrapped", 3, 2, 1, 40, 0, 128, 0, 0, 0.f, kBHSD};
+    c.window = 64, c.capacity = 80, c.pos = {0, 30, 200};
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"ring prefill d32 capacity W-1", 2, 2, 2, 20, 0, 32, 0, 0, 4.f, kBSHD};
+    c.window = 33, c.capacity = 32, c.pos = {95, 7};
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  // The exact kernel: fp32 / fp64, and 16-bit rows that are not 16-byte aligned.
+  {
+    Case c{"exact f32 d40 gqa softcap strided", 1, 4, 2, 37, 53, 40, 9, 3, 15.f, kBSHD};
+    c.expect_kernel = 'x';
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<float>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"exact f64 d19 causal sq>sk", 2, 2, 1, 33, 25, 19, -1, 0, 0.f, kBHSD};
+    c.expect_kernel = 'x';
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<double>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"exact fp16 d64 unaligned rows", 1, 2, 1, 30, 45, 64, 12, 2, 0.f, kOddRows};
+    c.expect_kernel = 'x';
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
+  {
+    Case c{"exact f32 ring d24 wrapped", 2, 2, 1, 5, 0, 24, 0, 0, 0.f, kBHSD};
+    c.window = 20, c.capacity = 24, c.pos = {50, 3};
+    c.expect_kernel = 'x';
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<float>(c, seed); });
+    ++seed;
+  }
+  // Cache copy kernels (vector widths 16, 8/4, 2 bytes; T > C).
+  {
+    const CacheCase cc{"cache d64 wrap", 2, 2, 16, 5, 64, {14, 3}, kBHSD};
+    if (want(cc.name)) run_isolated(cc.name, [&] { run_cache_case<H>(cc, seed); });
+    ++seed;
+    const CacheCase cc2{"cache f32 d3 T>C", 2, 1, 8, 11, 3, {6, 0}, kBSHD};
+    if (want(cc2.name)) run_isolated(cc2.name, [&] { run_cache_case<float>(cc2, seed); });
+    ++seed;
+    const CacheCase cc3{"cache bf16 d5 odd rows", 1, 3, 10, 4, 5, {23}, kBHSD};
+    if (want(cc3.name)) run_isolated(cc3.name, [&] { run_cache_case<BF>(cc3, seed); });
+    ++seed;
+  }
+#undef RUN
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%d passed, %d failed (%.1fs)\n", cases_run - cases_failed, cases_failed, secs);
+  return cases_failed == 0 ? 0 : 1;
+}
