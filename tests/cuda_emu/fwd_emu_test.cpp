@@ -566,7 +566,7 @@ void run_cache_case(const CacheCase& c, uint64_t seed) {
     ++bad;
   }
   // Gather the n most recent positions (after the append: pos + T).
-  const int64_t n = std::min(c.C, c.T + 3);
+  const int64_t n = c.C;  // the whole ring: rows before position 0 are zeros
   for (int64_t b = 0; b < c.B; ++b) pos[b] += c.T;
   T* k_out = static_cast<T*>(guarded_alloc(static_cast<size_t>(c.B * c.Hkv * n * c.D) * sizeof(T), "k_out"));
   T* v_out = static_cast<T*>(guarded_alloc(static_cast<size_t>(c.B * c.Hkv * n * c.D) * sizeof(T), "v_out"));
@@ -664,6 +664,9 @@ int main(int argc, char** argv) {
   RUN(H, "d64 long keys short window", 1, 2, 1, 64, 1000, 64, 128, 0, 0.f, kBSHD);
   RUN(BF, "d128 packgqa two-sided softcap", 2, 8, 2, 10, 200, 128, 100, 20, 8.f, kBHSD);
   RUN(H, "d128 causal sq<sk multi m-block", 1, 1, 1, 260, 330, 128, -1, 0, 0.f, kBSHD);
+  RUN(H, "d64 no keys at all sk0", 2, 2, 1, 9, 0, 64, -1, 0, 0.f, kBHSD);
+  RUN(BF, "d64 diagonal only wl0 wr0", 1, 2, 2, 75, 75, 64, 0, 0, 0.f, kBSHD);
+  RUN(H, "d128 packgqa g3 wl0 wr-1", 1, 6, 2, 21, 50, 128, 0, -1, 0.f, kBHSD);
   {
     Case c{"d64 custom scale sq1 no pack", 1, 3, 3, 1, 90, 64, -1, 0, 0.f, kBHSD};
     c.scale = 0.4;
@@ -707,6 +710,20 @@ int main(int argc, char** argv) {
     if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
     ++seed;
   }
+  {  // d = 256 decoding on a 99 KB device: the 64-row variant packs and splits
+    Case c{"d256 99KB decode split gqa", 1, 4, 1, 1, 400, 256, -1, 0, 0.f, kBSHD};
+    c.smem_optin = 99 * 1024;
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<BF>(c, seed); });
+    ++seed;
+  }
+  {  // A100-like device: 108 SMs, 163 KB opt-in
+    Case c{"d64 decode split g3 sm80 device", 2, 6, 2, 1, 900, 64, 700, 0, 0.f, kBHSD};
+    c.sm_count = 108, c.smem_optin = 163 * 1024;
+    c.expect_split = 1;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
+    ++seed;
+  }
   {  // several query rows per packed tile (two active warps) with splits
     Case c{"d128 spec decode sq4 gqa8 split", 2, 8, 1, 4, 800, 128, 500, 0, 0.f, kBSHD};
     c.expect_split = 1;
@@ -734,7 +751,8 @@ int main(int argc, char** argv) {
   // cache_attention: the ring key source, wrapped rings, several positions.
   {
     Case c{"ring decode d64 wrapped", 3, 4, 1, 1, 0, 64, 0, 0, 0.f, kBHSD};
-    c.window = 100, c.capacity = 128, c.pos = {5, 128 + 17, 3 * 128 + 2};
+    c.window = 100, c.capacity = 128, c.pos = {5, 128 + 17, 3 * 128 + 2, 0};
+    c.B = 4;
     if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
     ++seed;
   }
