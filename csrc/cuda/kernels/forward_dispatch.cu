@@ -9,7 +9,8 @@
 //   - its instantiation is built: head dim 64 or 128, the dtype selected;
 //   - plain attention (no ring key source: cache_attention stays portable);
 //   - no split-KV (params.num_splits <= 1: decoding stays on the portable
-//     split kernel) and no PackGQA (2 Sq > the portable block_m with Hq > Hkv
+//     split kernel; attention_num_splits never splits a problem of >= 64
+//     query rows the Hopper kernel can take) and no PackGQA (2 Sq > the portable block_m with Hq > Hkv
 //     packs the group into one block on the portable kernel);
 //   - Sk >= 1, the 32-bit index limits of tensor_core_ok, and TMA can describe
 //     q, k, v (16-byte aligned bases, strides multiples of 16 bytes: sm90_tma.h).
@@ -239,6 +240,11 @@ bool current_device_is_sm90() {
 // Tile rows of the Hopper kernel's boxes (Sm90FwdTraits: kBlockM = kBlockN = 128).
 constexpr int64_t kSm90BlockM = 128;
 constexpr int64_t kSm90BlockN = 128;
+// attention_num_splits leaves problems with at least this many query rows per
+// head whole when the Hopper kernel can take them (it has no split-KV); with
+// fewer (decoding), the split heuristic runs and a split goes to the portable
+// split kernel.
+constexpr int64_t kSm90MinRowsBeforeSplit = 64;
 
 // Everything but the device test, in the order of the cheap checks first.
 bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
@@ -347,6 +353,11 @@ int attention_num_splits(const AttentionParams& p, int sm_count) {
   const TileDims dims = tile_dims(p.head_dim);
   const int64_t pack = pack_of(p, dims);
   if (!tensor_core_ok(p, dims, pack)) return 1;
+  if (p.seqlen_q >= kSm90MinRowsBeforeSplit) {
+    AttentionParams unsplit = p;
+    unsplit.num_splits = 1;
+    if (use_sm90(unsplit, dims, pack)) return 1;  // the Hopper kernel takes it whole
+  }
   const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, pack, 1, dims.block_m);
   const int64_t blocks = grid.blocks();
   const int64_t slots = static_cast<int64_t>(sm_count) * dims.blocks_per_sm;

@@ -68,6 +68,7 @@
 #include "swa/kernels/band.h"
 #include "swa/kernels/fwd_tiles.h"
 #include "swa/kernels/params.h"
+#include "swa/kernels/sm90_tma.h"
 
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
@@ -252,13 +253,13 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   // rows. V (B, MN-major): key step ks starts at key row 16 ks (2 atoms of
   // 8 rows = 2048 B); LBO = kN * 128 B between the 64-wide dim blocks.
   auto q_desc = [&](int kk) {
-    return make_desc_sw128(s_q + (kk / 4) * kM * 128 + consumer * 64 * 128 + (kk % 4) * 32, 16, 1024);
+    return make_desc_sw128(sm90_kmajor_start(s_q, kM, consumer * 64, kk), 16, kSm90Sbo);
   };
   auto k_desc = [&](int stage, int kk) {
-    return make_desc_sw128(s_k + stage * Kt::kKvBytes + (kk / 4) * kN * 128 + (kk % 4) * 32, 16, 1024);
+    return make_desc_sw128(sm90_kmajor_start(s_k + stage * Kt::kKvBytes, kN, 0, kk), 16, kSm90Sbo);
   };
   auto v_desc = [&](int stage, int ks) {
-    return make_desc_sw128(s_v + stage * Kt::kKvBytes + ks * 16 * 128, kN * 128, 1024);
+    return make_desc_sw128(sm90_mnmajor_start(s_v + stage * Kt::kKvBytes, ks), sm90_mnmajor_lbo(kN), kSm90Sbo);
   };
 
   float acc_o[kD / 2];

@@ -20,6 +20,12 @@
 
 #include "swa/kernels/namespace.h"
 
+#if defined(__CUDACC__)
+#define SWA_HOST_DEVICE_INLINE_SM90 __host__ __device__ __forceinline__ constexpr
+#else
+#define SWA_HOST_DEVICE_INLINE_SM90 inline constexpr
+#endif
+
 namespace SWA_KERNEL_NS {
 
 struct Sm90TmaShape {
@@ -64,5 +70,37 @@ inline Sm90TmaShape sm90_tma_shape(const void* ptr, int64_t batch, int64_t heads
   s.ok = true;
   return s;
 }
+
+}  // namespace SWA_KERNEL_NS
+
+namespace SWA_KERNEL_NS {
+
+// ---- shared-memory tile layout and wgmma descriptor addresses ------------------
+// (used by fwd_sm90_kernel.cuh; emulated on the CPU in tests/cpp/test_sm90_tma.cpp)
+//
+// A TMA box (64 elements x R rows, 128-byte swizzle) lands as R rows of 128
+// bytes; element (r, c) of the box sits at byte
+//     r * 128 + ((c / 8) ^ (r % 8)) * 16 + (c % 8) * 2
+// of a 1024-byte aligned destination. A tile of R rows x D dims is D / 64 such
+// column blocks, block cb at byte cb * R * 128.
+
+SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_sw128_offset(uint32_t row, uint32_t col) {
+  return row * 128u + (((col / 8u) ^ (row % 8u)) * 16u) + (col % 8u) * 2u;
+}
+
+// Stride byte offset of every descriptor: 8 rows of 128 bytes.
+constexpr uint32_t kSm90Sbo = 1024;
+
+// Start address of the K-major descriptor of k step kk (dims 16 kk .. 16 kk + 15)
+// over rows [row0, row0 + 64 or N) of a tile of `rows` rows at `base`.
+SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_kmajor_start(uint32_t base, uint32_t rows, uint32_t row0, uint32_t kk) {
+  return base + (kk / 4u) * rows * 128u + row0 * 128u + (kk % 4u) * 32u;
+}
+
+// Start address and LBO of the MN-major descriptor (V as B of P V) of key step
+// ks (keys 16 ks .. 16 ks + 15) of a tile of `rows` keys at `base`: two 8-row
+// groups per step; the 64-dim column blocks are rows * 128 bytes apart.
+SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_mnmajor_start(uint32_t base, uint32_t ks) { return base + ks * 2048u; }
+SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_mnmajor_lbo(uint32_t rows) { return rows * 128u; }
 
 }  // namespace SWA_KERNEL_NS
