@@ -62,7 +62,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "fwd_kernel.cuh"  // FwdScoreScale
+#include "fwd_score.cuh"
 #include "primitives.cuh"
 #include "sm90_primitives.cuh"
 #include "swa/kernels/band.h"

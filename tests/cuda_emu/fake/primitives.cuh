@@ -25,6 +25,17 @@ namespace SWA_KERNEL_NS {
 namespace cuda_detail {
 
 template <typename T>
+struct MmaType;
+template <>
+struct MmaType<__half> {
+  static constexpr bool is_bf16 = false;
+};
+template <>
+struct MmaType<__nv_bfloat16> {
+  static constexpr bool is_bf16 = true;
+};
+
+template <typename T>
 inline uint32_t pack2(float lo, float hi);
 template <>
 inline uint32_t pack2<__half>(float lo, float hi) {
@@ -159,6 +170,11 @@ inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
     for (int k = 0; k < 16; ++k) acc += A(rows[e], k) * B(k, cols[e]);
     d[e] = acc;
   }
+}
+
+inline float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
 inline float quad_sum(float x) {
