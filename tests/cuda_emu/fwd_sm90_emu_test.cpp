@@ -125,7 +125,19 @@ void run(const Shape& sh, uint32_t seed) {
   dim3 g, b;
   g.x = static_cast<unsigned>(grid.blocks());
   b.x = Kt::kThreads;
-  emu::launch(g, b, [&] { fwd_sm90_kernel<Kt>(tq, tk, tv, p, grid, sc); }, 64 * 1024);
+  emu::launch(
+      g, b,
+      [&] {
+        // Blocks run one at a time; each must leave its named barriers with
+        // no pending arrivals (checked after the launch).
+        fwd_sm90_kernel<Kt>(tq, tk, tv, p, grid, sc);
+      },
+      64 * 1024);
+  for (int id = 0; id < 16; ++id)
+    if (sm90::named_barriers()[id].arrived != 0) {
+      std::printf("FAIL: named barrier %d left with %d arrivals\n", id, sm90::named_barriers()[id].arrived);
+      ++failures;
+    }
 
   // float64 reference on the 16-bit inputs
   const kn::Band band{sh.Sq, sh.Sk, sh.wl, sh.wr};

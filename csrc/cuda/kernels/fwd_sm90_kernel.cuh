@@ -33,9 +33,13 @@
 //             P V may still run); mask, max, exp2, row sums of S; wait_group 0;
 //             release stage i - 1; O *= rescale; P = S (16-bit)
 //   end:      O += P V(n-1); wait; release; O / rowsum -> out, lse
-// The two consumer warpgroups are not explicitly ping-ponged (TODO: named
-// barriers ordering their softmax against the other's wgmma), but the warp
-// schedulers interleave one's softmax with the other's tensor-core work.
+// Ping-pong between the two consumer warpgroups (kPingPong, FlashAttention-3's
+// warp-scheduler barriers): each "GEMM slot" (tile 0's S; tile i's S + tile
+// i - 1's P V) of consumer c is bracketed by bar.sync(1 + c) before issuing
+// and bar.arrive(1 + (c ^ 1)) after, so the two take turns on the tensor cores
+// and one's softmax runs under the other's GEMMs. Consumer 1 pre-arrives once
+// on consumer 0's barrier and skips its arrive after its last slot, so both
+// barriers end every block with no pending arrivals (n slots each side).
 //
 // Band phases: descending key order visits first the right-edge tiles that
 // need element masks (the diagonal for causal / window_right), then the
@@ -84,6 +88,10 @@ struct Sm90FwdTraits {
   static constexpr int kBlockN = 128;              // keys per tile
   static constexpr int kStages = kHeadDim == 64 ? 3 : 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  // Ping-pong: the consumer warpgroups take turns issuing their wgmmas (named
+  // barriers kSchedBarrier + c), so one's softmax overlaps the other's GEMMs.
+  static constexpr bool kPingPong = true;
+  static constexpr int kSchedBarrier = 1;  // ids 1, 2 (0 is __syncthreads)
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
@@ -364,12 +372,28 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     }
   };
 
+  // Ping-pong turns (see the top of the file): slot i of consumer c waits for
+  // the other consumer's slot i - 1 (consumer 0's slot 0: the pre-arrival).
+  auto turn_begin = [&]() {
+    if constexpr (Kt::kPingPong) named_bar_sync(Kt::kSchedBarrier + consumer, 256);
+  };
+  auto turn_end = [&](int slot) {
+    if constexpr (Kt::kPingPong) {
+      if (!(consumer == 1 && slot == n_tiles - 1)) named_bar_arrive(Kt::kSchedBarrier + (consumer ^ 1), 256);
+    }
+  };
+  if constexpr (Kt::kPingPong) {
+    if (consumer == 1) named_bar_arrive(Kt::kSchedBarrier, 256);
+  }
+
   mbar_wait(q_full, 0);
 
   // ---- key tile 0 (the highest n_block)
   float rescale[2];
   mbar_wait(k_full(0), 0);
+  turn_begin();
   issue_s(0);
+  turn_end(0);
   wgmma_wait<0>();
 #pragma unroll
   for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
@@ -382,13 +406,15 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     const int stage = i % kStages;
     const int prev = (i - 1) % kStages;
     mbar_wait(k_full(stage), (i / kStages) & 1);
-    issue_s(stage);
     mbar_wait(v_full(prev), ((i - 1) / kStages) & 1);
+    turn_begin();
+    issue_s(stage);
 #pragma unroll
     for (int ks = 0; ks < Kt::kPSteps; ++ks)
 #pragma unroll
       for (int r = 0; r < 4; ++r) fence_operand(p_frag[ks][r]);
     issue_pv(prev);
+    turn_end(i);
     wgmma_wait<1>();  // S of tile i is done; P V of tile i - 1 may still run
 #pragma unroll
     for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);

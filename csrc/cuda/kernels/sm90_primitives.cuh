@@ -108,6 +108,17 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// ---- named barriers (ids 1..15; 0 is __syncthreads) ------------------------------
+// `count` threads (a multiple of the warp size) complete a phase: bar.sync
+// arrives and waits, bar.arrive only arrives.
+
+__device__ __forceinline__ void named_bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
 // ---- registers -------------------------------------------------------------------
 
 template <int kRegs>

@@ -115,6 +115,41 @@ inline void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 }
 
+// Named barriers: `count` arrivals complete a phase; bar.sync waits for the
+// phase it arrived in. Kept per block (reset by the test before each launch).
+struct EmuNamedBarrier {
+  int arrived = 0;
+  uint64_t generation = 0;
+};
+inline EmuNamedBarrier* named_barriers() {
+  static EmuNamedBarrier b[16];
+  return b;
+}
+inline uint64_t named_arrive(int id, int count) {
+  if (id <= 0 || id >= 16) std::abort();
+  EmuNamedBarrier& b = named_barriers()[id];
+  const uint64_t gen = b.generation;
+  idle_polls() = 0;
+  if (++b.arrived == count) {
+    b.arrived = 0;
+    ++b.generation;
+  } else if (b.arrived > count) {
+    std::abort();
+  }
+  return gen;
+}
+inline void named_bar_arrive(int id, int count) { (void)named_arrive(id, count); }
+inline void named_bar_sync(int id, int count) {
+  const uint64_t gen = named_arrive(id, count);
+  while (named_barriers()[id].generation == gen) {
+    if (++idle_polls() > 20000000ull) {
+      std::fprintf(stderr, "emu: deadlock: named barrier %d never completes\n", id);
+      std::abort();
+    }
+    emu::yield_waiting(0, 0);
+  }
+}
+
 inline void tma_prefetch_desc(const CUtensorMap*) {}
 
 inline void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
