@@ -300,15 +300,21 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   };
 
   // Scores of key tile n_block in acc_s -> probabilities (fp32, in place),
-  // running max and sums updated; returns nothing, the O rescale factors go to
-  // rescale[i]. Log2 units: s2 = log2(e) * scale * qk, or with the softcap
-  // s2 = log2(e) * softcap * tanh(scale * qk / softcap). A row that has seen
-  // no key keeps max = -inf and subtracts 0 instead (no NaN), its P stays 0.
+  // running max and sums updated, the O rescale factors to rescale[i]. Log2
+  // units: s2 = log2(e) * scale * qk, or with the softcap s2 = log2(e) *
+  // softcap * tanh(scale * qk / softcap). Without a softcap (and scale > 0)
+  // the scores stay raw and the scale is folded into one FFMA per element:
+  // p = 2^(qk * scale_log2 - max2), max2 = scale_log2 * max(qk). exp2 is
+  // ex2.approx.ftz (2^-inf = 0; results below 2^-126 flush to 0, far below
+  // what a 16-bit P keeps). A row that has seen no key keeps max = -inf and
+  // subtracts 0 instead (no NaN), its P stays 0.
+  const bool prescale = sc.use_softcap || !(sc.scale_log2 > 0.f);  // warp-uniform
+  const float fold = prescale ? 1.f : sc.scale_log2;
   auto softmax_tile = [&](int n_block, float (&rescale)[2]) {
     if (sc.use_softcap) {
 #pragma unroll
       for (int e = 0; e < kN / 2; ++e) acc_s[e] = sc.softcap_log2 * tanhf(acc_s[e] * sc.scale_over_cap);
-    } else {
+    } else if (prescale) {
 #pragma unroll
       for (int e = 0; e < kN / 2; ++e) acc_s[e] *= sc.scale_log2;
     }
@@ -331,20 +337,20 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      float tile_max = row_max[i];
+      float tile_max = -INFINITY;  // in the units of acc_s
 #pragma unroll
       for (int j = 0; j < Kt::kNTiles; ++j)
         tile_max = fmaxf(tile_max, fmaxf(acc_s[4 * j + 2 * i], acc_s[4 * j + 2 * i + 1]));
-      tile_max = quad_max(tile_max);
-      const float max_use = tile_max == -INFINITY ? 0.f : tile_max;
-      rescale[i] = exp2f(row_max[i] - max_use);  // 0 while the row was empty
-      row_max[i] = tile_max;
+      const float new_max = fmaxf(row_max[i], quad_max(tile_max) * fold);  // log2 units (fold > 0)
+      const float max_use = new_max == -INFINITY ? 0.f : new_max;
+      rescale[i] = ex2_approx(row_max[i] - max_use);  // 0 while the row was empty
+      row_max[i] = new_max;
       float tile_sum = 0.f;
 #pragma unroll
       for (int j = 0; j < Kt::kNTiles; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float prob = exp2f(acc_s[4 * j + 2 * i + e] - max_use);
+          const float prob = ex2_approx(fmaf(acc_s[4 * j + 2 * i + e], fold, -max_use));
           acc_s[4 * j + 2 * i + e] = prob;
           tile_sum += prob;
         }

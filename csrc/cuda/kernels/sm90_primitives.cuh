@@ -108,6 +108,16 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// ---- math ------------------------------------------------------------------------
+
+// 2^x, one MUFU.EX2 (exp2f adds a denormal range fix-up around it); 2^-inf = 0,
+// results below 2^-126 flush to zero.
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // ---- named barriers (ids 1..15; 0 is __syncthreads) ------------------------------
 // `count` threads (a multiple of the warp size) complete a phase: bar.sync
 // arrives and waits, bar.arrive only arrives.

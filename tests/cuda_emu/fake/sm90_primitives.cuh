@@ -18,6 +18,7 @@
 // modelled: this checks layouts, indices, masks and the barrier protocol.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -179,6 +180,11 @@ inline void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int 
   EmuBarrier& b = bar_at(bar);
   b.tx -= int64_t(rows) * 128;
   bar_progress(b);
+}
+
+inline float ex2_approx(float x) {  // ex2.approx.ftz: the approximation error is not modelled
+  const float y = std::exp2(x);
+  return y < 1.17549435e-38f ? 0.f : y;
 }
 
 template <int kRegs>
