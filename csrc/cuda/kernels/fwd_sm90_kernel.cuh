@@ -112,7 +112,7 @@ struct Sm90FwdTraits {
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kBarOffset = kVOffset + kStages * kKvBytes;
-  static constexpr int kBarCount = 1 + 3 * kStages;
+  static constexpr int kBarCount = 2 + 3 * kStages;  // q_full, q_empty, k_full, v_full, empty
   // + 1024: the dynamic shared memory base is rounded up to 1024 bytes.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarCount + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "sm_90 shared memory per block");
@@ -142,20 +142,57 @@ __device__ __forceinline__ void wgmma_o(float (&d)[64], const uint32_t (&a)[4], 
 
 }  // namespace sm90
 
-// Writes out = 0, lse = -inf for query rows [m0, m_end) of head h (no key tile).
+// The work of query tile `index` (fwd_block order: m_block fastest, from the
+// last one down): its rows and the key tiles it visits, n_end - 1 down to
+// n_end - n_tiles (n_tiles = 0: no key visible, out = 0 and lse = -inf).
+struct Sm90Tile {
+  int64_t b, h, hkv;
+  int m0, m_end;                     // query rows [m0, m_end)
+  int n_end, n_tiles;
+  int unmasked_begin, unmasked_end;  // key tiles that need no element mask
+};
+
 template <typename Kt>
-__device__ __forceinline__ void sm90_store_empty(const AttentionParams& p, int64_t b, int64_t h, int m0,
-                                                 int m_end, int tid) {
-  using T = typename Kt::Element;
-  constexpr int kD = Kt::kHeadDim;
-  T* const out = static_cast<T*>(p.out) + b * p.out_batch_stride + h * p.out_head_stride;
-  for (int idx = tid; idx < (m_end - m0) * kD; idx += Kt::kThreads) {
-    const int m = m0 + idx / kD;
-    out[static_cast<int64_t>(m) * p.out_row_stride + idx % kD] = from_float<T>(0.f);
-  }
-  for (int m = m0 + tid; m < m_end; m += Kt::kThreads) p.lse[(b * p.heads_q + h) * p.seqlen_q + m] = -INFINITY;
+__device__ __forceinline__ Sm90Tile sm90_tile(const AttentionParams& p, const FwdGrid& grid, const Band& band,
+                                              int64_t index) {
+  const FwdBlock blk = fwd_block(grid, index);
+  Sm90Tile t;
+  t.b = blk.batch;
+  t.h = blk.head;  // query head (pack = 1)
+  t.hkv = t.h / (p.heads_q / p.heads_kv);
+  t.m0 = static_cast<int>(blk.m_block) * Kt::kBlockM;
+  t.m_end = static_cast<int>(band_min64(t.m0 + Kt::kBlockM, p.seqlen_q));
+  const KeyRange q_rows = packed_query_rows(blk.m_block, Kt::kBlockM, 1, grid.rows);
+  const TileRange tiles = rows_key_tile_range(band, q_rows, Kt::kBlockN);
+  t.n_end = static_cast<int>(tiles.n_block_max);
+  t.n_tiles = static_cast<int>(tiles.size());
+  const TileRange unmasked = rows_unmasked_tile_range(band, q_rows, Kt::kBlockN);
+  t.unmasked_begin = static_cast<int>(band_min64(unmasked.n_block_min, tiles.n_block_max));
+  t.unmasked_end = static_cast<int>(band_min64(unmasked.n_block_max, tiles.n_block_max));
+  return t;
 }
 
+// Writes out = 0, lse = -inf for the rows of a tile that sees no key
+// (threads `thread` of `nthreads`).
+template <typename Kt>
+__device__ __forceinline__ void sm90_store_empty(const AttentionParams& p, const Sm90Tile& t, int thread,
+                                                 int nthreads) {
+  using T = typename Kt::Element;
+  constexpr int kD = Kt::kHeadDim;
+  T* const out = static_cast<T*>(p.out) + t.b * p.out_batch_stride + t.h * p.out_head_stride;
+  for (int idx = thread; idx < (t.m_end - t.m0) * kD; idx += nthreads) {
+    const int m = t.m0 + idx / kD;
+    out[static_cast<int64_t>(m) * p.out_row_stride + idx % kD] = from_float<T>(0.f);
+  }
+  for (int m = t.m0 + thread; m < t.m_end; m += nthreads) p.lse[(t.b * p.heads_q + t.h) * p.seqlen_q + m] = -INFINITY;
+}
+
+// Persistent: block x takes query tiles x, x + gridDim.x, ... (the launcher
+// sizes the grid to the SM count, or to one block per tile). The pipeline
+// runs on across tiles: K/V stages and phases continue (kv_iter counts the
+// key tiles this block has loaded), Q is reloaded once both consumers are
+// past their last S = Q K^T of a tile (q_empty), so the next tile's loads
+// overlap this tile's last P V and epilogue.
 template <typename Kt>
 __global__ void __launch_bounds__(Kt::kThreads, 1)
     fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
@@ -176,38 +213,21 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   const uint32_t s_v = smem_base + Kt::kVOffset;
   const uint32_t bars = smem_base + Kt::kBarOffset;
   const uint32_t q_full = bars;
-  auto k_full = [&](int s) { return bars + 8u * (1 + s); };
-  auto v_full = [&](int s) { return bars + 8u * (1 + kStages + s); };
-  auto empty = [&](int s) { return bars + 8u * (1 + 2 * kStages + s); };
+  const uint32_t q_empty = bars + 8u;
+  auto k_full = [&](int s) { return bars + 8u * (2 + s); };
+  auto v_full = [&](int s) { return bars + 8u * (2 + kStages + s); };
+  auto empty = [&](int s) { return bars + 8u * (2 + 2 * kStages + s); };
 
   const int tid = threadIdx.x;
-
-  // ---- the block's work (every thread; cheap integer math)
-  const FwdBlock blk = fwd_block(grid, blockIdx.x);
-  const int64_t b = blk.batch;
-  const int64_t h = blk.head;  // query head (pack = 1)
-  const int64_t hkv = h / (params.heads_q / params.heads_kv);
+  const int64_t num_tiles = grid.blocks();
   const Band band{params.seqlen_q, params.seqlen_k, params.window_left, params.window_right};
-  const int m0 = static_cast<int>(blk.m_block) * kM;
-  const int m_end = static_cast<int>(band_min64(m0 + kM, params.seqlen_q));
-  const KeyRange q_rows = packed_query_rows(blk.m_block, kM, 1, grid.rows);
-  const TileRange tiles = rows_key_tile_range(band, q_rows, kN);
-  if (tiles.empty()) {
-    sm90_store_empty<Kt>(params, b, h, m0, m_end, tid);
-    return;
-  }
-  const int n_begin = static_cast<int>(tiles.n_block_min);
-  const int n_end = static_cast<int>(tiles.n_block_max);
-  const int n_tiles = n_end - n_begin;
-  const TileRange unmasked = rows_unmasked_tile_range(band, q_rows, kN);
-  const int unmasked_begin = static_cast<int>(band_min64(unmasked.n_block_min, n_end));
-  const int unmasked_end = static_cast<int>(band_min64(unmasked.n_block_max, n_end));
 
   if (tid == 0) {
     tma_prefetch_desc(&tm_q);
     tma_prefetch_desc(&tm_k);
     tma_prefetch_desc(&tm_v);
     mbar_init(q_full, 1);
+    mbar_init(q_empty, 128 * Kt::kConsumers);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(k_full(s), 1);
       mbar_init(v_full(s), 1);
@@ -222,24 +242,33 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     // ================= producer =================
     setmaxnreg_dec<Kt::kProducerRegs>();
     if (tid == 0) {
-      const int hq = static_cast<int>(h), hk = static_cast<int>(hkv), bb = static_cast<int>(b);
-      mbar_arrive_expect_tx(q_full, Kt::kQBytes);
-#pragma unroll
-      for (int cb = 0; cb < Kt::kColBlocks; ++cb) tma_load_4d(s_q + cb * kM * 128, &tm_q, q_full, cb * 64, m0, hq, bb);
+      int q_iter = 0, kv_iter = 0;
 #pragma unroll 1
-      for (int i = 0; i < n_tiles; ++i) {
-        const int n_block = n_end - 1 - i;
-        const int stage = i % kStages;
-        const uint32_t phase = (i / kStages) & 1;
-        mbar_wait(empty(stage), phase ^ 1);  // the consumers released this stage's previous tile
-        mbar_arrive_expect_tx(k_full(stage), Kt::kKvBytes);
+      for (int64_t index = blockIdx.x; index < num_tiles; index += gridDim.x) {
+        const Sm90Tile t = sm90_tile<Kt>(params, grid, band, index);
+        if (t.n_tiles == 0) continue;  // the consumers write its empty rows
+        const int hq = static_cast<int>(t.h), hk = static_cast<int>(t.hkv), bb = static_cast<int>(t.b);
+        mbar_wait(q_empty, (q_iter & 1) ^ 1);  // both consumers are past the previous tile's S
+        mbar_arrive_expect_tx(q_full, Kt::kQBytes);
 #pragma unroll
         for (int cb = 0; cb < Kt::kColBlocks; ++cb)
-          tma_load_4d(s_k + stage * Kt::kKvBytes + cb * kN * 128, &tm_k, k_full(stage), cb * 64, n_block * kN, hk, bb);
-        mbar_arrive_expect_tx(v_full(stage), Kt::kKvBytes);
+          tma_load_4d(s_q + cb * kM * 128, &tm_q, q_full, cb * 64, t.m0, hq, bb);
+#pragma unroll 1
+        for (int i = 0; i < t.n_tiles; ++i, ++kv_iter) {
+          const int n_block = t.n_end - 1 - i;
+          const int stage = kv_iter % kStages;
+          const uint32_t phase = (kv_iter / kStages) & 1;
+          mbar_wait(empty(stage), phase ^ 1);  // the consumers released this stage's previous tile
+          mbar_arrive_expect_tx(k_full(stage), Kt::kKvBytes);
 #pragma unroll
-        for (int cb = 0; cb < Kt::kColBlocks; ++cb)
-          tma_load_4d(s_v + stage * Kt::kKvBytes + cb * kN * 128, &tm_v, v_full(stage), cb * 64, n_block * kN, hk, bb);
+          for (int cb = 0; cb < Kt::kColBlocks; ++cb)
+            tma_load_4d(s_k + stage * Kt::kKvBytes + cb * kN * 128, &tm_k, k_full(stage), cb * 64, n_block * kN, hk, bb);
+          mbar_arrive_expect_tx(v_full(stage), Kt::kKvBytes);
+#pragma unroll
+          for (int cb = 0; cb < Kt::kColBlocks; ++cb)
+            tma_load_4d(s_v + stage * Kt::kKvBytes + cb * kN * 128, &tm_v, v_full(stage), cb * 64, n_block * kN, hk, bb);
+        }
+        ++q_iter;
       }
     }
     return;
@@ -247,23 +276,12 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
 
   // ================= consumers =================
   setmaxnreg_inc<Kt::kConsumerRegs>();
-  const int consumer = warpgroup - 1;  // rows 64 consumer .. of the tile
+  const int consumer = warpgroup - 1;  // rows 64 consumer .. of each tile
   const int ctid = tid - 128 * warpgroup;
   const int warp = ctid / 32;
   const int lane = ctid % 32;
   const int group = lane / 4;
   const int tig = lane % 4;
-
-  // Visible keys of this thread's two rows (row i = 0, 1: tile row
-  // 64 consumer + 16 warp + group + 8 i); rows past Sq see nothing.
-  int row_key_begin[2], row_key_end[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int m = m0 + 64 * consumer + 16 * warp + group + 8 * i;
-    const bool valid = m < m_end;
-    row_key_begin[i] = valid ? static_cast<int>(band.key_begin(m)) : 0;
-    row_key_end[i] = valid ? static_cast<int>(band.key_end(m)) : 0;
-  }
 
   // Descriptors. Q (A, K-major): column block kk / 4, this warpgroup's 64 rows,
   // 32 (kk % 4) bytes into the 128-B row. K (B, K-major) likewise over kN
@@ -280,12 +298,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   };
 
   float acc_o[kD / 2];
-#pragma unroll
-  for (int e = 0; e < kD / 2; ++e) acc_o[e] = 0.f;
   float acc_s[kN / 2];
   uint32_t p_frag[Kt::kPSteps][4];
-  float row_max[2] = {-INFINITY, -INFINITY};  // running max of s2 (log2 units)
-  float row_sum[2] = {0.f, 0.f};              // this thread's columns only
+  float row_max[2], row_sum[2];        // running max of s2 (log2 units); sums of this thread's columns
+  int row_key_begin[2], row_key_end[2];  // visible keys of this thread's two rows
 
   auto issue_s = [&](int stage) {
 #pragma unroll
@@ -299,6 +315,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   };
   auto issue_pv = [&](int stage) {
 #pragma unroll
+    for (int ks = 0; ks < Kt::kPSteps; ++ks)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) fence_operand(p_frag[ks][r]);
+#pragma unroll
     for (int e = 0; e < kD / 2; ++e) fence_operand(acc_o[e]);
     wgmma_fence();
 #pragma unroll
@@ -306,6 +326,15 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     wgmma_commit();
 #pragma unroll
     for (int e = 0; e < kD / 2; ++e) fence_operand(acc_o[e]);
+  };
+  // After wait_group 0: the P V operands may be touched again.
+  auto fence_pv_done = [&]() {
+#pragma unroll
+    for (int e = 0; e < kD / 2; ++e) fence_operand(acc_o[e]);
+#pragma unroll
+    for (int ks = 0; ks < Kt::kPSteps; ++ks)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) fence_operand(p_frag[ks][r]);
   };
 
   // Scores of key tile n_block in acc_s -> probabilities (fp32, in place),
@@ -319,7 +348,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   // subtracts 0 instead (no NaN), its P stays 0.
   const bool prescale = sc.use_softcap || !(sc.scale_log2 > 0.f);  // warp-uniform
   const float fold = prescale ? 1.f : sc.scale_log2;
-  auto softmax_tile = [&](int n_block, float (&rescale)[2]) {
+  auto softmax_tile = [&](const Sm90Tile& t, int n_block, float (&rescale)[2]) {
     if (sc.use_softcap) {
 #pragma unroll
       for (int e = 0; e < kN / 2; ++e) acc_s[e] = sc.softcap_log2 * tanhf(acc_s[e] * sc.scale_over_cap);
@@ -327,7 +356,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < kN / 2; ++e) acc_s[e] *= sc.scale_log2;
     }
-    if (n_block < unmasked_begin || n_block >= unmasked_end) {
+    if (n_block < t.unmasked_begin || n_block >= t.unmasked_end) {
       // Column c = 8 j + 2 tig + e of row i is key n0 + c: visible iff
       // key_begin <= n0 + c < key_end (key_end <= Sk; empty for dead rows).
       const int n0 = n_block * kN;
@@ -387,97 +416,115 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     }
   };
 
-  // Ping-pong turns (see the top of the file): slot i of consumer c waits for
-  // the other consumer's slot i - 1 (consumer 0's slot 0: the pre-arrival).
+  // Ping-pong turns (see the top of the file): each GEMM slot of consumer c
+  // waits for the other consumer's previous slot. Consumer 1 pre-arrives on
+  // consumer 0's barrier; consumer 0 absorbs consumer 1's last arrival after
+  // the tile loop, so both barriers end the block with no pending arrivals.
   auto turn_begin = [&]() {
     if constexpr (Kt::kPingPong) named_bar_sync(Kt::kSchedBarrier + consumer, 256);
   };
-  auto turn_end = [&](int slot) {
-    if constexpr (Kt::kPingPong) {
-      if (!(consumer == 1 && slot == n_tiles - 1)) named_bar_arrive(Kt::kSchedBarrier + (consumer ^ 1), 256);
-    }
+  auto turn_end = [&]() {
+    if constexpr (Kt::kPingPong) named_bar_arrive(Kt::kSchedBarrier + (consumer ^ 1), 256);
   };
   if constexpr (Kt::kPingPong) {
     if (consumer == 1) named_bar_arrive(Kt::kSchedBarrier, 256);
   }
 
-  mbar_wait(q_full, 0);
-
-  // ---- key tile 0 (the highest n_block)
-  float rescale[2];
-  mbar_wait(k_full(0), 0);
-  turn_begin();
-  issue_s(0);
-  turn_end(0);
-  wgmma_wait<0>();
-#pragma unroll
-  for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
-  softmax_tile(n_end - 1, rescale);  // O is still zero: no rescale needed
-  convert_p();
-
-  // ---- key tiles 1 .. n - 1: S of tile i overlaps P V of tile i - 1
+  int q_iter = 0, kv_iter = 0;
 #pragma unroll 1
-  for (int i = 1; i < n_tiles; ++i) {
-    const int stage = i % kStages;
-    const int prev = (i - 1) % kStages;
-    mbar_wait(k_full(stage), (i / kStages) & 1);
-    mbar_wait(v_full(prev), ((i - 1) / kStages) & 1);
-    turn_begin();
-    issue_s(stage);
+  for (int64_t index = blockIdx.x; index < num_tiles; index += gridDim.x) {
+    const Sm90Tile t = sm90_tile<Kt>(params, grid, band, index);
+    if (t.n_tiles == 0) {
+      sm90_store_empty<Kt>(params, t, 128 * consumer + ctid, 128 * Kt::kConsumers);
+      continue;
+    }
+    // This thread's two rows: tile row 64 consumer + 16 warp + group + 8 i;
+    // rows past Sq see nothing.
 #pragma unroll
-    for (int ks = 0; ks < Kt::kPSteps; ++ks)
+    for (int i = 0; i < 2; ++i) {
+      const int m = t.m0 + 64 * consumer + 16 * warp + group + 8 * i;
+      const bool valid = m < t.m_end;
+      row_key_begin[i] = valid ? static_cast<int>(band.key_begin(m)) : 0;
+      row_key_end[i] = valid ? static_cast<int>(band.key_end(m)) : 0;
+      row_max[i] = -INFINITY;
+      row_sum[i] = 0.f;
+    }
 #pragma unroll
-      for (int r = 0; r < 4; ++r) fence_operand(p_frag[ks][r]);
-    issue_pv(prev);
-    turn_end(i);
-    wgmma_wait<1>();  // S of tile i is done; P V of tile i - 1 may still run
-#pragma unroll
-    for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
-    softmax_tile(n_end - 1 - i, rescale);
-    wgmma_wait<0>();  // P V done: P's registers and stage prev are free
-#pragma unroll
-    for (int e = 0; e < kD / 2; ++e) fence_operand(acc_o[e]);
-#pragma unroll
-    for (int ks = 0; ks < Kt::kPSteps; ++ks)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) fence_operand(p_frag[ks][r]);
-    mbar_arrive(empty(prev));
-    rescale_o(rescale);
-    convert_p();
-  }
+    for (int e = 0; e < kD / 2; ++e) acc_o[e] = 0.f;
+    auto stage_of = [&](int i) { return (kv_iter + i) % kStages; };
+    auto phase_of = [&](int i) { return static_cast<uint32_t>(((kv_iter + i) / kStages) & 1); };
 
-  // ---- P V of the last tile
-  {
-    const int last = (n_tiles - 1) % kStages;
-    mbar_wait(v_full(last), ((n_tiles - 1) / kStages) & 1);
-#pragma unroll
-    for (int ks = 0; ks < Kt::kPSteps; ++ks)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) fence_operand(p_frag[ks][r]);
-    issue_pv(last);
+    mbar_wait(q_full, q_iter & 1);
+
+    // ---- key tile 0 (the highest n_block)
+    float rescale[2];
+    mbar_wait(k_full(stage_of(0)), phase_of(0));
+    turn_begin();
+    issue_s(stage_of(0));
+    turn_end();
     wgmma_wait<0>();
 #pragma unroll
-    for (int e = 0; e < kD / 2; ++e) fence_operand(acc_o[e]);
-    mbar_arrive(empty(last));  // keeps the barrier counts uniform (nothing waits on it)
-  }
+    for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
+    if (t.n_tiles == 1) mbar_arrive(q_empty);  // Q no longer read
+    softmax_tile(t, t.n_end - 1, rescale);  // O is still zero: no rescale needed
+    convert_p();
 
-  // ---- normalise and store this thread's two rows
-  constexpr float kLn2 = 0.6931471805599453f;
-  T* const out_head = static_cast<T*>(params.out) + b * params.out_batch_stride + h * params.out_head_stride;
-  float* const lse_head = params.lse + (b * params.heads_q + h) * params.seqlen_q;
+    // ---- key tiles 1 .. n - 1: S of tile i overlaps P V of tile i - 1
+#pragma unroll 1
+    for (int i = 1; i < t.n_tiles; ++i) {
+      const int stage = stage_of(i);
+      const int prev = stage_of(i - 1);
+      mbar_wait(k_full(stage), phase_of(i));
+      mbar_wait(v_full(prev), phase_of(i - 1));
+      turn_begin();
+      issue_s(stage);
+      issue_pv(prev);
+      turn_end();
+      wgmma_wait<1>();  // S of tile i is done; P V of tile i - 1 may still run
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int m = m0 + 64 * consumer + 16 * warp + group + 8 * i;
-    const float sum = quad_sum(row_sum[i]);  // all 4 lanes of the group take part
-    if (m >= m_end) continue;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const float lse = row_max[i] == -INFINITY ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
-    T* const out = out_head + static_cast<int64_t>(m) * params.out_row_stride;
+      for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
+      if (i == t.n_tiles - 1) mbar_arrive(q_empty);  // the tile's last S: Q no longer read
+      softmax_tile(t, t.n_end - 1 - i, rescale);
+      wgmma_wait<0>();  // P V done: P's registers and stage prev are free
+      fence_pv_done();
+      mbar_arrive(empty(prev));
+      rescale_o(rescale);
+      convert_p();
+    }
+
+    // ---- P V of the last tile
+    {
+      const int last = stage_of(t.n_tiles - 1);
+      mbar_wait(v_full(last), phase_of(t.n_tiles - 1));
+      issue_pv(last);
+      wgmma_wait<0>();
+      fence_pv_done();
+      mbar_arrive(empty(last));
+    }
+    kv_iter += t.n_tiles;
+    ++q_iter;
+
+    // ---- normalise and store this thread's two rows
+    constexpr float kLn2 = 0.6931471805599453f;
+    T* const out_head = static_cast<T*>(params.out) + t.b * params.out_batch_stride + t.h * params.out_head_stride;
+    float* const lse_head = params.lse + (t.b * params.heads_q + t.h) * params.seqlen_q;
 #pragma unroll
-    for (int j = 0; j < Kt::kDTiles; ++j)
-      *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * tig) =
-          pack2<T>(acc_o[4 * j + 2 * i] * inv, acc_o[4 * j + 2 * i + 1] * inv);
-    if (tig == 0) lse_head[m] = lse;
+    for (int i = 0; i < 2; ++i) {
+      const int m = t.m0 + 64 * consumer + 16 * warp + group + 8 * i;
+      const float sum = quad_sum(row_sum[i]);  // all 4 lanes of the group take part
+      if (m >= t.m_end) continue;
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const float lse = row_max[i] == -INFINITY ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
+      T* const out = out_head + static_cast<int64_t>(m) * params.out_row_stride;
+#pragma unroll
+      for (int j = 0; j < Kt::kDTiles; ++j)
+        *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * tig) =
+            pack2<T>(acc_o[4 * j + 2 * i] * inv, acc_o[4 * j + 2 * i + 1] * inv);
+      if (tig == 0) lse_head[m] = lse;
+    }
+  }
+  if constexpr (Kt::kPingPong) {
+    if (consumer == 0) named_bar_sync(Kt::kSchedBarrier, 256);  // consumer 1's last arrival
   }
 }
 

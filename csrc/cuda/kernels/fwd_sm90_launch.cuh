@@ -14,7 +14,8 @@
 #include <cuda_runtime.h>
 
 #include <climits>
-#include <mutex>
+#include <cstdlib>
+#include <cstring>
 
 #include "fwd_api.cuh"
 #include "fwd_launch.cuh"  // make_score_scale
@@ -69,6 +70,16 @@ inline bool sm90_encode(CUtensorMap* map, bool bf16, const void* ptr, int64_t ba
   return r == CUDA_SUCCESS;
 }
 
+// Persistent grid (one block per SM, each taking every gridDim-th query tile)
+// unless SWA_SM90_PERSISTENT=0 (one block per query tile), read once.
+inline bool sm90_persistent() {
+  static const bool on = [] {
+    const char* v = std::getenv("SWA_SM90_PERSISTENT");
+    return !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
 template <typename T, int kHeadDim>
 cudaError_t run_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
   using Kt = Sm90FwdTraits<T, kHeadDim>;
@@ -85,12 +96,25 @@ cudaError_t run_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
   const int64_t blocks = grid.blocks();
   if (blocks == 0) return cudaSuccess;
   if (blocks > INT_MAX) return cudaErrorNotSupported;
+  int64_t launch_blocks = blocks;
+  if (sm90_persistent()) {
+    int sms = p.device_sm_count;
+    if (sms <= 0) {
+      int device = 0;
+      if (cudaGetDevice(&device) != cudaSuccess ||
+          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        sms = 0;
+      }
+    }
+    if (sms > 0 && sms < launch_blocks) launch_blocks = sms;  // one block per SM (smem / registers: 1 fits)
+  }
   auto kernel = fwd_sm90_kernel<Kt>;
   // Per launch: the attribute belongs to the current device's context.
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kt::kSmemBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<static_cast<unsigned>(blocks), Kt::kThreads, Kt::kSmemBytes, stream>>>(tm_q, tm_k, tm_v, p, grid,
+  kernel<<<static_cast<unsigned>(launch_blocks), Kt::kThreads, Kt::kSmemBytes, stream>>>(tm_q, tm_k, tm_v, p, grid,
                                                                                    make_score_scale(p));
   return cudaGetLastError();
 }
