@@ -106,13 +106,14 @@ def _child(spec_path, out_path):
     torch.save(results, out_path)
 
 
-def _run_path(disable_sm90):
+def _run_path(disable_sm90, persistent=True):
     spec = [(f"{dt}-{case_id(c)}-{c['layout']}{'-mis' if c['misalign'] else ''}", dt, c)
             for dt in DTYPES for c in SM90_CASES]
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.pt")
         json.dump(spec, open(spec_path, "w"))
-        env = dict(os.environ, SWA_DEBUG_FORWARD_PATH="1", SWA_DISABLE_SM90="1" if disable_sm90 else "0")
+        env = dict(os.environ, SWA_DEBUG_FORWARD_PATH="1", SWA_DISABLE_SM90="1" if disable_sm90 else "0",
+                   SWA_SM90_PERSISTENT="1" if persistent else "0")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path, out_path],
                               cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -130,6 +131,12 @@ def _run_path(disable_sm90):
 @pytest.fixture(scope="module")
 def sm90_results():
     return _run_path(disable_sm90=False)
+
+
+@pytest.fixture(scope="module")
+def sm90_tile_grid_results():
+    """The Hopper kernel with one block per query tile (SWA_SM90_PERSISTENT=0)."""
+    return _run_path(disable_sm90=False, persistent=False)
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +186,9 @@ def test_sm90_path_taken(sm90_results, sm80_results):
         assert path in _expected_paths(c, sm90=False), f"{name}: SWA_DISABLE_SM90=1 ran {path}"
 
 
-@pytest.mark.parametrize("which", ["sm90", "sm80"])
-def test_paths_match_reference(which, sm90_results, sm80_results):
-    results = sm90_results if which == "sm90" else sm80_results
+@pytest.mark.parametrize("which", ["sm90", "sm90_tile_grid", "sm80"])
+def test_paths_match_reference(which, request):
+    results = request.getfixturevalue(f"{which}_results")
     for name, res in results.items():
         _check_reference(name, res)
 
@@ -197,6 +204,13 @@ def test_paths_agree(sm90_results, sm80_results):
         assert torch.equal(torch.isneginf(lse90), torch.isneginf(lse80)), name
         finite = torch.isfinite(lse80)
         torch.testing.assert_close(lse90[finite], lse80[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_persistent_grid_is_bitwise_equal(sm90_results, sm90_tile_grid_results):
+    """Each query tile is computed the same way whichever block takes it."""
+    for name, ((out, lse), _, _, _) in sm90_results.items():
+        (out1, lse1), _, _, _ = sm90_tile_grid_results[name]
+        assert torch.equal(out, out1) and torch.equal(lse, lse1), name
 
 
 def test_sm90_deterministic():

@@ -18,7 +18,9 @@
 // split-KV decoding; short GQA queries (PackGQA); sm_89 and older, sm_100+;
 // unaligned or broadcast (stride 0) views.
 // SWA_DEBUG_FORWARD_PATH=1 prints the chosen path of every call to stderr
-// ("swa_cuda: forward path sm90"); the tests read it.
+// ("swa_cuda: forward path sm90"); the tests read it. SWA_SM90_PERSISTENT=0
+// launches the Hopper kernel with one block per query tile instead of one
+// per SM (fwd_sm90_launch.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>

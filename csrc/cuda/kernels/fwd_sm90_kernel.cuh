@@ -3,10 +3,12 @@
 // (fwd_kernel.cuh): out = softmax(scale * q k^T (softcap), band mask) v,
 // lse = ln(sum exp) (natural log), rows that see no key: out = 0, lse = -inf.
 //
-// Work: one thread block per (batch, query head, query tile of kBlockM = 128
-// rows), the 1-D grid of fwd_tiles.h (pack = 1, splits = 1) whose m_block runs
-// from the last tile down, so the longest rows start first. Query head h reads
-// kv head h / (Hq / Hkv). Not persistent (TODO: a persistent scheduler).
+// Work: query tiles of kBlockM = 128 rows of one (batch, query head), indexed
+// as the 1-D grid of fwd_tiles.h (pack = 1, splits = 1: m_block fastest, from
+// the last tile down, so the longest rows start first). Persistent: the
+// launcher starts one block per SM and block x takes tiles x, x + gridDim.x,
+// ... (SWA_SM90_PERSISTENT=0: one block per tile). Query head h reads kv head
+// h / (Hq / Hkv).
 //
 // Warp roles (384 threads = 3 warpgroups, __launch_bounds__(384, 1)):
 //   warpgroup 0   producer: setmaxnreg.dec to 24; one thread issues every TMA
@@ -16,9 +18,12 @@
 //                 rows 64 c .. 64 c + 63 of the tile; both read the same K/V
 //                 stage.
 //
-// Pipeline (mbarriers in shared memory, phase parity = (i / kStages) & 1 for
-// the i-th key tile):
+// Pipeline (mbarriers in shared memory; K/V stages and phases run on across
+// the block's tiles: the i-th key tile the block loads uses stage i % kStages,
+// parity (i / kStages) & 1; Q's barriers flip once per tile):
 //   q_full           1 arrival (producer's expect_tx) + Q's bytes
+//   q_empty          256 arrivals (every consumer thread, once its last
+//                    S = Q K^T of the tile completed): Q may be reloaded
 //   k_full[s]        1 arrival + K tile bytes       (producer -> consumers)
 //   v_full[s]        1 arrival + V tile bytes       (separate: S = Q K^T may
 //                                                    start before V lands)
@@ -38,8 +43,8 @@
 // i - 1's P V) of consumer c is bracketed by bar.sync(1 + c) before issuing
 // and bar.arrive(1 + (c ^ 1)) after, so the two take turns on the tensor cores
 // and one's softmax runs under the other's GEMMs. Consumer 1 pre-arrives once
-// on consumer 0's barrier and skips its arrive after its last slot, so both
-// barriers end every block with no pending arrivals (n slots each side).
+// on consumer 0's barrier and consumer 0 syncs once more after its last tile,
+// so both barriers end every block with no pending arrivals.
 //
 // Band phases: descending key order visits first the right-edge tiles that
 // need element masks (the diagonal for causal / window_right), then the
