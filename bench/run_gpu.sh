@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command a GPU session runs (from the repository root):
 #
-#   bash bench/run_gpu.sh                 # all steps: build test sm90 bench decode memcheck sanitize90 ncu
+#   bash bench/run_gpu.sh                 # all steps: build test sm90 sanitize90 bench decode memcheck ncu
 #   bash bench/run_gpu.sh build test      # only some steps, in the order given
 #
 # Steps: build     pip install --no-build-isolation -v . (TORCH_CUDA_ARCH_LIST=9.0 unless set)
@@ -46,7 +46,7 @@ exec 3>&1 4>&2
 exec > >(tee -a "$LOG") 2>&1
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 bench decode memcheck sanitize90 ncu)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 sanitize90 bench decode memcheck ncu)
 # cap (seconds) per step; the real timeout is min(cap, time left - reserve)
 declare -A CAP=([build]=300 [test]=180 [sm90]=150 [bench]=300 [decode]=120 [memcheck]=150 [sanitize90]=120
                 [ncu]=120)
