@@ -7,6 +7,7 @@
 # Steps: build     pip install --no-build-isolation -v . (TORCH_CUDA_ARCH_LIST=9.0 unless set)
 #        test      python -m pytest -x -q (the whole suite, on the GPU; tests/test_sm90.py
 #                  checks the Hopper kernel and the portable one against each other)
+#        test90    python -m pytest tests/test_sm90.py only (Hopper kernel vs reference and vs sm80)
 #        sm90      python bench/bench_sm90.py --quick: ours (sm90) vs ours (sm80) vs FlexAttention
 #        bench     python bench/bench_attention.py --quick
 #        decode    python bench/bench_decode.py --quick
@@ -48,7 +49,7 @@ exec > >(tee -a "$LOG") 2>&1
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 sanitize90 bench decode memcheck ncu)
 # cap (seconds) per step; the real timeout is min(cap, time left - reserve)
-declare -A CAP=([build]=300 [test]=180 [sm90]=150 [bench]=300 [decode]=120 [memcheck]=150 [sanitize90]=120
+declare -A CAP=([build]=300 [test]=180 [test90]=150 [sm90]=150 [bench]=300 [decode]=120 [memcheck]=150 [sanitize90]=120
                 [ncu]=120)
 RESERVE=15  # for the summary and the copies
 SUMMARY=()
@@ -110,6 +111,10 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
 # folder swa_cuda/ instead of the installed package.
 step_test() {
   cd "$REPO/tests" && "$PYTHON" -m pytest -x -q -rfEs -p no:cacheprovider
+}
+
+step_test90() {
+  cd "$REPO/tests" && "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider test_sm90.py
 }
 
 find_sanitizer() {
@@ -221,15 +226,15 @@ step_decode() {
   "$PYTHON" bench/bench_decode.py --quick --out "$RESULTS" --max-minutes "$(case_minutes)" ${SWA_DECODE_ARGS:-}
 }
 
-export -f step_build step_test step_memcheck step_bench step_decode case_minutes find_sanitizer step_sanitize90 \
+export -f step_build step_test step_test90 step_memcheck step_bench step_decode case_minutes find_sanitizer step_sanitize90 \
   step_ncu step_sm90
 export PYTHON REPO RESULTS
 
 echo "== run_gpu.sh $STAMP: steps ${STEPS[*]}; budget ${BUDGET}s; git $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
 for s in "${STEPS[@]}"; do
   case "$s" in
-    build|test|sm90|bench|decode|memcheck|sanitize90|ncu) run_step "$s" ;;
-    *) echo "unknown step '$s' (build test sm90 bench decode memcheck sanitize90 ncu)"; SUMMARY+=("$s: unknown step"); FAILED=$((FAILED + 1)) ;;
+    build|test|test90|sm90|bench|decode|memcheck|sanitize90|ncu) run_step "$s" ;;
+    *) echo "unknown step '$s' (build test test90 sm90 bench decode memcheck sanitize90 ncu)"; SUMMARY+=("$s: unknown step"); FAILED=$((FAILED + 1)) ;;
   esac
 done
 
