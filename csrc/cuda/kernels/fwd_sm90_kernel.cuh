@@ -459,11 +459,11 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     auto stage_of = [&](int i) { return (kv_iter + i) % kStages; };
     auto phase_of = [&](int i) { return static_cast<uint32_t>(((kv_iter + i) / kStages) & 1); };
 
-    mbar_wait(q_full, q_iter & 1);
+    mbar_wait_watchdog(q_full, q_iter & 1);
 
     // ---- key tile 0 (the highest n_block)
     float rescale[2];
-    mbar_wait(k_full(stage_of(0)), phase_of(0));
+    mbar_wait_watchdog(k_full(stage_of(0)), phase_of(0));
     turn_begin();
     issue_s(stage_of(0));
     turn_end();
@@ -479,8 +479,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     for (int i = 1; i < t.n_tiles; ++i) {
       const int stage = stage_of(i);
       const int prev = stage_of(i - 1);
-      mbar_wait(k_full(stage), phase_of(i));
-      mbar_wait(v_full(prev), phase_of(i - 1));
+      mbar_wait_watchdog(k_full(stage), phase_of(i));
+      mbar_wait_watchdog(v_full(prev), phase_of(i - 1));
       turn_begin();
       issue_s(stage);
       issue_pv(prev);
@@ -500,7 +500,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     // ---- P V of the last tile
     {
       const int last = stage_of(t.n_tiles - 1);
-      mbar_wait(v_full(last), phase_of(t.n_tiles - 1));
+      mbar_wait_watchdog(v_full(last), phase_of(t.n_tiles - 1));
       issue_pv(last);
       wgmma_wait<0>();
       fence_pv_done();

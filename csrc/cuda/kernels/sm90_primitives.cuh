@@ -90,6 +90,28 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       : "memory");
 }
 
+// mbar_wait with a watchdog (the consumers' waits; the producer keeps the
+// plain loop, its 24 registers have no room for a counter): after 2^26
+// unsuccessful polls (each try_wait may itself suspend for a while: tens of
+// seconds in all, where a real wait lasts microseconds) the thread traps, so
+// a pipeline deadlock surfaces as a launch error instead of a hung GPU.
+__device__ __forceinline__ void mbar_wait_watchdog(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  for (uint32_t polls = 0;; ++polls) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (done) return;
+    if (polls == (1u << 26)) __trap();
+  }
+}
+
 // ---- TMA -----------------------------------------------------------------------
 
 __device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {

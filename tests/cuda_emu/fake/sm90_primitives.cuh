@@ -151,6 +151,8 @@ inline void named_bar_sync(int id, int count) {
   }
 }
 
+inline void mbar_wait_watchdog(uint32_t bar, uint32_t parity) { mbar_wait(bar, parity); }
+
 inline void tma_prefetch_desc(const CUtensorMap*) {}
 
 inline void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
