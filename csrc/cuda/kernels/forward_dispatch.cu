@@ -10,8 +10,9 @@
 //   - plain attention (no ring key source: cache_attention stays portable);
 //   - no split-KV (params.num_splits <= 1: decoding stays on the portable
 //     split kernel; attention_num_splits never splits a problem of >= 64
-//     query rows the Hopper kernel can take) and no PackGQA (2 Sq > the portable block_m with Hq > Hkv
-//     packs the group into one block on the portable kernel);
+//     query rows the Hopper kernel can take) and no PackGQA (with Hq > Hkv
+//     and 2 Sq <= the portable block_m, the portable kernel packs the group
+//     into one block);
 //   - Sk >= 1, the 32-bit index limits of tensor_core_ok, and TMA can describe
 //     q, k, v (16-byte aligned bases, strides multiples of 16 bytes: sm90_tma.h).
 // Not covered (portable): head dims 32, 96, 256; fp32/fp64; cache_attention;
