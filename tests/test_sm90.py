@@ -77,16 +77,13 @@ def _inputs(c, dtype, device, seed=0):
 
 
 def _expected_paths(c, sm90):
-    """The paths forward_dispatch.cu may choose for case c (portable block_m is
-    128 for d = 64 / 128, so PackGQA packs GQA groups when Sq <= 64; split-KV
-    depends on the SM count, and problems of >= 64 query rows the Hopper
-    kernel can take are never split)."""
+    """The path forward_dispatch.cu takes for case c with split-KV off
+    (SWA_DISABLE_SPLIT_KV=1 in the children; the portable block_m is 128 for
+    d = 64 / 128, so PackGQA packs GQA groups when Sq <= 64)."""
     if c["misalign"]:
         return {"exact"}  # rows not 16-byte aligned: neither tensor-core kernel
     packed = c["heads_q"] != c["heads_kv"] and 2 * c["seqlen_q"] <= 128
-    if not sm90 or packed:
-        return {"sm80", "sm80-split"}
-    return {"sm90"} if c["seqlen_q"] >= 64 else {"sm90", "sm80-split"}
+    return {"sm90"} if sm90 and not packed else {"sm80"}
 
 
 # ---- the child: every case on one path ------------------------------------------
@@ -112,8 +109,10 @@ def _run_path(disable_sm90, persistent=True):
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.pt")
         json.dump(spec, open(spec_path, "w"))
+        # Split-KV off: small test shapes would otherwise go to the portable
+        # split kernel on a 132-SM GPU (forward_dispatch.cu).
         env = dict(os.environ, SWA_DEBUG_FORWARD_PATH="1", SWA_DISABLE_SM90="1" if disable_sm90 else "0",
-                   SWA_SM90_PERSISTENT="1" if persistent else "0")
+                   SWA_SM90_PERSISTENT="1" if persistent else "0", SWA_DISABLE_SPLIT_KV="1")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path, out_path],
                               cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -176,12 +175,9 @@ def _check_reference(name, res):
 
 
 def test_sm90_path_taken(sm90_results, sm80_results):
-    ran_sm90 = 0
     for name, (_, path, _, c) in sm90_results.items():
         assert path in _expected_paths(c, sm90=True), f"{name}: ran {path}"
-        ran_sm90 += path == "sm90"
-    surely = sum(_expected_paths(c, sm90=True) == {"sm90"} for c in SM90_CASES)
-    assert ran_sm90 >= surely * len(DTYPES) > 0
+    assert sum(path == "sm90" for _, path, _, _ in sm90_results.values()) >= len(sm90_results) // 2
     for name, (_, path, _, c) in sm80_results.items():
         assert path in _expected_paths(c, sm90=False), f"{name}: SWA_DISABLE_SM90=1 ran {path}"
 

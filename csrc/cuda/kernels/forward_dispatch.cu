@@ -8,18 +8,21 @@
 //   - SWA_DISABLE_SM90 is unset, empty or "0" (read once per process);
 //   - its instantiation is built: head dim 64 or 128, the dtype selected;
 //   - plain attention (no ring key source: cache_attention stays portable);
-//   - no split-KV (params.num_splits <= 1: decoding stays on the portable
-//     split kernel; attention_num_splits never splits a problem of >= 64
-//     query rows the Hopper kernel can take) and no PackGQA (with Hq > Hkv
-//     and 2 Sq <= the portable block_m, the portable kernel packs the group
-//     into one block);
+//   - no split-KV (params.num_splits <= 1). attention_num_splits splits only
+//     grids that fill under 80% of one wave with >= 4 key tiles per block
+//     (decoding, short queries over long keys): those run on the portable
+//     split kernel, which spreads them over the SMs; and no PackGQA (with
+//     Hq > Hkv and 2 Sq <= the portable block_m, the portable kernel packs
+//     the group into one block);
 //   - Sk >= 1, the 32-bit index limits of tensor_core_ok, and TMA can describe
 //     q, k, v (16-byte aligned bases, strides multiples of 16 bytes: sm90_tma.h).
 // Not covered (portable): head dims 32, 96, 256; fp32/fp64; cache_attention;
 // split-KV decoding; short GQA queries (PackGQA); sm_89 and older, sm_100+;
 // unaligned or broadcast (stride 0) views.
 // SWA_DEBUG_FORWARD_PATH=1 prints the chosen path of every call to stderr
-// ("swa_cuda: forward path sm90"); the tests read it. SWA_SM90_PERSISTENT=0
+// ("swa_cuda: forward path sm90"); the tests read it. SWA_DISABLE_SPLIT_KV=1
+// makes attention_num_splits return 1 (the tests use it to reach the
+// unsplit kernels with small shapes). SWA_SM90_PERSISTENT=0
 // launches the Hopper kernel with one block per query tile instead of one
 // per SM (fwd_sm90_launch.cuh).
 #include <cuda_bf16.h>
@@ -243,11 +246,6 @@ bool current_device_is_sm90() {
 // Tile rows of the Hopper kernel's boxes (Sm90FwdTraits: kBlockM = kBlockN = 128).
 constexpr int64_t kSm90BlockM = 128;
 constexpr int64_t kSm90BlockN = 128;
-// attention_num_splits leaves problems with at least this many query rows per
-// head whole when the Hopper kernel can take them (it has no split-KV); with
-// fewer (decoding), the split heuristic runs and a split goes to the portable
-// split kernel.
-constexpr int64_t kSm90MinRowsBeforeSplit = 64;
 
 // Everything but the device test, in the order of the cheap checks first.
 bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
@@ -351,16 +349,13 @@ bool attention_supported(DType dtype, int64_t head_dim) {
 }
 
 int attention_num_splits(const AttentionParams& p, int sm_count) {
+  static const bool no_split = env_flag("SWA_DISABLE_SPLIT_KV");
+  if (no_split) return 1;
   if (!attention_supported(p.dtype, p.head_dim) || !is_16bit(p.dtype)) return 1;
   if (p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0 || sm_count <= 0) return 1;
   const TileDims dims = tile_dims(p.head_dim);
   const int64_t pack = pack_of(p, dims);
   if (!tensor_core_ok(p, dims, pack)) return 1;
-  if (p.seqlen_q >= kSm90MinRowsBeforeSplit) {
-    AttentionParams unsplit = p;
-    unsplit.num_splits = 1;
-    if (use_sm90(unsplit, dims, pack)) return 1;  // the Hopper kernel takes it whole
-  }
   const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, pack, 1, dims.block_m);
   const int64_t blocks = grid.blocks();
   const int64_t slots = static_cast<int64_t>(sm_count) * dims.blocks_per_sm;
