@@ -9,6 +9,8 @@ Environment:
   SWA_CPU_ONLY=1             build the CPU-only library even when nvcc exists
   TORCH_CUDA_ARCH_LIST       CUDA archs (default "8.0;9.0+PTX")
   SWA_HEAD_DIMS, SWA_DTYPES  kernel selection, e.g. "64;128" and "bf16"
+  SWA_HOPPER                 Hopper (sm_90a) forward: AUTO (default: when the arch
+                             list has a 9.x entry), ON or OFF
   MAX_JOBS                   parallel compile jobs
   SWA_BUILD_DIR              CMake build folder (default build/cmake), kept for
                              incremental rebuilds
@@ -75,7 +77,7 @@ class CMakeBuild(build_ext):
             args.append("-DSWA_WITH_CUDA=OFF")
             print("swa_cuda: no CUDA toolkit found (or SWA_CPU_ONLY=1): building the CPU-only library",
                   flush=True)
-        for var in ("SWA_HEAD_DIMS", "SWA_DTYPES"):
+        for var in ("SWA_HEAD_DIMS", "SWA_DTYPES", "SWA_HOPPER"):
             if os.environ.get(var):
                 args.append(f"-D{var}={os.environ[var]}")
         # A reconfigure must not keep stale cached choices.

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The one command a GPU session runs (from the repository root):
 #
-#   bash bench/run_gpu.sh                 # all steps: build test bench decode memcheck
+#   bash bench/run_gpu.sh                 # all steps: build test sm90 sanitize90 bench decode memcheck ncu
 #   bash bench/run_gpu.sh build test      # only some steps, in the order given
 #
 # Steps: build     pip install --no-build-isolation -v . (TORCH_CUDA_ARCH_LIST=9.0 unless set)
-#        test      python -m pytest -x -q (the whole suite, on the GPU)
+#        test      python -m pytest -x -q (the whole suite, on the GPU; tests/test_sm90.py
+#                  checks the Hopper kernel and the portable one against each other)
+#        test90    python -m pytest tests/test_sm90.py only (Hopper kernel vs reference and vs sm80)
+#        sm90      python bench/bench_sm90.py --quick: ours (sm90) vs ours (sm80) vs FlexAttention
 #        bench     python bench/bench_attention.py --quick
 #        decode    python bench/bench_decode.py --quick
 #        memcheck  compute-sanitizer --tool memcheck on a small CUDA test subset
+#        sanitize90 compute-sanitizer memcheck + racecheck on bench/sm90_smoke.py (Hopper path)
+#        ncu       Nsight Compute (--set full) of the Hopper kernel on the headline
+#                  shape, when ncu exists: bench/results/ncu_sm90_<stamp>.ncu-rep
 #
 # Made for 10-minute commands on a machine with torch and nvcc preinstalled
 # and no internet (nothing is installed from the network): the whole run keeps
@@ -41,9 +47,10 @@ exec 3>&1 4>&2
 exec > >(tee -a "$LOG") 2>&1
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench decode memcheck)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 sanitize90 bench decode memcheck ncu)
 # cap (seconds) per step; the real timeout is min(cap, time left - reserve)
-declare -A CAP=([build]=300 [test]=180 [bench]=300 [decode]=120 [memcheck]=150)
+declare -A CAP=([build]=300 [test]=180 [test90]=150 [sm90]=150 [bench]=300 [decode]=120 [memcheck]=150 [sanitize90]=120
+                [ncu]=120)
 RESERVE=15  # for the summary and the copies
 SUMMARY=()
 FAILED=0
@@ -74,6 +81,8 @@ run_step() {
   local status="ok"
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${limit}s"
   elif [ $rc -eq 3 ] && [ "$name" = memcheck ]; then status="UNSUPPORTED (no compute-sanitizer)"
+  elif [ $rc -eq 3 ] && [ "$name" = sanitize90 ]; then status="UNSUPPORTED (no compute-sanitizer)"
+  elif [ $rc -eq 3 ] && [ "$name" = ncu ]; then status="UNSUPPORTED (no ncu)"
   elif [ $rc -ne 0 ]; then status="FAILED (rc=$rc)"; fi
   echo "== $name: $status in ${dt}s =="
   case "$status" in ok|UNSUPPORTED*) ;; *) FAILED=$((FAILED + 1)) ;; esac
@@ -102,6 +111,71 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
 # folder swa_cuda/ instead of the installed package.
 step_test() {
   cd "$REPO/tests" && "$PYTHON" -m pytest -x -q -rfEs -p no:cacheprovider
+}
+
+step_test90() {
+  cd "$REPO/tests" && "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider test_sm90.py
+}
+
+find_sanitizer() {
+  local sanitizer root cand nvcc_root
+  sanitizer=$(command -v compute-sanitizer || true)
+  nvcc_root=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent/bin/nvcc)")")")
+  for root in "${CUDA_HOME:-}" "$nvcc_root" /usr/local/cuda /usr/local/cuda-13.0; do
+    for cand in "$root/bin/compute-sanitizer" "$root/compute-sanitizer/compute-sanitizer"; do
+      if [ -z "$sanitizer" ] && [ -n "$root" ] && [ -x "$cand" ]; then sanitizer="$cand"; fi
+    done
+  done
+  echo "$sanitizer"
+}
+
+# The Hopper kernel under memcheck and racecheck (shared-memory hazards of the
+# TMA / wgmma pipeline), on small shapes; SWA_DEBUG_FORWARD_PATH shows the path.
+step_sanitize90() {
+  local sanitizer rc=0
+  sanitizer=$(find_sanitizer)
+  if [ -z "$sanitizer" ]; then
+    echo "sanitize90 UNSUPPORTED: compute-sanitizer not found"
+    return 3
+  fi
+  cd "$REPO/tests" || return 2  # not the source folder swa_cuda/
+  for tool in memcheck racecheck; do
+    echo "-- $tool"
+    env PYTORCH_NO_CUDA_MEMORY_CACHING=1 SWA_DEBUG_FORWARD_PATH=1 "$sanitizer" --tool "$tool" --error-exitcode 99 \
+      --print-limit 20 "$PYTHON" "$REPO/bench/sm90_smoke.py" 2>&1 | grep -v "^swa_cuda: forward path" | tail -n 40
+    local r=${PIPESTATUS[0]}
+    [ $r -ne 0 ] && rc=$r && echo "$tool: rc=$r"
+  done
+  SWA_DEBUG_FORWARD_PATH=1 "$PYTHON" "$REPO/bench/sm90_smoke.py" 2>&1 | sort | uniq -c | head -n 5
+  return $rc
+}
+
+# One Nsight Compute report of the Hopper kernel's main loop (headline shape).
+step_ncu() {
+  local ncu
+  ncu=$(command -v ncu || true)
+  for cand in "${CUDA_HOME:-}/bin/ncu" /usr/local/cuda/bin/ncu /usr/local/cuda-13.0/bin/ncu; do
+    if [ -z "$ncu" ] && [ -x "$cand" ]; then ncu="$cand"; fi
+  done
+  if [ -z "$ncu" ]; then
+    echo "ncu UNSUPPORTED: Nsight Compute not found"
+    return 3
+  fi
+  cd "$REPO/tests" || return 2
+  "$ncu" --set full -k regex:sm90 -c 1 -f -o "$RESULTS/ncu_sm90_$(date +%Y-%m-%d_%H%M%S)" \
+    "$PYTHON" "$REPO/bench/sm90_smoke.py" --profile 2>&1 | tail -n 20
+  local rc=${PIPESTATUS[0]}
+  # A text summary beside the report (the .ncu-rep needs the GUI or ncu -i).
+  local rep
+  rep=$(ls -t "$RESULTS"/ncu_sm90_*.ncu-rep 2>/dev/null | head -n 1)
+  [ -n "$rep" ] && "$ncu" -i "$rep" --page details --print-units base > "${rep%.ncu-rep}.txt" 2>&1 \
+    && grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per Thread|Achieved Occupancy" \
+       "${rep%.ncu-rep}.txt" | head -n 12
+  return $rc
+}
+
+step_sm90() {
+  "$PYTHON" bench/bench_sm90.py --quick --out "$RESULTS" --max-minutes "$(case_minutes)"
 }
 
 step_memcheck() {
@@ -152,14 +226,15 @@ step_decode() {
   "$PYTHON" bench/bench_decode.py --quick --out "$RESULTS" --max-minutes "$(case_minutes)" ${SWA_DECODE_ARGS:-}
 }
 
-export -f step_build step_test step_memcheck step_bench step_decode case_minutes
+export -f step_build step_test step_test90 step_memcheck step_bench step_decode case_minutes find_sanitizer step_sanitize90 \
+  step_ncu step_sm90
 export PYTHON REPO RESULTS
 
 echo "== run_gpu.sh $STAMP: steps ${STEPS[*]}; budget ${BUDGET}s; git $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
 for s in "${STEPS[@]}"; do
   case "$s" in
-    build|test|bench|decode|memcheck) run_step "$s" ;;
-    *) echo "unknown step '$s' (build test bench decode memcheck)"; SUMMARY+=("$s: unknown step"); FAILED=$((FAILED + 1)) ;;
+    build|test|test90|sm90|bench|decode|memcheck|sanitize90|ncu) run_step "$s" ;;
+    *) echo "unknown step '$s' (build test test90 sm90 bench decode memcheck sanitize90 ncu)"; SUMMARY+=("$s: unknown step"); FAILED=$((FAILED + 1)) ;;
   esac
 done
 
@@ -185,6 +260,15 @@ for path in sys.argv[1:]:
                   f"f+b {o.get('fwd_bwd_ms') or float('nan'):8.3f} ms | vs flex fwd "
                   f"{f.get('ours_speedup_fwd') or float('nan'):.2f}x f+b {f.get('ours_speedup_fwd_bwd') or float('nan'):.2f}x"
                   f" | out diff {c.get('check_vs_peer', {}).get('out', {}).get('max_abs_diff')}")
+    if d.get("benchmark") == "sm90":
+        for c in d["cases"]:
+            m = c["methods"]
+            def ms(v):
+                r = m.get(v) or {}
+                return r.get("ms") or float("nan")
+            print(f"   {c['name']:32s} sm90 {ms('sm90'):8.3f} ms (path {(m.get('sm90') or {}).get('path')}) "
+                  f"sm80 {ms('sm80'):8.3f} ms flex {ms('flex'):8.3f} ms | sm90/sm80 {ms('sm80') / ms('sm90'):.2f}x "
+                  f"sm90/flex {ms('flex') / ms('sm90'):.2f}x | max|sm90-sm80| {c['diffs'].get('sm90_vs_sm80_max_abs')}")
     if d.get("benchmark") == "decode":
         for c in d["cases"]:
             o = c["methods"].get("ours", {})

@@ -1,11 +1,39 @@
 // The forward launchers of launch.h: run-time dispatch on dtype and head dim
 // to the instantiations that are built (SWA_HDIM_<D>, SWA_DTYPE_<FP16|BF16>),
 // the PackGQA and split-KV decisions, and the exact kernel for fp32/fp64.
+//
+// The Hopper kernel (fwd_sm90_*.cu, built with SWA_SM90) takes a 16-bit
+// problem when all of these hold, else the portable kernels run:
+//   - the current device has compute capability exactly 9.0 (H100/H200);
+//   - SWA_DISABLE_SM90 is unset, empty or "0" (read once per process);
+//   - its instantiation is built: head dim 64 or 128, the dtype selected;
+//   - plain attention (no ring key source: cache_attention stays portable);
+//   - no split-KV (params.num_splits <= 1). attention_num_splits splits only
+//     grids that fill under 80% of one wave with >= 4 key tiles per block
+//     (decoding, short queries over long keys): those run on the portable
+//     split kernel, which spreads them over the SMs; and no PackGQA (with
+//     Hq > Hkv and 2 Sq <= the portable block_m, the portable kernel packs
+//     the group into one block);
+//   - Sk >= 1, the 32-bit index limits of tensor_core_ok, and TMA can describe
+//     q, k, v (16-byte aligned bases, strides multiples of 16 bytes: sm90_tma.h).
+// Not covered (portable): head dims 32, 96, 256; fp32/fp64; cache_attention;
+// split-KV decoding; short GQA queries (PackGQA); sm_89 and older, sm_100+;
+// unaligned or broadcast (stride 0) views.
+// SWA_DEBUG_FORWARD_PATH=1 prints the chosen path of every call to stderr
+// ("swa_cuda: forward path sm90"); the tests read it. SWA_DISABLE_SPLIT_KV=1
+// makes attention_num_splits return 1 (the tests use it to reach the
+// unsplit kernels with small shapes). SWA_SM90_PERSISTENT=0
+// launches the Hopper kernel with one block per query tile instead of one
+// per SM (fwd_sm90_launch.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <utility>
 
@@ -15,6 +43,7 @@
 #include "swa/kernels/fwd_tiles.h"
 #include "swa/kernels/launch.h"
 #include "swa/kernels/ring.h"
+#include "swa/kernels/sm90_tma.h"
 
 namespace SWA_KERNEL_NS {
 namespace {
@@ -160,6 +189,104 @@ int64_t pack_of(const AttentionParams& p, const TileDims& dims) {
   return (group > 1 && 2 * p.seqlen_q <= dims.block_m) ? group : 1;
 }
 
+// ---- the Hopper path -----------------------------------------------------------
+
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+}
+
+bool sm90_disabled() {
+  static const bool disabled = env_flag("SWA_DISABLE_SM90");
+  return disabled;
+}
+
+bool sm90_built(DType dtype, int64_t head_dim) {
+#ifdef SWA_SM90
+  switch (head_dim) {
+#ifdef SWA_HDIM_64
+    case 64: return dtype_built(dtype);
+#endif
+#ifdef SWA_HDIM_128
+    case 128: return dtype_built(dtype);
+#endif
+    default: return false;
+  }
+#else
+  (void)dtype;
+  (void)head_dim;
+  return false;
+#endif
+}
+
+// Compute capability exactly 9.0, cached per device (0 unknown, 1 yes, 2 no).
+bool current_device_is_sm90() {
+  static std::atomic<int> cache[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const bool cacheable = device >= 0 && device < 64;
+  if (cacheable) {
+    const int c = cache[device].load(std::memory_order_relaxed);
+    if (c != 0) return c == 1;
+  }
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const bool yes = major == 9 && minor == 0;
+  if (cacheable) cache[device].store(yes ? 1 : 2, std::memory_order_relaxed);
+  return yes;
+}
+
+// Tile rows of the Hopper kernel's boxes (Sm90FwdTraits: kBlockM = kBlockN = 128).
+constexpr int64_t kSm90BlockM = 128;
+constexpr int64_t kSm90BlockN = 128;
+
+// Everything but the device test, in the order of the cheap checks first.
+bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
+  if (sm90_disabled() || !sm90_built(p.dtype, p.head_dim)) return false;
+  if (p.ring.pos != nullptr || p.num_splits > 1 || pack != 1 || p.seqlen_k < 1) return false;
+  if (!tensor_core_ok(p, dims, pack)) return false;
+  return sm90_tma_shape(p.q.ptr, p.batch, p.heads_q, p.seqlen_q, p.head_dim, p.q.batch_stride,
+                        p.q.head_stride, p.q.row_stride, kSm90BlockM).ok &&
+         sm90_tma_shape(p.k.ptr, p.batch, p.heads_kv, p.seqlen_k, p.head_dim, p.k.batch_stride,
+                        p.k.head_stride, p.k.row_stride, kSm90BlockN).ok &&
+         sm90_tma_shape(p.v.ptr, p.batch, p.heads_kv, p.seqlen_k, p.head_dim, p.v.batch_stride,
+                        p.v.head_stride, p.v.row_stride, kSm90BlockN).ok;
+}
+
+bool use_sm90(const AttentionParams& p, const TileDims& dims, int64_t pack) {
+  return sm90_problem_ok(p, dims, pack) && current_device_is_sm90();
+}
+
+template <typename T>
+cudaError_t run_sm90_head_dim(const AttentionParams& p, cudaStream_t stream) {
+#ifdef SWA_SM90
+  switch (p.head_dim) {
+#ifdef SWA_HDIM_64
+    case 64: return cuda_detail::run_fwd_sm90<T, 64>(p, stream);
+#endif
+#ifdef SWA_HDIM_128
+    case 128: return cuda_detail::run_fwd_sm90<T, 128>(p, stream);
+#endif
+    default: break;
+  }
+#endif
+  (void)p;
+  (void)stream;
+  return cudaErrorNotSupported;
+}
+
+void report_path(ForwardPath path) {
+  static const bool debug = env_flag("SWA_DEBUG_FORWARD_PATH");
+  if (debug) std::fprintf(stderr, "swa_cuda: forward path %s\n", forward_path_name(path));
+}
+
 template <typename T>
 cudaError_t run_fwd_head_dim(const AttentionParams& p, const FwdGrid& grid, int variant,
                              cudaStream_t stream) {
@@ -191,13 +318,24 @@ cudaError_t forward_16bit(const AttentionParams& params, cudaStream_t stream) {
   const TileDims dims = tile_dims(params.head_dim);
   if (dims.block_m == 0) return cudaErrorInvalidValue;
   const int64_t pack = pack_of(params, dims);
-  if (!tensor_core_ok(params, dims, pack)) return cuda_detail::run_exact_fwd<T>(params, stream);
+  if (!tensor_core_ok(params, dims, pack)) {
+    report_path(ForwardPath::kExact);
+    return cuda_detail::run_exact_fwd<T>(params, stream);
+  }
+  if (use_sm90(params, dims, pack)) {
+    const cudaError_t err = run_sm90_head_dim<T>(params, stream);
+    if (err != cudaErrorNotSupported) {
+      report_path(ForwardPath::kSm90);
+      return err;
+    }
+  }
   AttentionParams p = params;
   if (p.num_splits < 1) p.num_splits = 1;
   if (p.num_splits > 1 && (p.num_splits > kMaxSplits || p.out_accum == nullptr || p.lse_accum == nullptr))
     return cudaErrorInvalidValue;
   const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, pack, p.num_splits,
                                      dims.block_m);
+  report_path(p.num_splits > 1 ? ForwardPath::kTensorCoreSplit : ForwardPath::kTensorCore);
   const cudaError_t err = run_fwd_head_dim<T>(p, grid, dims.variant, stream);
   if (err != cudaSuccess || p.num_splits == 1) return err;
   return cuda_detail::run_fwd_combine<T>(p, stream);
@@ -211,6 +349,8 @@ bool attention_supported(DType dtype, int64_t head_dim) {
 }
 
 int attention_num_splits(const AttentionParams& p, int sm_count) {
+  static const bool no_split = env_flag("SWA_DISABLE_SPLIT_KV");
+  if (no_split) return 1;
   if (!attention_supported(p.dtype, p.head_dim) || !is_16bit(p.dtype)) return 1;
   if (p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0 || sm_count <= 0) return 1;
   const TileDims dims = tile_dims(p.head_dim);
@@ -231,12 +371,37 @@ int attention_num_splits(const AttentionParams& p, int sm_count) {
   return choose_num_splits(blocks, tiles, slots, kMaxSplits);
 }
 
+const char* forward_path_name(ForwardPath path) {
+  switch (path) {
+    case ForwardPath::kExact: return "exact";
+    case ForwardPath::kTensorCore: return "sm80";
+    case ForwardPath::kTensorCoreSplit: return "sm80-split";
+    case ForwardPath::kSm90: return "sm90";
+    default: return "unsupported";
+  }
+}
+
+ForwardPath attention_forward_path(const AttentionParams& params) {
+  if (params.heads_kv <= 0 || params.heads_q % params.heads_kv != 0) return ForwardPath::kUnsupported;
+  if (params.dtype == DType::kFloat32 || params.dtype == DType::kFloat64) return ForwardPath::kExact;
+  if (!attention_supported(params.dtype, params.head_dim)) return ForwardPath::kUnsupported;
+  const TileDims dims = tile_dims(params.head_dim);
+  const int64_t pack = pack_of(params, dims);
+  if (!tensor_core_ok(params, dims, pack)) return ForwardPath::kExact;
+  if (use_sm90(params, dims, pack)) return ForwardPath::kSm90;
+  return params.num_splits > 1 ? ForwardPath::kTensorCoreSplit : ForwardPath::kTensorCore;
+}
+
 cudaError_t attention_forward(const AttentionParams& params, cudaStream_t stream) {
   if (params.batch * params.heads_q * params.seqlen_q == 0) return cudaSuccess;
   if (params.heads_kv <= 0 || params.heads_q % params.heads_kv != 0) return cudaErrorInvalidValue;
   switch (params.dtype) {
-    case DType::kFloat32: return cuda_detail::run_exact_fwd<float>(params, stream);
-    case DType::kFloat64: return cuda_detail::run_exact_fwd<double>(params, stream);
+    case DType::kFloat32:
+      report_path(ForwardPath::kExact);
+      return cuda_detail::run_exact_fwd<float>(params, stream);
+    case DType::kFloat64:
+      report_path(ForwardPath::kExact);
+      return cuda_detail::run_exact_fwd<double>(params, stream);
 #ifdef SWA_DTYPE_FP16
     case DType::kFloat16: return forward_16bit<__half>(params, stream);
 #endif

@@ -4,6 +4,7 @@
 //   run_fwd<T, D>        fwd_hdim<D>_<fp16|bf16>.cu (fwd_launch.cuh)
 //   run_fwd_combine<T>   fwd_combine.cu
 //   run_exact_fwd<T>     exact_fwd.cu
+//   run_fwd_sm90<T, D>   fwd_sm90_hdim<D>_<fp16|bf16>.cu (fwd_sm90_launch.cuh), sm_90a only
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -27,6 +28,13 @@ cudaError_t run_fwd(const AttentionParams& params, const FwdGrid& grid, int vari
 // Reduces params.num_splits partials into out (T, strided) and lse.
 template <typename T>
 cudaError_t run_fwd_combine(const AttentionParams& params, cudaStream_t stream);
+
+// Hopper forward (TMA + wgmma), D = 64 or 128, no ring, no split-KV, pack = 1.
+// cudaErrorNotSupported (nothing launched) when TMA cannot describe the
+// operands: the caller falls back to run_fwd. Needs a device of compute
+// capability 9.0 (the caller checks).
+template <typename T, int kHeadDim>
+cudaError_t run_fwd_sm90(const AttentionParams& params, cudaStream_t stream);
 
 // Exact forward (any head dim <= 256): T = float, double, __half, __nv_bfloat16.
 template <typename T>

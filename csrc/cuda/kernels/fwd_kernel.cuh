@@ -28,6 +28,7 @@
 #include <cstdint>
 
 #include "fwd_kernel_traits.cuh"
+#include "fwd_score.cuh"
 #include "fwd_source.cuh"
 #include "primitives.cuh"
 #include "swa/kernels/fwd_tiles.h"
@@ -35,16 +36,6 @@
 
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
-
-// Scalars of the score transform, computed on the host. Scores are kept in
-// log2 units: s2 = log2(e) * s, where s = scale * q.k, or with a softcap
-// s = softcap * tanh(scale * q.k / softcap).
-struct FwdScoreScale {
-  float scale_log2;      // scale * log2(e)              (no softcap)
-  float softcap_log2;    // softcap * log2(e)            (softcap)
-  float scale_over_cap;  // scale / softcap              (softcap)
-  int use_softcap;
-};
 
 // ---- global -> shared tile copies (cp.async, 16 B per thread per step) -------
 // Chunk L = tid + it * kThreads of a (rows, kHeadDim) tile is row L / kChunksPerRow,

@@ -23,6 +23,17 @@ int attention_num_splits(const AttentionParams& params, int sm_count);
 // out, lse = attention(q, k, v). params.num_splits > 1 needs the workspaces.
 cudaError_t attention_forward(const AttentionParams& params, cudaStream_t stream);
 
+// The kernel attention_forward runs for these params on the current device.
+enum class ForwardPath : int {
+  kUnsupported = 0,      // attention_forward returns an error
+  kExact = 1,            // exact kernel (fp32/fp64, or 16-bit the tensor-core kernels cannot take)
+  kTensorCore = 2,       // portable tensor-core kernel (sm_80+)
+  kTensorCoreSplit = 3,  // portable tensor-core kernel, split-KV + combine
+  kSm90 = 4,             // Hopper kernel (TMA + wgmma, sm_90a)
+};
+ForwardPath attention_forward_path(const AttentionParams& params);
+const char* forward_path_name(ForwardPath path);  // "exact", "sm80", "sm80-split", "sm90", "unsupported"
+
 // dq, dk, dv from dout (and dlse). The accumulators must be zeroed.
 cudaError_t attention_backward(const AttentionBackwardParams& params, cudaStream_t stream);
 

@@ -1,0 +1,226 @@
+"""The Hopper forward (sm_90a TMA + wgmma kernel) against the float64
+reference and against the portable tensor-core kernel, on an sm_90 GPU
+(everything here skips elsewhere).
+
+The kernel is chosen per process: SWA_DISABLE_SM90=1 (read once) forces the
+portable path, and SWA_DEBUG_FORWARD_PATH=1 makes every forward print its path
+("swa_cuda: forward path sm90") to stderr. So each path runs in its own child
+process (this file run as a script), which computes every case once and saves
+out/lse; the parent checks them with the FlashAttention accuracy rule of
+test_attention.py and compares the two paths.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from conftest import case_id, make_qkv, random_cases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_sm90():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(0) == (9, 0)
+
+
+pytestmark = pytest.mark.skipif(not _is_sm90(), reason="needs an sm_90 GPU (H100/H200)")
+
+
+def _case(b, hq, hkv, sq, sk, d, wl, wr, softcap=0.0, layout="bhsd", misalign=False):
+    return dict(batch=b, heads_q=hq, heads_kv=hkv, seqlen_q=sq, seqlen_k=sk, head_dim=d, window_left=wl,
+                window_right=wr, softcap=softcap, layout=layout, misalign=misalign)
+
+
+# Shapes aimed at the Hopper kernel's edges: partial tiles (Sq, Sk not
+# multiples of 128), Sq != Sk, windows shorter / longer than a tile, window_right
+# > 0, full attention, rows that see nothing (Sq > Sk causal), GQA without
+# PackGQA (Sq >= 256), softcap, the transposed HF layout (non-monotonic
+# strides), several batches and heads.
+SM90_CASES = [
+    _case(1, 1, 1, 128, 128, 128, -1, 0),
+    _case(1, 2, 2, 1000, 1000, 128, 255, 0),
+    _case(2, 2, 1, 300, 300, 64, 31, 0),
+    _case(1, 4, 2, 513, 513, 128, 100, 40),
+    _case(1, 2, 2, 257, 700, 64, 127, 0),
+    _case(1, 2, 2, 700, 257, 128, -1, 0),      # rows that see nothing
+    _case(1, 3, 3, 389, 389, 64, -1, -1),      # full
+    _case(1, 2, 2, 640, 640, 128, 0, 0),       # window of one
+    _case(1, 6, 2, 333, 333, 128, 200, 0, softcap=5.0),
+    _case(2, 4, 4, 1024, 1024, 64, 500, 0, layout="bshd"),
+    _case(1, 8, 2, 384, 384, 128, 129, 3, layout="bshd"),
+    _case(1, 2, 1, 2100, 2100, 128, 1023, 0),
+    _case(1, 1, 1, 129, 129, 64, 64, 64),
+    # Unaligned rows (row stride D + 1): TMA cannot take it, the portable kernel must.
+    _case(1, 2, 2, 200, 200, 64, 31, 0, misalign=True),
+]
+# The random shapes of test_attention.py with a Hopper head dim.
+SM90_CASES += [dict(c, layout="bhsd", misalign=False)
+               for c in random_cases(48, seed=1) if c["head_dim"] in (64, 128)][:16]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _inputs(c, dtype, device, seed=0):
+    q, k, v = make_qkv(c["batch"], c["heads_q"], c["heads_kv"], c["seqlen_q"], c["seqlen_k"], c["head_dim"],
+                       dtype, device, layout=c["layout"], seed=seed)
+    if c["misalign"]:
+        def pad(t):
+            wide = torch.zeros(*t.shape[:-1], t.shape[-1] + 1, dtype=t.dtype, device=t.device)
+            wide[..., :-1] = t
+            return wide[..., :-1]
+        q, k, v = pad(q), pad(k), pad(v)
+    return q, k, v
+
+
+def _expected_paths(c, sm90):
+    """The path forward_dispatch.cu takes for case c with split-KV off
+    (SWA_DISABLE_SPLIT_KV=1 in the children; the portable block_m is 128 for
+    d = 64 / 128, so PackGQA packs GQA groups when Sq <= 64)."""
+    if c["misalign"]:
+        return {"exact"}  # rows not 16-byte aligned: neither tensor-core kernel
+    packed = c["heads_q"] != c["heads_kv"] and 2 * c["seqlen_q"] <= 128
+    return {"sm90"} if sm90 and not packed else {"sm80"}
+
+
+# ---- the child: every case on one path ------------------------------------------
+
+def _child(spec_path, out_path):
+    import swa_cuda  # noqa: F401
+
+    spec = json.load(open(spec_path))
+    results = {}
+    for name, dtype_name, c in spec:
+        q, k, v = _inputs(c, DTYPES[dtype_name], "cuda")
+        sys.stderr.write(f"case {name}\n")
+        sys.stderr.flush()
+        out, lse = torch.ops.swa.attention(q, k, v, c["window_left"], c["window_right"], None, c["softcap"])
+        torch.cuda.synchronize()
+        results[name] = (out.cpu(), lse.cpu())
+    torch.save(results, out_path)
+
+
+def _run_path(disable_sm90, persistent=True):
+    spec = [(f"{dt}-{case_id(c)}-{c['layout']}{'-mis' if c['misalign'] else ''}", dt, c)
+            for dt in DTYPES for c in SM90_CASES]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.pt")
+        json.dump(spec, open(spec_path, "w"))
+        # Split-KV off: small test shapes would otherwise go to the portable
+        # split kernel on a 132-SM GPU (forward_dispatch.cu).
+        env = dict(os.environ, SWA_DEBUG_FORWARD_PATH="1", SWA_DISABLE_SM90="1" if disable_sm90 else "0",
+                   SWA_SM90_PERSISTENT="1" if persistent else "0", SWA_DISABLE_SPLIT_KV="1")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path, out_path],
+                              cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        results = torch.load(out_path)
+    # stderr: "case NAME" then the path line(s) of that case's forward.
+    paths, current = {}, None
+    for line in proc.stderr.splitlines():
+        if line.startswith("case "):
+            current = line[5:]
+        elif line.startswith("swa_cuda: forward path ") and current is not None:
+            paths[current] = line.split()[-1]
+    return {name: (results[name], paths.get(name), dt, c) for name, dt, c in spec}
+
+
+@pytest.fixture(scope="module")
+def sm90_results():
+    return _run_path(disable_sm90=False)
+
+
+@pytest.fixture(scope="module")
+def sm90_tile_grid_results():
+    """The Hopper kernel with one block per query tile (SWA_SM90_PERSISTENT=0)."""
+    return _run_path(disable_sm90=False, persistent=False)
+
+
+@pytest.fixture(scope="module")
+def sm80_results():
+    return _run_path(disable_sm90=True)
+
+
+def _max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+_REFERENCES = {}
+
+
+def _reference(name, dt, c):
+    """(out64, lse64, error of the low-precision reference), computed once per case."""
+    if name not in _REFERENCES:
+        from reference import attention_ref
+
+        q, k, v = _inputs(c, DTYPES[dt], "cpu")
+        args = (c["window_left"], c["window_right"], None, c["softcap"])
+        ref, ref_lse = attention_ref(q, k, v, *args)
+        ref_lowp, _ = attention_ref(q, k, v, *args, upcast=False)
+        _REFERENCES[name] = (ref, ref_lse, _max_err(ref_lowp, ref))
+    return _REFERENCES[name]
+
+
+def _check_reference(name, res):
+    (out, lse), _, dt, c = res
+    ref, ref_lse, err_pt = _reference(name, dt, c)
+    err = _max_err(out, ref)
+    assert err <= 2 * err_pt + 1e-5, f"{name}: out error {err:.3g} > 2 x {err_pt:.3g}"
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), f"{name}: -inf rows differ"
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], rtol=1e-3, atol=1e-3)
+    return ref, err_pt
+
+
+def test_sm90_path_taken(sm90_results, sm80_results):
+    for name, (_, path, _, c) in sm90_results.items():
+        assert path in _expected_paths(c, sm90=True), f"{name}: ran {path}"
+    assert sum(path == "sm90" for _, path, _, _ in sm90_results.values()) >= len(sm90_results) // 2
+    for name, (_, path, _, c) in sm80_results.items():
+        assert path in _expected_paths(c, sm90=False), f"{name}: SWA_DISABLE_SM90=1 ran {path}"
+
+
+@pytest.mark.parametrize("which", ["sm90", "sm90_tile_grid", "sm80"])
+def test_paths_match_reference(which, request):
+    results = request.getfixturevalue(f"{which}_results")
+    for name, res in results.items():
+        _check_reference(name, res)
+
+
+def test_paths_agree(sm90_results, sm80_results):
+    """Both kernels round the same fp32 math to 16 bit: they agree within the
+    rounding of the low-precision reference."""
+    for name, res in sm90_results.items():
+        (out90, lse90), _, dt, c = res
+        (out80, lse80), _, _, _ = sm80_results[name]
+        ref, err_pt = _check_reference(name, res)
+        assert _max_err(out90, out80) <= 2 * err_pt + 1e-5, f"{name}: paths differ by {_max_err(out90, out80):.3g}"
+        assert torch.equal(torch.isneginf(lse90), torch.isneginf(lse80)), name
+        finite = torch.isfinite(lse80)
+        torch.testing.assert_close(lse90[finite], lse80[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_persistent_grid_is_bitwise_equal(sm90_results, sm90_tile_grid_results):
+    """Each query tile is computed the same way whichever block takes it."""
+    for name, ((out, lse), _, _, _) in sm90_results.items():
+        (out1, lse1), _, _, _ = sm90_tile_grid_results[name]
+        assert torch.equal(out, out1) and torch.equal(lse, lse1), name
+
+
+def test_sm90_deterministic():
+    """Same inputs, same bits (no atomics, fixed order): a race shows up here."""
+    import swa_cuda  # noqa: F401
+
+    c = _case(1, 4, 2, 1500, 1500, 128, 300, 0)
+    q, k, v = _inputs(c, torch.bfloat16, "cuda", seed=3)
+    first = torch.ops.swa.attention(q, k, v, 300, 0, None, 0.0)
+    for _ in range(5):
+        again = torch.ops.swa.attention(q, k, v, 300, 0, None, 0.0)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--child":
+    sys.path.insert(0, HERE)
+    _child(sys.argv[2], sys.argv[3])
