@@ -11,26 +11,13 @@
 #include <random>
 #include <vector>
 
+#include "expect.h"
 #include "swa/kernels/fwd_tiles.h"
 #include "swa/kernels/sm90_tma.h"
 
 namespace kn = SWA_KERNEL_NS;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                                            \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      ++failures;                                                    \
-      if (failures <= 20) {                                          \
-        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                    \
-        std::printf("\n");                                           \
-      }                                                              \
-    }                                                                \
-  } while (0)
 
 void* aligned_ptr(uintptr_t offset = 0) { return reinterpret_cast<void*>(uintptr_t{1} << 20 | offset); }
 
