@@ -18,6 +18,8 @@
 # Usage: tests/cuda_emu/run.sh [--bwd | --fwd] [case-name substring]
 #   (no option: both emulators; each prints "ok/FAIL <case>" and a summary,
 #   and the script exits non-zero when any case failed).
+#        tests/cuda_emu/run.sh --fwd --random N [seed]: N random forward
+#   problems (shapes, windows, GQA, layouts, splits, rings) instead of the list.
 # Env: CXX (g++), SWA_EMU_KERNELS (kernel source dir), SWA_EMU_JOBS (compile
 # jobs), SWA_EMU_CP_ASYNC=late|early (run that landing mode only).
 set -euo pipefail
@@ -30,6 +32,7 @@ case "${1:-}" in
   --fwd) run_bwd=0; shift ;;
 esac
 filter="${1:-}"
+fwd_args=("$@")  # the forward test also takes --random N [seed]
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -72,7 +75,7 @@ if [ "$run_fwd" = 1 ]; then
   "$cxx" "${fwd_objs[@]}" -o "$work/fwd_emu_test"
   for mode in $modes; do
     echo "== forward kernels (fwd_emu_test), cp.async landing $mode"
-    SWA_EMU_CP_ASYNC=$mode "$work/fwd_emu_test" "$filter" || status=1
+    SWA_EMU_CP_ASYNC=$mode "$work/fwd_emu_test" "${fwd_args[@]}" || status=1
   done
 fi
 exit $status
