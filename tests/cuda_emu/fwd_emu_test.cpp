@@ -366,8 +366,13 @@ void run_attention_case(const Case& c, uint64_t seed) {
     p.ring.window = c.window;
     p.seqlen_k = (c.window - 1) + Sq;
   }
+  // The emulated device: an H100/H200-like sm_90 by default (the Hopper
+  // kernel is not built here, so the portable kernels must serve it), an
+  // sm_80 (163 KB) or an sm_89 (99 KB) by the shared-memory limit.
   emu::device().sm_count = c.sm_count;
   emu::device().smem_optin = c.smem_optin;
+  emu::device().cc_major = c.smem_optin >= 200 * 1024 ? 9 : 8;
+  emu::device().cc_minor = c.smem_optin >= 200 * 1024 ? 0 : c.smem_optin >= 160 * 1024 ? 0 : 9;
   emu::device().launches.clear();
   p.num_splits = c.forced_splits > 0 ? c.forced_splits : kn::attention_num_splits(p, c.sm_count);
   if (p.num_splits > 1) {
@@ -378,6 +383,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
     for (int64_t i = 0; i < p.num_splits * rows * D; ++i) p.out_accum[i] = NAN;
     for (int64_t i = 0; i < p.num_splits * rows; ++i) p.lse_accum[i] = NAN;
   }
+  const kn::ForwardPath announced = kn::attention_forward_path(p);
   const cudaError_t err = kn::attention_forward(p, nullptr);
   if (err != cudaSuccess || cudaGetLastError() != cudaSuccess) {
     std::printf("  attention_forward returned %d\n", err);
@@ -402,6 +408,14 @@ void run_attention_case(const Case& c, uint64_t seed) {
   if ((c.expect_kernel == 't') != tensor_core) {
     std::printf("  expected the %s kernel, launches: %s\n", c.expect_kernel == 't' ? "tensor-core" : "exact",
                 path.c_str());
+    ++bad;
+  }
+  const kn::ForwardPath ran = !tensor_core ? kn::ForwardPath::kExact
+                              : launches.size() == 2 ? kn::ForwardPath::kTensorCoreSplit
+                                                     : kn::ForwardPath::kTensorCore;
+  if (announced != ran) {
+    std::printf("  attention_forward_path says %s, the launches were %s (%s)\n", kn::forward_path_name(announced),
+                kn::forward_path_name(ran), path.c_str());
     ++bad;
   }
   if (c.expect_split >= 0 && (p.num_splits > 1) != (c.expect_split == 1)) {
@@ -517,8 +531,9 @@ void run_attention_case(const Case& c, uint64_t seed) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ++cases_run;
   if (bad) ++cases_failed;
-  std::printf("%s %-34s %s d%lld splits %d, %s; err %.2g (tol %.2g)%s, %.1fs\n", bad ? "FAIL" : "ok  ", c.name,
-              dtype_name<T>(), static_cast<long long>(D), p.num_splits, path.c_str(), err_out, tol,
+  std::printf("%s %-34s %s d%lld %s, splits %d, %s; err %.2g (tol %.2g)%s, %.1fs\n", bad ? "FAIL" : "ok  ", c.name,
+              dtype_name<T>(), static_cast<long long>(D), kn::forward_path_name(ran), p.num_splits, path.c_str(),
+              err_out, tol,
               empty_rows ? (", " + std::to_string(empty_rows) + " empty rows").c_str() : "", secs);
   std::fflush(stdout);
 }

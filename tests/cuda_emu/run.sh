@@ -15,9 +15,12 @@
 # as early as it allows (at issue: catches refilling shared memory that other
 # warps may still read); see fake/primitives.cuh.
 #
-# Usage: tests/cuda_emu/run.sh [--bwd | --fwd] [case-name substring]
-#   (no option: both emulators; each prints "ok/FAIL <case>" and a summary,
-#   and the script exits non-zero when any case failed).
+# With no option it also runs run_sm90.sh (the Hopper forward kernel's own
+# emulator: TMA, mbarriers, wgmma; one build, no cp.async modes).
+#
+# Usage: tests/cuda_emu/run.sh [--bwd | --fwd | --sm90] [case-name substring]
+#   (no option: all three; each prints "ok/FAIL <case>" and a summary, and the
+#   script exits non-zero when any case failed).
 #        tests/cuda_emu/run.sh --fwd --random N [seed]: N random forward
 #   problems (shapes, windows, GQA, layouts, splits, rings) instead of the list.
 # Env: CXX (g++), SWA_EMU_KERNELS (kernel source dir), SWA_EMU_JOBS (compile
@@ -26,11 +29,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 kernels="${SWA_EMU_KERNELS:-$root/csrc/cuda/kernels}"
-run_bwd=1 run_fwd=1
+run_bwd=1 run_fwd=1 run_sm90=1
 case "${1:-}" in
-  --bwd) run_fwd=0; shift ;;
-  --fwd) run_bwd=0; shift ;;
+  --bwd) run_fwd=0 run_sm90=0; shift ;;
+  --fwd) run_bwd=0 run_sm90=0; shift ;;
+  --sm90) run_bwd=0 run_fwd=0; shift ;;
 esac
+[ -f "$here/run_sm90.sh" ] || run_sm90=0
 filter="${1:-}"
 fwd_args=("$@")  # the forward test also takes --random N [seed]
 work="$(mktemp -d)"
@@ -52,10 +57,10 @@ if [ "$run_bwd" = 1 ]; then units+=("$here/bwd_emu_test.cpp"); fi
 if [ "$run_fwd" = 1 ]; then
   units+=("$here/fwd_emu_test.cpp")
   for u in forward_dispatch fwd_combine exact_fwd cache_kernels; do units+=("$work/$u.cu"); done
-  for f in "$work"/fwd_hdim*_*.cu; do units+=("$f"); done
+  for f in "$work"/fwd_hdim*_fp16.cu "$work"/fwd_hdim*_bf16.cu; do units+=("$f"); done
 fi
 jobs="${SWA_EMU_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-printf '%s\n' "${units[@]}" | xargs -P "$jobs" -I{} sh -c \
+[ "${#units[@]}" = 0 ] || printf '%s\n' "${units[@]}" | xargs -P "$jobs" -I{} sh -c \
   'u="$1"; shift; exec "$@" -x c++ -c "$u" -o "'"$work"'/$(basename "$u").o"' _ {} "$cxx" "${flags[@]}"
 
 modes="${SWA_EMU_CP_ASYNC:-late early}"
@@ -77,5 +82,9 @@ if [ "$run_fwd" = 1 ]; then
     echo "== forward kernels (fwd_emu_test), cp.async landing $mode"
     SWA_EMU_CP_ASYNC=$mode "$work/fwd_emu_test" "${fwd_args[@]}" || status=1
   done
+fi
+if [ "$run_sm90" = 1 ]; then
+  echo "== Hopper forward kernel (run_sm90.sh)"
+  bash "$here/run_sm90.sh" "$filter" || status=1
 fi
 exit $status

@@ -10,7 +10,11 @@ root="$(cd "$here/../.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 kernels="${SWA_EMU_KERNELS:-$root/csrc/cuda/kernels}"
-cp "$kernels"/fwd_sm90_kernel.cuh "$kernels"/fwd_score.cuh "$work"/
+# `extern __shared__` -> `extern`: the emulated dynamic shared memory (see
+# fake/emu_core.h; run.sh makes the same rewrite).
+for f in fwd_sm90_kernel.cuh fwd_score.cuh; do
+  sed -E -e 's/extern __shared__/extern/' "$kernels/$f" > "$work/$f"
+done
 cp "$here"/fake/primitives.cuh "$here"/fake/sm90_primitives.cuh "$here"/fake/cuda.h "$work"/
 ${CXX:-g++} -std=c++20 -O2 -w -I"$work" -I"$here/fake" -I"$root/csrc/include" "$here/fwd_sm90_emu_test.cpp" \
   -o "$work/fwd_sm90_emu_test"

@@ -61,8 +61,14 @@ constexpr int cudaSuccess = 0;
 constexpr int cudaErrorInvalidValue = 1;
 constexpr int cudaErrorInvalidConfiguration = 9;
 constexpr int cudaErrorLaunchOutOfResources = 701;
+constexpr int cudaErrorNotSupported = 801;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 
 // ---- 16-bit types ---------------------------------------------------------------
 struct __half { uint16_t bits; };
@@ -234,6 +240,7 @@ inline std::vector<std::vector<char>>& stack_pool() {
 // The emulated device (see Launch below and the cuda* stand-ins).
 struct Device {
   int sm_count = 132;
+  int cc_major = 9, cc_minor = 0;  // compute capability
   int smem_optin = 227 * 1024;    // cudaDevAttrMaxSharedMemoryPerBlockOptin
   size_t dyn_smem_bytes = 0;      // dynamic shared memory of the running launch; 0: any
   cudaError_t last_error = cudaSuccess;
@@ -404,6 +411,8 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *v = emu::device().sm_count; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = emu::device().smem_optin; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = emu::device().cc_major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *v = emu::device().cc_minor; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
