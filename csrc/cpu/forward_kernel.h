@@ -4,9 +4,13 @@
 // per-thread buffers:
 //   1. Q^T = scale log2(e) q_tile^T                         (D, kTileLanes)
 //   2. per key block: S^T = K Q^T                            (keys, kTileLanes)
-//      row max m, P^T = 2^(S^T - m), row sum l, O^T *= 2^(m_old - m)
+//      row reference m, P^T = 2^(S^T - m), row sum l, O^T *= 2^(m_old - m)
 //      O^T += V^T P^T                                       (D, kTileLanes)
 //   3. out = (O^T / l)^T, lse = (m + log2 l) ln 2
+// Without softcap, S^T -> P^T happens chunk by chunk in registers (probs()):
+// m is then not the running max but an integer upper bound of it that only
+// moves when a score exceeds it; with softcap the block's S^T is capped and
+// its max taken in a separate pass (softmax()).
 // Scores are kept in base 2 (log2(e) folded into the scale, as FlashAttention
 // does), which makes the exponential's range reduction exact. The query rows
 // are the lanes of a LaneTile (cpu/lane_tile.h): a row vector meets only the
@@ -19,6 +23,12 @@
 #include "cpu/forward_problem.h"
 #include "cpu/lane_tile.h"
 #include "cpu/simd.h"
+
+// Profiling hook of scratch builds (SWA_PROF(i): time from here on counts
+// as phase i); nothing in the library.
+#ifndef SWA_PROF
+#define SWA_PROF(i)
+#endif
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
@@ -49,7 +59,11 @@ struct ForwardKernel {
 
   Tile tile;                  // lanes: the query rows of the task
   int64_t rows = 0;           // valid rows
-  vec m[kVecs], l[kVecs];     // running row max and row sum
+  vec m[kVecs], l[kVecs];     // running row max (or reference, see probs) and row sum
+  vec m_off[kVecs];           // m where finite, else 0: the exponent offset of probs
+  vec rel_begin[kVecs], rel_end[kVecs];  // the lanes' windows in the block (probs)
+  // A reference raised by probs() lies this far above the scores' max.
+  static constexpr T kHeadroom = T(8);
 
   SWA_INLINE explicit ForwardKernel(const ForwardProblem& prob)
       : p(prob),
@@ -75,9 +89,92 @@ struct ForwardKernel {
     tile.finish(rows);
     for (int v = 0; v < tile.nvec; ++v) {
       m[v] = S::set1(-std::numeric_limits<T>::infinity());
+      m_off[v] = S::zero();
       l[v] = S::zero();
     }
     for (int64_t i = 0; i < D * R; ++i) ot[i] = T(0);
+  }
+
+  // Steps 2a and 2b fused (no softcap): chunk by chunk, S^T = K Q^T stays in
+  // registers, is masked where a lane does not see a key, and becomes
+  // P^T = 2^(S^T - m) against a per-row reference m that is at least every
+  // score so far (so P <= 1); l += row sums. The max of a block is not
+  // waited for: the reference only moves when a score exceeds it (raise()),
+  // and then by kHeadroom more than needed, so it settles after the first
+  // chunks. (The result is the same softmax: m only shifts the exponent,
+  // and lse = m + log2 l.)
+  SWA_OUTLINE void probs(int64_t n0, const T* rows_k, int64_t rs) {
+    for (int v = 0; v < tile.nvec; ++v) tile.window(v, n0, kKeys, rel_begin[v], rel_end[v]);
+    for (int ri = 0; ri < tile.nruns; ++ri) {
+      const LaneRun& run = tile.runs[ri];
+      for (int v = run.v_begin; v < run.v_end; v += Cfg::kNV) {
+        switch (std::min(Cfg::kNV, run.v_end - v)) {
+          case 1: probs_run<1>(n0, rows_k, rs, run, v); break;
+          case 2: if constexpr (Cfg::kNV >= 2) probs_run<2>(n0, rows_k, rs, run, v); break;
+          case 3: if constexpr (Cfg::kNV >= 3) probs_run<3>(n0, rows_k, rs, run, v); break;
+          case 4: if constexpr (Cfg::kNV >= 4) probs_run<4>(n0, rows_k, rs, run, v); break;
+        }
+      }
+    }
+  }
+
+  template <int NV>
+  SWA_INLINE void probs_run(int64_t n0, const T* rows_k, int64_t rs, const LaneRun& run, int v) {
+    int64_t j = run.begin;
+    for (; j + Cfg::kNJ <= run.end; j += Cfg::kNJ) probs_chunk<Cfg::kNJ, NV>(n0, rows_k, rs, j, v);
+    if constexpr (Cfg::kNJ > 2) {
+      for (; j + 2 <= run.end; j += 2) probs_chunk<2, NV>(n0, rows_k, rs, j, v);
+    }
+    for (; j < run.end; ++j) probs_chunk<1, NV>(n0, rows_k, rs, j, v);
+  }
+
+  // Keys [j, j + NJ) against vectors [v, v + NV).
+  template <int NJ, int NV>
+  SWA_INLINE void probs_chunk(int64_t n0, const T* rows_k, int64_t rs, int64_t j, int v) {
+    vec acc[NJ][NV];
+    score_acc<S, NJ, NV>(rows_k + (j - n0) * rs, rs, D, qt + v * L, R, acc);
+    const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) {
+      if (!tile.full(v + c, j, j + NJ)) {
+#pragma GCC unroll 8
+        for (int i = 0; i < NJ; ++i) {
+          const vec key = S::set1(T(j + i - n0));
+          acc[i][c] = S::select((rel_begin[v + c] <= key) & (key < rel_end[v + c]), acc[i][c], neg_inf);
+        }
+      }
+      vec mx = acc[0][c];
+#pragma GCC unroll 8
+      for (int i = 1; i < NJ; ++i) mx = S::max(mx, acc[i][c]);
+      if (S::any(mx > m[v + c])) raise(n0, j, v + c, mx);
+      const vec off = m_off[v + c];
+      vec sum = S::zero();
+#pragma GCC unroll 8
+      for (int i = 0; i < NJ; ++i) {
+        const vec pr = S::exp2_nonpositive(acc[i][c] - off);
+        S::store(st + (j + i - n0) * R + (v + c) * L, pr);
+        sum += pr;
+      }
+      l[v + c] += sum;
+    }
+  }
+
+  // Lanes of vector v whose scores mx (of the keys from j on) exceed the
+  // reference get ceil(mx) + kHeadroom; l, O^T and the P^T of the block's
+  // keys before j are rescaled by 2^(m_old - m_new) (exact: both integers).
+  SWA_OUTLINE void raise(int64_t n0, int64_t j, int v, vec mx) {
+    const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
+    vec m_new = m[v];
+    for (int i = 0; i < L; ++i)
+      if (mx[i] > m[v][i]) m_new[i] = std::ceil(mx[i]) + kHeadroom;
+    // A lane whose reference was -inf has l = 0, O^T = 0 and P^T = 0 so far.
+    const vec alpha = S::select(m[v] == neg_inf, S::zero(), S::exp2_nonpositive(m[v] - m_new));
+    m[v] = m_new;
+    m_off[v] = S::select(m_new == neg_inf, S::zero(), m_new);
+    l[v] *= alpha;
+    for (int64_t d = 0; d < D; ++d) S::store(ot + d * R + v * L, S::load(ot + d * R + v * L) * alpha);
+    for (int64_t jj = std::max(n0, tile.vec_begin[v]); jj < j; ++jj)
+      S::store(st + (jj - n0) * R + v * L, S::load(st + (jj - n0) * R + v * L) * alpha);
   }
 
   // Step 2b: softcap and band mask on S^T (and the rest of the block max),
@@ -168,11 +265,13 @@ struct ForwardKernel {
     const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + m0 * p.q_stride[2];
     const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
     const In* v = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+    SWA_PROF(1);
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, scale, qt);  // step 1
     start_tile(m0);
-    const bool fuse_max = !(p.softcap > 0);  // with softcap the max is taken after the cap
+    const bool capped = p.softcap > 0;  // then the max is taken after the cap: separate steps
     for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kKeys) {
       const int64_t n1 = std::min(n0 + kKeys, keys.end);
+      SWA_PROF(6);
       tile.make_runs(n0, n1);
       if (tile.nruns == 0) continue;
       const T* k_rows = nullptr;
@@ -186,11 +285,20 @@ struct ForwardKernel {
         convert_rows(v, p.v_stride[2], n0, n1, D, vb);
         k_rows = kb, v_rows = vb;
       }
-      tile.products(n0, k_rows, k_rs, D, qt, st, fuse_max);  // step 2a: S^T = K Q^T
-      softmax(n0);                                          // step 2b
+      SWA_PROF(2);
+      if (capped) {
+        tile.products(n0, k_rows, k_rs, D, qt, st, false);  // step 2a: S^T = K Q^T
+        SWA_PROF(3);
+        softmax(n0);                                      // step 2b
+      } else {
+        probs(n0, k_rows, k_rs);  // steps 2a and 2b
+      }
+      SWA_PROF(4);
       tile.accumulate(n0, st, v_rows, v_rs, D, ot);         // step 2c: O^T += V^T P^T
     }
+    SWA_PROF(5);
     store_out(out, p.out_stride[2], lse, p.lse_stride[2]);
+    SWA_PROF(0);
   }
 
   // The tasks of the queue; consecutive tasks are consecutive tiles of a head.

@@ -17,6 +17,10 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // the x86 intrinsics of cpu/simd.h
+#endif
+
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
 #include "swa/kernels/band.h"

@@ -12,15 +12,13 @@
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
-// st[j * ld_s + v * kLanes] (j < NJ, v < NV) = row j of K against vectors
-// v of qt (depth x ld_q); with vmax, also vmax[v] = max(vmax[v], max_j st[j][v]).
+// acc[j][v] (j < NJ, v < NV) = row j of K against vectors v of qt (depth x
+// ld_q); once inlined, acc lives in registers.
 template <class S, int NJ, int NV>
-SWA_INLINE void score_micro(const typename S::scalar* k, int64_t k_stride, int64_t depth,
-                            const typename S::scalar* qt, int64_t ld_q, typename S::scalar* st,
-                            int64_t ld_s, typename S::vec* vmax) {
+SWA_INLINE void score_acc(const typename S::scalar* k, int64_t k_stride, int64_t depth,
+                          const typename S::scalar* qt, int64_t ld_q, typename S::vec (&acc)[NJ][NV]) {
   using vec = typename S::vec;
   constexpr int L = S::kLanes;
-  vec acc[NJ][NV];  // (NJ keys, NV row vectors)
 #pragma GCC unroll 8
   for (int j = 0; j < NJ; ++j)
 #pragma GCC unroll 8
@@ -36,6 +34,18 @@ SWA_INLINE void score_micro(const typename S::scalar* k, int64_t k_stride, int64
       for (int v = 0; v < NV; ++v) acc[j][v] += kb * q[v];
     }
   }
+}
+
+// st[j * ld_s + v * kLanes] (j < NJ, v < NV) = row j of K against vectors
+// v of qt (depth x ld_q); with vmax, also vmax[v] = max(vmax[v], max_j st[j][v]).
+template <class S, int NJ, int NV>
+SWA_INLINE void score_micro(const typename S::scalar* k, int64_t k_stride, int64_t depth,
+                            const typename S::scalar* qt, int64_t ld_q, typename S::scalar* st,
+                            int64_t ld_s, typename S::vec* vmax) {
+  using vec = typename S::vec;
+  constexpr int L = S::kLanes;
+  vec acc[NJ][NV];  // (NJ keys, NV row vectors)
+  score_acc<S, NJ, NV>(k, k_stride, depth, qt, ld_q, acc);
 #pragma GCC unroll 8
   for (int j = 0; j < NJ; ++j)
 #pragma GCC unroll 8

@@ -4,7 +4,9 @@
 // vectors are zmm registers, 32-byte ones ymm, 16-byte ones xmm (or NEON).
 //
 // exp2_nonpositive is a float32-accurate 2^x (within 2 ulp) for the arguments
-// a softmax produces (x <= 0, -inf, NaN); float64 lanes use std::exp2.
+// a softmax produces (x <= 0, -inf, NaN); float64 lanes use std::exp2. On x86
+// a few steps use intrinsics of the one build that has the vector width
+// (<immintrin.h> comes from the including kernel's problem header).
 #pragma once
 
 #include <cmath>
@@ -58,6 +60,17 @@ struct Simd {
   }
   static SWA_INLINE vec max(vec a, vec b) { return select(a > b, a, b); }
   static SWA_INLINE bool any(mask m) {
+#if defined(__x86_64__) || defined(__i386__)
+    // One test instruction per build (each width exists in one build only).
+    if constexpr (kBytes == 64) {
+      if constexpr (sizeof(T) == 4) return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+      else return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0;
+    } else if constexpr (kBytes == 32) {
+      return _mm256_movemask_epi8((__m256i)m) != 0;
+    } else if constexpr (kBytes == 16) {
+      return _mm_movemask_epi8((__m128i)m) != 0;
+    }
+#endif
     mask_scalar bits = 0;
 #pragma GCC unroll 64
     for (int i = 0; i < kLanes; ++i) bits |= m[i];
@@ -100,6 +113,24 @@ struct Simd {
   // double through std::exp2. (The kernels work in base 2: log2(e) is folded
   // into the score scale, so the range reduction x = n + r is exact.)
   static SWA_INLINE vec exp2_nonpositive(vec x) {
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (sizeof(T) == 4 && kBytes == 64) {  // only the AVX-512 build has 64-byte vectors
+      // The same polynomial; the rounding and the 2^n scaling are single
+      // instructions (vrndscaleps, vscalefps), the latter zeroing the lanes
+      // with x < -126 (and -inf, whose r is NaN) as below; NaN stays NaN.
+      const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+      const __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const vec r = x - (vec)n;  // in [-1/2, 1/2], exact
+      vec p = set1(1.54122681e-4f);
+      p = p * r + set1(1.34179520e-3f);
+      p = p * r + set1(9.61826183e-3f);
+      p = p * r + set1(5.55026084e-2f);
+      p = p * r + set1(2.40226492e-1f);
+      p = p * r + set1(6.93147242e-1f);
+      const vec two_r = p * r + set1(1.0f);
+      return (vec)_mm512_maskz_scalef_ps(keep, (__m512)two_r, n);  // 2^r 2^n
+    }
+#endif
     if constexpr (sizeof(T) == 4) {
       const vec round_magic = set1(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
       const vec t = x + round_magic;
