@@ -64,6 +64,13 @@ struct ForwardKernel {
   vec rel_begin[kVecs], rel_end[kVecs];  // the lanes' windows in the block (probs)
   // A reference raised by probs() lies this far above the scores' max.
   static constexpr T kHeadroom = T(8);
+  // Lines fetched ahead while probs() computes (see prefetch_setup()).
+  static constexpr int kStreams = 4;
+  const char* pf_base[kStreams];
+  int64_t pf_rs[kStreams], pf_nrows[kStreams];  // row stride in bytes, rows
+  int64_t pf_row_lines = 0;                    // 64-byte lines per row
+  int pf_stream = kStreams;                    // the current stream; kStreams: done
+  int64_t pf_row = 0, pf_line = 0;             // next line of the stream
 
   SWA_INLINE explicit ForwardKernel(const ForwardProblem& prob)
       : p(prob),
@@ -147,6 +154,7 @@ struct ForwardKernel {
 #pragma GCC unroll 8
       for (int i = 1; i < NJ; ++i) mx = S::max(mx, acc[i][c]);
       if (S::any(mx > m[v + c])) raise(n0, j, v + c, mx);
+      if constexpr (NJ >= 4) prefetch_next(), prefetch_next();
       const vec off = m_off[v + c];
       vec sum = S::zero();
 #pragma GCC unroll 8
@@ -247,6 +255,38 @@ struct ForwardKernel {
     unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
   }
 
+  // Sets up prefetch_next() for the streams of rows (row strides in
+  // elements of In): the last one is written, the others read.
+  template <class In>
+  SWA_INLINE void prefetch_setup(const In* const (&base)[kStreams], const int64_t (&rs)[kStreams],
+                                 const int64_t (&nrows)[kStreams]) {
+    pf_row_lines = (D * int64_t(sizeof(In)) + 63) / 64;
+    for (int i = 0; i < kStreams; ++i) {
+      pf_base[i] = reinterpret_cast<const char*>(base[i]);
+      pf_rs[i] = rs[i] * int64_t(sizeof(In));
+      pf_nrows[i] = nrows[i];
+    }
+    pf_stream = 0;
+    while (pf_stream < kStreams && pf_nrows[pf_stream] <= 0) ++pf_stream;
+    pf_row = pf_line = 0;
+  }
+  // One line of the list per call; probs() asks for two per chunk of keys,
+  // so the misses overlap the arithmetic instead of queueing up at the
+  // tile's start and end (one batch of prefetches per block stalled too).
+  SWA_INLINE void prefetch_next() {
+    if (pf_stream >= kStreams) return;
+    const char* line = pf_base[pf_stream] + pf_row * pf_rs[pf_stream] + pf_line * 64;
+    if (pf_stream < kStreams - 1) __builtin_prefetch(line, 0, 3);
+    else __builtin_prefetch(line, 1, 3);
+    if (++pf_line == pf_row_lines) {
+      pf_line = 0;
+      if (++pf_row == pf_nrows[pf_stream]) {
+        pf_row = 0;
+        do ++pf_stream; while (pf_stream < kStreams && pf_nrows[pf_stream] <= 0);
+      }
+    }
+  }
+
   // One task: rows [m0, m0 + rows) of head h of batch b.
   template <class In>
   SWA_INLINE void run_tile(int64_t b, int64_t h, int64_t m0) {
@@ -269,6 +309,17 @@ struct ForwardKernel {
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, scale, qt);  // step 1
     start_tile(m0);
     const bool capped = p.softcap > 0;  // then the max is taken after the cap: separate steps
+    {  // Prefetched while computing: what the next tile of the head (mostly
+       // the next task) reads and this tile has not (its Q rows, the keys
+       // after this tile's), then this tile's output rows.
+      const int64_t q_next = std::clamp<int64_t>(p.seqlen_q - (m0 + R), 0, R);
+      const auto keys_next = SWA_KERNEL_NS::key_range(p.band, m0 + R, m0 + R + q_next);
+      const int64_t k0 = std::max(keys.end, keys_next.begin), k_new = q_next > 0 ? keys_next.end - k0 : 0;
+      prefetch_setup<In>({q_next > 0 ? q + R * p.q_stride[2] : q, k_new > 0 ? k + k0 * p.k_stride[2] : k,
+                          k_new > 0 ? v + k0 * p.v_stride[2] : v, out},
+                         {p.q_stride[2], p.k_stride[2], p.v_stride[2], p.out_stride[2]},
+                         {q_next, std::max<int64_t>(k_new, 0), std::max<int64_t>(k_new, 0), rows});
+    }
     for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kKeys) {
       const int64_t n1 = std::min(n0 + kKeys, keys.end);
       SWA_PROF(6);
