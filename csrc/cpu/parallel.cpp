@@ -17,7 +17,7 @@ namespace {
 // State shared by the caller and the launched helpers; helpers own a
 // reference, so one that starts late still finds it alive.
 struct Shared {
-  int64_t n, grain;
+  int64_t n, grain, threads;
   std::atomic<int64_t> next{0};  // first unclaimed task
   std::mutex mutex;
   std::condition_variable all_done;
@@ -26,6 +26,22 @@ struct Shared {
   // Valid while some task is claimed and unfinished: the caller waits for
   // done == n before it returns.
   const c10::function_ref<void(TaskQueue&)>* worker = nullptr;
+
+  // Claims the next chunk [begin, end): grain tasks, fewer near the end
+  // (guided: at most a 2 * threads-th of what is left), so that the
+  // workers run out of work together instead of up to a chunk apart.
+  bool claim(int64_t& begin, int64_t& end) {
+    int64_t first = next.load(std::memory_order_relaxed);
+    while (first < n) {
+      const int64_t size = std::clamp<int64_t>((n - first) / (2 * threads), 1, grain);
+      if (next.compare_exchange_weak(first, first + size)) {
+        begin = first;
+        end = first + size;
+        return true;
+      }
+    }
+    return false;
+  }
 
   void finish(int64_t count, std::exception_ptr e = nullptr) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -46,10 +62,7 @@ class SharedQueue final : public TaskQueue {
     if (handed_out_) {  // the previous chunk is done; claim another
       s_.finish(end_ - begin_);
       begin_ = end_ = 0;
-      const int64_t claimed = s_.next.fetch_add(s_.grain);
-      if (claimed >= s_.n) return false;
-      begin_ = claimed;
-      end_ = std::min(s_.n, claimed + s_.grain);
+      if (!s_.claim(begin_, end_)) return false;
     }
     handed_out_ = true;  // the first call hands out the chunk claimed at start
     begin = begin_;
@@ -67,15 +80,14 @@ class SharedQueue final : public TaskQueue {
 // the chunks after it. After an exception the unclaimed tasks are abandoned
 // (counted as done) so that nobody waits for them.
 void run_worker(Shared& s) {
-  const int64_t begin = s.next.fetch_add(s.grain);
-  if (begin >= s.n) return;
+  int64_t begin, end;
+  if (!s.claim(begin, end)) return;
   try {
-    SharedQueue queue(s, begin, std::min(s.n, begin + s.grain));
+    SharedQueue queue(s, begin, end);
     (*s.worker)(queue);
   } catch (...) {
     s.finish(0, std::current_exception());
-    for (int64_t b = s.next.fetch_add(s.grain); b < s.n; b = s.next.fetch_add(s.grain))
-      s.finish(std::min(s.n, b + s.grain) - b);
+    while (s.claim(begin, end)) s.finish(end - begin);
   }
 }
 
@@ -115,6 +127,7 @@ void parallel_workers(int64_t n, int64_t grain, c10::function_ref<void(TaskQueue
   auto shared = std::make_shared<Shared>();
   shared->n = n;
   shared->grain = grain;
+  shared->threads = threads;
   shared->worker = &worker;
   for (int64_t t = 1; t < threads; ++t) {
     at::launch([shared] {

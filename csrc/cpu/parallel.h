@@ -26,8 +26,9 @@ class TaskQueue {
 };
 
 // Calls worker(queue) on each participating thread (at most once per thread);
-// each worker allocates its scratch once and drains the queue. Chunks of
-// `grain` tasks. Exceptions of workers are rethrown here.
+// each worker allocates its scratch once and drains the queue. Chunks of up
+// to `grain` tasks (fewer near the end, so that the workers finish
+// together). Exceptions of workers are rethrown here.
 void parallel_workers(int64_t n, int64_t grain, c10::function_ref<void(TaskQueue&)> worker);
 
 // A grain that gives each thread several chunks (dynamic load balance) while
