@@ -175,10 +175,14 @@ struct ForwardKernel {
     vec m_new = m[v];
     for (int i = 0; i < L; ++i)
       if (mx[i] > m[v][i]) m_new[i] = std::ceil(mx[i]) + kHeadroom;
-    // A lane whose reference was -inf has l = 0, O^T = 0 and P^T = 0 so far.
+    // A lane whose reference was -inf has l = 0, O^T = 0 and P^T = 0 so far:
+    // nothing to rescale. (So the first keys of a tile, which raise the
+    // reference lane group by lane group, cost no rescaling.)
+    const bool rescale = S::any((m_new != m[v]) & (m[v] != neg_inf));
     const vec alpha = S::select(m[v] == neg_inf, S::zero(), S::exp2_nonpositive(m[v] - m_new));
     m[v] = m_new;
     m_off[v] = S::select(m_new == neg_inf, S::zero(), m_new);
+    if (!rescale) return;
     l[v] *= alpha;
     for (int64_t d = 0; d < D; ++d) S::store(ot + d * R + v * L, S::load(ot + d * R + v * L) * alpha);
     for (int64_t jj = std::max(n0, tile.vec_begin[v]); jj < j; ++jj)
