@@ -53,6 +53,11 @@ CUDA the values of ``pos`` are never read back to the host (no sync, so a
 decoding step can be captured in a CUDA graph): keeping them >= 0 is the
 caller's job there; the CPU ops reject negative positions.
 
+Under ``torch.compile`` with torch 2.11, keep ``k_cache`` and ``v_cache``
+views of *different* tensors: that version's inductor writes back the second
+of two mutated views of one base wrongly (torch 2.14 is fine).
+RollingKVCache allocates its key and value rings apart for this reason.
+
 ``T`` is the same for every sequence of one call; mixing prefill chunks and
 decodes of different lengths in one call (ragged ``T``) is not supported yet
 and will come later.
@@ -109,8 +114,9 @@ class RollingKVCache:
     shared ``pos`` (int64 ``[B]``, each sequence's next position).
 
     Layer ``l`` keeps a ring ``k_cache(l)``, ``v_cache(l)`` of shape
-    ``[B, Hkv, C_l, D]`` (``C_l`` defaults to the layer's window). All rings
-    live in one allocation made here; the memory is
+    ``[B, Hkv, C_l, D]`` (``C_l`` defaults to the layer's window). The key
+    rings live in one allocation made here, the value rings in another; the
+    memory is
     ``2 * B * Hkv * D * itemsize * sum(C_l)`` (``2 L B Hkv C D itemsize`` with
     one capacity) however many tokens pass through.
 
@@ -161,17 +167,22 @@ class RollingKVCache:
         self.dtype = dtype
         self.device = torch.device(device)
 
-        # One buffer; layer l's k and v rings are contiguous views of it.
+        # Two buffers, one for every layer's key ring and one for every value
+        # ring (layer l's rings are contiguous views of them). Not one buffer
+        # for both: cache_append mutates k_cache and v_cache in one call, and
+        # torch 2.11's inductor writes the second of two mutated views of the
+        # same base back wrongly (torch 2.14 is fine).
         ring = batch_size * num_kv_heads * head_dim
-        self._storage = torch.zeros(2 * ring * sum(self.capacities), dtype=dtype, device=self.device)
+        total = ring * sum(self.capacities)
+        self._k_storage = torch.zeros(total, dtype=dtype, device=self.device)
+        self._v_storage = torch.zeros(total, dtype=dtype, device=self.device)
         self._k: List[Tensor] = []
         self._v: List[Tensor] = []
         offset = 0
         for c in self.capacities:
             shape = (batch_size, num_kv_heads, c, head_dim)
-            self._k.append(self._storage[offset:offset + ring * c].view(shape))
-            offset += ring * c
-            self._v.append(self._storage[offset:offset + ring * c].view(shape))
+            self._k.append(self._k_storage[offset:offset + ring * c].view(shape))
+            self._v.append(self._v_storage[offset:offset + ring * c].view(shape))
             offset += ring * c
         self.pos = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
 
@@ -189,7 +200,7 @@ class RollingKVCache:
     def nbytes(self) -> int:
         """Bytes held by the rings, 2 * B * Hkv * D * itemsize * sum(C_l), constant
         over the cache's life (pos adds 8 * B bytes)."""
-        return self._storage.numel() * self._storage.element_size()
+        return sum(t.numel() * t.element_size() for t in (self._k_storage, self._v_storage))
 
     # -- one step ---------------------------------------------------------------
 

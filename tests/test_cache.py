@@ -309,8 +309,10 @@ def test_rolling_cache_per_layer_windows_and_constant_memory(device):
     assert cache.nbytes == formula
     held = sum(t.numel() * t.element_size() for l in range(layers) for t in (cache.k_cache(l), cache.v_cache(l)))
     assert held == formula and cache.k_cache(1).shape == (batch, heads_kv, 20, d)
-    storages = {cache.k_cache(l).untyped_storage().data_ptr() for l in range(layers)}
-    assert len(storages) == 1, "one allocation for every layer"
+    for ring in (cache.k_cache, cache.v_cache):
+        storages = {ring(l).untyped_storage().data_ptr() for l in range(layers)}
+        assert len(storages) == 1, "one allocation for every layer's key (value) rings"
+    assert cache.k_cache(0).untyped_storage().data_ptr() != cache.v_cache(0).untyped_storage().data_ptr()
 
     gen = torch.Generator().manual_seed(4)
     history = [History(batch, heads_kv, 400, d, dtype, "cpu") for _ in range(layers)]
