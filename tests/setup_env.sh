@@ -15,16 +15,7 @@ if [ "$have_torch" != "$TORCH_VERSION" ]; then
 fi
 "$PYTHON" -m pip install -q pytest numpy expecttest matplotlib ninja "transformers==5.23.0"
 
-# The nvcc on PATH may be a wrapper outside the toolkit: find the real root.
-if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null 2>&1; then
-  for root in "$(dirname "$(dirname "$(command -v nvcc)")")/cuda" \
-              "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
-    if [ -x "$root/bin/nvcc" ] && [ -f "$root/include/cuda_runtime.h" ]; then
-      export CUDA_HOME="$root"
-      break
-    fi
-  done
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/find_cuda.sh"
 
 mkdir -p build
 echo "== building swa_cuda (CUDA_HOME=${CUDA_HOME:-none}, archs ${TORCH_CUDA_ARCH_LIST:-default 8.0;9.0+PTX}) =="

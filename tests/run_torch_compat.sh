@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds and tests swa_cuda against another torch (default 2.11.0, what the GPU
+# machines carry; the project supports torch 2.11 through 2.14) in a virtual
+# environment under build/, leaving the main environment alone. The CUDA host
+# code (which includes torch headers) is compiled in full; the kernels, which
+# include no torch headers, only for one head dim, dtype and arch.
+#   bash tests/run_torch_compat.sh [torch version] [pytest args...]
+# Exits 0 with a notice when that torch cannot be installed here (no wheel);
+# a failing build or test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION="${1:-2.11.0}"
+shift || true
+ROOT=$(pwd)
+VENV="$ROOT/build/venv-torch-$VERSION"
+PYTHON="${PYTHON:-python3}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
+echo "== torch $VERSION compatibility: venv $VENV =="
+if [ ! -x "$VENV/bin/python" ]; then
+  # System site-packages give the venv pytest, numpy, transformers, ninja and
+  # the nvidia runtime wheels; its own torch shadows the system one.
+  "$PYTHON" -m venv --system-site-packages "$VENV"
+  "$VENV/bin/python" -m pip install -q -U setuptools wheel >/dev/null 2>&1 || true
+fi
+if [ "$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)" != "$VERSION" ]; then
+  if ! "$VENV/bin/python" -m pip install -q --no-deps "torch==$VERSION" >build/torch-$VERSION-install.log 2>&1; then
+    echo "== torch $VERSION compatibility: SKIPPED, torch==$VERSION cannot be installed here (build/torch-$VERSION-install.log) =="
+    exit 0
+  fi
+fi
+
+source tests/find_cuda.sh
+start=$(date +%s)
+if ! SWA_BUILD_DIR="$ROOT/build/cmake-torch-$VERSION" SWA_HEAD_DIMS=64 SWA_DTYPES=bf16 \
+     TORCH_CUDA_ARCH_LIST="${SWA_COMPAT_ARCHS:-9.0}" \
+     "$VENV/bin/python" -m pip install --no-build-isolation -v . >build/pip-install-torch-$VERSION.log 2>&1; then
+  tail -n 60 build/pip-install-torch-$VERSION.log
+  echo "swa_cuda: build against torch $VERSION failed (log: build/pip-install-torch-$VERSION.log)"
+  exit 1
+fi
+echo "== build against torch $VERSION took $(( $(date +%s) - start )) s =="
+
+cd tests
+# A private inductor cache: compiled graphs of another torch must not be reused.
+TORCHINDUCTOR_CACHE_DIR="$ROOT/build/inductor-torch-$VERSION" \
+  "$VENV/bin/python" -m pytest -q -rfE --ignore=test_cuda_emulation.py "$@"
