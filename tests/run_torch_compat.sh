@@ -5,6 +5,8 @@
 # code (which includes torch headers) is compiled in full; the kernels, which
 # include no torch headers, only for one head dim, dtype and arch.
 #   bash tests/run_torch_compat.sh [torch version] [pytest args...]
+# SWA_COMPAT_TRANSFORMERS (default 5.17.0 for torch 2.11, the GPU machines'
+# pair) installs that transformers into the venv too; empty keeps the system's.
 # Exits 0 with a notice when that torch cannot be installed here (no wheel);
 # a failing build or test fails.
 set -euo pipefail
@@ -28,6 +30,13 @@ if [ "$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[
     echo "== torch $VERSION compatibility: SKIPPED, torch==$VERSION cannot be installed here (build/torch-$VERSION-install.log) =="
     exit 0
   fi
+fi
+
+TRANSFORMERS="${SWA_COMPAT_TRANSFORMERS-$([ "$VERSION" = 2.11.0 ] && echo 5.17.0)}"
+if [ -n "$TRANSFORMERS" ] && \
+   [ "$("$VENV/bin/python" -c 'import transformers; print(transformers.__version__)' 2>/dev/null)" != "$TRANSFORMERS" ]; then
+  "$VENV/bin/python" -m pip install -q "transformers==$TRANSFORMERS" >build/transformers-$TRANSFORMERS-install.log 2>&1 \
+    || echo "== transformers $TRANSFORMERS cannot be installed here: the system's is used =="
 fi
 
 source tests/find_cuda.sh

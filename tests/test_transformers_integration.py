@@ -7,7 +7,7 @@ generation of 50 tokens identical to eager with transformers' cache and with
 SWARollingCache, whose memory stays fixed. On a GPU the same in bf16 under
 FlashAttention's accuracy rule (skipped without CUDA).
 
-Needs `pip install transformers` (tested with 5.23); skipped without it.
+Needs `pip install transformers` (tested with 5.17 and 5.23); skipped without it.
 """
 
 import pytest

@@ -67,12 +67,12 @@ try:
 except ImportError as _e:  # pragma: no cover - exercised only without transformers
     raise ImportError(
         "swa_cuda.integrations.transformers needs Hugging Face transformers (an optional dependency of "
-        "swa_cuda): `pip install transformers` (tested with transformers 5.23). "
+        "swa_cuda): `pip install transformers` (tested with transformers 5.17 and 5.23). "
         f"Import failed with: {_e}"
     ) from _e
 try:
     from transformers import AttentionInterface
-    from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer, get_layer_types_and_kwargs
+    from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, get_layer_types_and_kwargs
     from transformers.masking_utils import (
         AttentionMaskInterface,
         bidirectional_mask_function,
@@ -82,7 +82,7 @@ except ImportError as _e:  # pragma: no cover - an older transformers
     raise ImportError(
         f"swa_cuda.integrations.transformers: transformers {_hf.__version__} lacks the attention/mask/cache "
         "interfaces this integration uses; install transformers 5 (`pip install -U transformers`; tested with "
-        f"5.23). Import failed with: {_e}"
+        f"5.17 and 5.23). Import failed with: {_e}"
     ) from _e
 
 import torch
@@ -102,7 +102,7 @@ __all__ = [
 ]
 
 ATTN_IMPLEMENTATION = "swa_cuda"
-TESTED_TRANSFORMERS = "5.23"
+TESTED_TRANSFORMERS = "5.17 and 5.23"
 
 
 def _rolling_kv_cache_class():
@@ -642,6 +642,8 @@ class SWARollingCache(Cache):
     def __init__(self, config, capacity: Optional[int] = None):
         decoder_config = config.get_text_config(decoder=True)
         layer_types, per_layer_kwargs = get_layer_types_and_kwargs(decoder_config)
+        if isinstance(per_layer_kwargs, dict):  # transformers < 5.2x: one dict for every layer
+            per_layer_kwargs = [per_layer_kwargs] * len(layer_types)
         layers = []
         for index, (layer_type, layer_kwargs) in enumerate(zip(layer_types, per_layer_kwargs)):
             if layer_type == "sliding_attention":
@@ -649,7 +651,9 @@ class SWARollingCache(Cache):
                                                         config=decoder_config))
             elif layer_type == "full_attention":
                 layers.append(DynamicLayer())
-            elif layer_type == "dummy":
+            elif layer_type == "dummy":  # layers without a cache (only transformers versions with DummyLayer)
+                from transformers.cache_utils import DummyLayer
+
                 layers.append(DummyLayer())
             else:
                 raise NotImplementedError(f"SWARollingCache: layer {index} is a {layer_type!r} layer; only "
