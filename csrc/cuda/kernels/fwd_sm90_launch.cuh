@@ -36,9 +36,17 @@ inline Sm90EncodeTiledFn sm90_encode_fn() {
   static Sm90EncodeTiledFn fn = [] {
     void* ptr = nullptr;
     cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status) !=
-            cudaSuccess ||
-        status != cudaDriverEntryPointSuccess) {
+    // cudaGetDriverEntryPointByVersion exists from CUDA 12.5 on (and
+    // cudaGetDriverEntryPoint is gone in 13.0): sm_90a builds with a 12.0 -
+    // 12.4 toolkit take the older call, which returns the default (12.0 ABI)
+    // version of the symbol.
+#if CUDART_VERSION >= 12050
+    const cudaError_t e =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status);
+#else
+    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &ptr, cudaEnableDefault, &status);
+#endif
+    if (e != cudaSuccess || status != cudaDriverEntryPointSuccess || ptr == nullptr) {
       (void)cudaGetLastError();
       return static_cast<Sm90EncodeTiledFn>(nullptr);
     }
