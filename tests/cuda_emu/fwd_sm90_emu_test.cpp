@@ -204,6 +204,10 @@ int main(int argc, char** argv) {
       {1, 1, 1, 130, 130, 0, 0, 0, 0.f, false, "window of one"},
       {1, 4, 2, 520, 700, 0, 200, 40, 0.f, true, "gqa 4/2, (200, 40), Sq != Sk, view"},
       {1, 2, 1, 400, 100, 0, -1, 0, 0.f, false, "empty query tiles (Sq 400 > Sk 100 causal)"},
+      // No window on either side and Sk not a tile multiple: the last key
+      // tile crosses Sk and must take the masked path (its K/V rows past Sk
+      // are TMA zero fill, scores 0, not -inf).
+      {1, 2, 2, 200, 333, 0, -1, -1, 0.f, false, "full, Sk 333 (partial last key tile)"},
   };
   const char* only = argc > 1 ? argv[1] : nullptr;
   uint32_t seed = 1;
