@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "element_types.h"
 #include "bwd_dkdv_kernel.cuh"
 #include "bwd_dq_kernel.cuh"
 #include "bwd_exact.cuh"
@@ -38,18 +39,6 @@ struct Shape {
   const char* name;
 };
 
-template <typename T>
-double to_d(T x) {
-  if constexpr (std::is_same<T, __half>::value) return __half2float(x);
-  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(x);
-  else return static_cast<double>(x);
-}
-template <typename T>
-T from_d(double x) {
-  if constexpr (std::is_same<T, __half>::value) return __float2half_rn(static_cast<float>(x));
-  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __float2bfloat16_rn(static_cast<float>(x));
-  else return static_cast<T>(x);
-}
 
 // A [B, H, S, D] operand with its strides (elements).
 template <typename T>

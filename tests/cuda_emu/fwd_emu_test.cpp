@@ -48,6 +48,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include "element_types.h"
 #include "fwd_kernel_traits.cuh"
 #include "swa/kernels/launch.h"
 #include "swa/kernels/params.h"
@@ -158,18 +159,6 @@ void install_segv_handler() {
 }
 
 // ---- element types ---------------------------------------------------------------------
-template <typename T>
-double to_d(T x) {
-  if constexpr (std::is_same<T, __half>::value) return __half2float(x);
-  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(x);
-  else return static_cast<double>(x);
-}
-template <typename T>
-T from_d(double x) {
-  if constexpr (std::is_same<T, __half>::value) return __float2half_rn(static_cast<float>(x));
-  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __float2bfloat16_rn(static_cast<float>(x));
-  else return static_cast<T>(x);
-}
 template <typename T>
 double round_t(double x) {  // x rounded to T, as PyTorch's T tensors hold it
   return to_d(from_d<T>(x));

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "element_types.h"
 #include "fwd_sm90_kernel.cuh"
 #include "swa/kernels/fwd_tiles.h"
 #include "swa/kernels/params.h"
@@ -33,17 +34,6 @@ struct Shape {
   bool bshd;  // [B, S, H, D] storage viewed as [B, H, S, D]
   const char* name;
 };
-
-template <typename T>
-double to_d(T x) {
-  if constexpr (std::is_same<T, __half>::value) return __half2float(x);
-  else return __bfloat162float(x);
-}
-template <typename T>
-T from_d(double x) {
-  if constexpr (std::is_same<T, __half>::value) return __float2half_rn(static_cast<float>(x));
-  else return __float2bfloat16_rn(static_cast<float>(x));
-}
 
 template <typename T>
 struct Operand {
