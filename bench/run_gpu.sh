@@ -179,15 +179,8 @@ step_sm90() {
 }
 
 step_memcheck() {
-  local sanitizer root
-  sanitizer=$(command -v compute-sanitizer || true)
-  local nvcc_root
-  nvcc_root=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent/bin/nvcc)")")")
-  for root in "${CUDA_HOME:-}" "$nvcc_root" /usr/local/cuda /usr/local/cuda-13.0; do
-    for cand in "$root/bin/compute-sanitizer" "$root/compute-sanitizer/compute-sanitizer"; do
-      if [ -z "$sanitizer" ] && [ -n "$root" ] && [ -x "$cand" ]; then sanitizer="$cand"; fi
-    done
-  done
+  local sanitizer
+  sanitizer=$(find_sanitizer)
   if [ -z "$sanitizer" ]; then
     echo "memcheck UNSUPPORTED: compute-sanitizer not found"
     return 3
