@@ -369,18 +369,31 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body, size_
 
 inline void __syncthreads() { emu::block_sync(); }
 
-template <typename V>
-inline V __shfl_xor_sync(unsigned, V v, int lane_mask) {
+namespace emu {
+// A warp shuffle: every lane publishes v, then reads the value of lane
+// src_lane(its own lane) (taken mod 32).
+template <typename V, typename SrcLane>
+inline V warp_shuffle(V v, SrcLane src_lane) {
   static_assert(sizeof(V) <= 8, "shuffles of up to 64 bits");
-  emu::Thread* t = emu::cur();
+  Thread* t = cur();
   const int lane = t->linear % 32;
-  emu::WarpExchange& x = emu::block()->warps[t->linear / 32];
+  WarpExchange& x = block()->warps[t->linear / 32];
   const int slot = static_cast<int>(t->collectives++ & 1);
   std::memcpy(&x.u[slot][lane][0], &v, sizeof(V));
-  emu::warp_sync();
+  warp_sync();
   V r;
-  std::memcpy(&r, &x.u[slot][lane ^ lane_mask][0], sizeof(V));
+  std::memcpy(&r, &x.u[slot][src_lane(lane) % 32][0], sizeof(V));
   return r;
+}
+}  // namespace emu
+
+template <typename V>
+inline V __shfl_xor_sync(unsigned, V v, int lane_mask) {
+  return emu::warp_shuffle(v, [=](int lane) { return lane ^ lane_mask; });
+}
+template <typename V>
+inline V __shfl_sync(unsigned, V v, int src) {
+  return emu::warp_shuffle(v, [=](int) { return src; });
 }
 
 inline float atomicAdd(float* p, float v) {  // one host thread runs every context

@@ -32,20 +32,6 @@
 #define __grid_constant__
 #define sm90_smem bwd_smem
 
-template <typename V>
-inline V __shfl_sync(unsigned, V v, int src) {
-  static_assert(sizeof(V) <= 8, "shuffles of up to 64 bits");
-  emu::Thread* t = emu::cur();
-  const int lane = t->linear % 32;
-  emu::WarpExchange& x = emu::block()->warps[t->linear / 32];
-  const int slot = static_cast<int>(t->collectives++ & 1);
-  std::memcpy(&x.u[slot][lane][0], &v, sizeof(V));
-  emu::warp_sync();
-  V r;
-  std::memcpy(&r, &x.u[slot][src % 32][0], sizeof(V));
-  return r;
-}
-
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
 namespace sm90 {
