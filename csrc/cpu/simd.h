@@ -109,25 +109,29 @@ struct Simd {
     }
   }
 
+  // 2^r for float r in [-1/2, 1/2]: 1 + r P(r), P fitted there (relative error 2e-8).
+  static SWA_INLINE vec exp2_reduced(vec r) {
+    vec p = set1(1.54122681e-4f);
+    p = p * r + set1(1.34179520e-3f);
+    p = p * r + set1(9.61826183e-3f);
+    p = p * r + set1(5.55026084e-2f);
+    p = p * r + set1(2.40226492e-1f);
+    p = p * r + set1(6.93147242e-1f);
+    return p * r + set1(1.0f);
+  }
+
   // 2^x for x <= 0 (also -inf -> 0 and NaN -> NaN): float to within 2 ulp,
   // double through std::exp2. (The kernels work in base 2: log2(e) is folded
   // into the score scale, so the range reduction x = n + r is exact.)
   static SWA_INLINE vec exp2_nonpositive(vec x) {
 #if defined(__x86_64__) || defined(__i386__)
     if constexpr (sizeof(T) == 4 && kBytes == 64) {  // only the AVX-512 build has 64-byte vectors
-      // The same polynomial; the rounding and the 2^n scaling are single
+      // The rounding and the 2^n scaling are single
       // instructions (vrndscaleps, vscalefps), the latter zeroing the lanes
       // with x < -126 (and -inf, whose r is NaN) as below; NaN stays NaN.
       const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
       const __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const vec r = x - (vec)n;  // in [-1/2, 1/2], exact
-      vec p = set1(1.54122681e-4f);
-      p = p * r + set1(1.34179520e-3f);
-      p = p * r + set1(9.61826183e-3f);
-      p = p * r + set1(5.55026084e-2f);
-      p = p * r + set1(2.40226492e-1f);
-      p = p * r + set1(6.93147242e-1f);
-      const vec two_r = p * r + set1(1.0f);
+      const vec two_r = exp2_reduced(x - (vec)n);  // r in [-1/2, 1/2], exact
       return (vec)_mm512_maskz_scalef_ps(keep, (__m512)two_r, n);  // 2^r 2^n
     }
 #endif
@@ -135,15 +139,7 @@ struct Simd {
       const vec round_magic = set1(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
       const vec t = x + round_magic;
       const vec n = t - round_magic;  // round(x)
-      const vec r = x - n;            // in [-1/2, 1/2], exact
-      // 2^r = 1 + r P(r), P fitted on [-1/2, 1/2] (relative error 2e-8).
-      vec p = set1(1.54122681e-4f);
-      p = p * r + set1(1.34179520e-3f);
-      p = p * r + set1(9.61826183e-3f);
-      p = p * r + set1(5.55026084e-2f);
-      p = p * r + set1(2.40226492e-1f);
-      p = p * r + set1(6.93147242e-1f);
-      const vec two_r = p * r + set1(1.0f);
+      const vec two_r = exp2_reduced(x - n);  // r in [-1/2, 1/2], exact
       // 2^n from the low bits of t (n + 127 stays in [1, 127] for x >= -126).
       mask bits;
       std::memcpy(&bits, &t, sizeof(t));
