@@ -79,6 +79,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "fwd_score.cuh"
 #include "primitives.cuh"
@@ -94,7 +95,7 @@ namespace cuda_detail {
 template <typename T, int kHeadDim_>
 struct Sm90FwdTraits {
   using Element = T;
-  static constexpr bool kBf16 = MmaType<T>::is_bf16;
+  static constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   static constexpr int kHeadDim = kHeadDim_;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "sm90 forward: head dim 64 or 128");
   static constexpr int kConsumers = 2;             // consumer warpgroups

@@ -25,18 +25,6 @@ namespace cuda_detail {
 
 // ---- element types -------------------------------------------------------
 
-template <typename T>
-struct MmaType;  // the PTX type name of a 16-bit MMA operand
-
-template <>
-struct MmaType<__half> {
-  static constexpr bool is_bf16 = false;
-};
-template <>
-struct MmaType<__nv_bfloat16> {
-  static constexpr bool is_bf16 = true;
-};
-
 // Two floats -> one b32 register holding (lo, hi) in T.
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);

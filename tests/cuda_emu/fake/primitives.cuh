@@ -40,17 +40,6 @@ namespace SWA_KERNEL_NS {
 namespace cuda_detail {
 
 template <typename T>
-struct MmaType;
-template <>
-struct MmaType<__half> {
-  static constexpr bool is_bf16 = false;
-};
-template <>
-struct MmaType<__nv_bfloat16> {
-  static constexpr bool is_bf16 = true;
-};
-
-template <typename T>
 inline uint32_t pack2(float lo, float hi);
 template <>
 inline uint32_t pack2<__half>(float lo, float hi) {
