@@ -17,3 +17,13 @@ inline int failures = 0;
       }                                                              \
     }                                                                \
   } while (0)
+
+// The end of a test's main: prints the outcome, returns the exit status.
+inline int report(const char* test) {
+  if (failures) {
+    std::printf("%s: %d failure(s)\n", test, failures);
+    return 1;
+  }
+  std::printf("%s: all passed\n", test);
+  return 0;
+}

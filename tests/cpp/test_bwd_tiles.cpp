@@ -188,10 +188,5 @@ void check_grids() {
 int main() {
   check_walks();
   check_grids();
-  if (failures) {
-    std::printf("test_bwd_tiles: %d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("test_bwd_tiles: all passed\n");
-  return 0;
+  return report("test_bwd_tiles");
 }

@@ -157,10 +157,5 @@ int main() {
   check_grid();
   check_splits();
   check_heuristic();
-  if (failures) {
-    std::printf("test_fwd_tiles: %d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("test_fwd_tiles: all passed\n");
-  return 0;
+  return report("test_fwd_tiles");
 }

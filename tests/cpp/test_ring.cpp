@@ -150,10 +150,5 @@ int main() {
     check_append(pos, new_len, capacity);
     check_gather(pos, static_cast<int64_t>(rng() % (capacity + 1)), capacity);
   }
-  if (failures) {
-    std::printf("test_ring: %d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("test_ring: all checks passed\n");
-  return 0;
+  return report("test_ring");
 }

@@ -180,10 +180,5 @@ int main() {
   test_layout(64);
   test_layout(128);
   test_phases();
-  if (failures) {
-    std::printf("test_sm90_tma: %d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("test_sm90_tma: ok\n");
-  return 0;
+  return report("test_sm90_tma");
 }
