@@ -65,12 +65,18 @@ jobs="${SWA_EMU_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 modes="${SWA_EMU_CP_ASYNC:-late early}"
 status=0
+# run_in_modes LABEL CMD...: CMD once per cp.async landing mode.
+run_in_modes() {
+  local label=$1 mode
+  shift
+  for mode in $modes; do
+    echo "== $label, cp.async landing $mode"
+    SWA_EMU_CP_ASYNC=$mode "$@" || status=1
+  done
+}
 if [ "$run_bwd" = 1 ]; then
   "$cxx" "$work/bwd_emu_test.cpp.o" -o "$work/bwd_emu_test"
-  for mode in $modes; do
-    echo "== backward kernels (bwd_emu_test), cp.async landing $mode"
-    SWA_EMU_CP_ASYNC=$mode "$work/bwd_emu_test" "$filter" || status=1
-  done
+  run_in_modes "backward kernels (bwd_emu_test)" "$work/bwd_emu_test" "$filter"
 fi
 if [ "$run_fwd" = 1 ]; then
   fwd_objs=()
@@ -78,10 +84,7 @@ if [ "$run_fwd" = 1 ]; then
     [ "$(basename "$u")" = bwd_emu_test.cpp ] || fwd_objs+=("$work/$(basename "$u").o")
   done
   "$cxx" "${fwd_objs[@]}" -o "$work/fwd_emu_test"
-  for mode in $modes; do
-    echo "== forward kernels (fwd_emu_test), cp.async landing $mode"
-    SWA_EMU_CP_ASYNC=$mode "$work/fwd_emu_test" "${fwd_args[@]}" || status=1
-  done
+  run_in_modes "forward kernels (fwd_emu_test)" "$work/fwd_emu_test" "${fwd_args[@]}"
 fi
 if [ "$run_sm90" = 1 ]; then
   echo "== Hopper forward kernel (run_sm90.sh)"
