@@ -3,7 +3,8 @@
 // (what is accepted, which strides are passed), the 128-byte-swizzled tile
 // layout that TMA writes, read back through the wgmma descriptor addresses the
 // kernel builds (an emulation of the PTX ISA canonical layouts: K-major Q / K,
-// MN-major V), and the three band phases of the kernel's descending key walk.
+// MN-major V), the descriptor encoding, and the three band phases of the
+// kernel's descending key walk.
 // Plain C++: links no torch and no CUDA; nothing here proves the hardware
 // agrees, it pins down the arithmetic the kernel relies on.
 #include <cstdint>
@@ -173,10 +174,29 @@ void test_phases() {
   EXPECT(checked > 1000, "too few non-empty cases: %d", checked);
 }
 
+// The wgmma descriptor: each value lands in its documented field (bits 0-13
+// start, 16-29 LBO, 32-45 SBO, all >> 4), the layout field says 128-byte
+// swizzle (bits 62-63 = 1), and every other bit (base offset 49-51 included)
+// is zero.
+void test_desc_encoding() {
+  const uint32_t values[] = {0, 16, 1024, 2048, 0x3FFF0};
+  for (uint32_t addr : values)
+    for (uint32_t lbo : values)
+      for (uint32_t sbo : values) {
+        const uint64_t d = kn::make_desc_sw128(addr, lbo, sbo);
+        EXPECT(((d & 0x3FFF) << 4) == addr, "start %x of %llx", addr, (unsigned long long)d);
+        EXPECT((((d >> 16) & 0x3FFF) << 4) == lbo, "lbo %x of %llx", lbo, (unsigned long long)d);
+        EXPECT((((d >> 32) & 0x3FFF) << 4) == sbo, "sbo %x of %llx", sbo, (unsigned long long)d);
+        const uint64_t fields = 0x3FFFull | 0x3FFFull << 16 | 0x3FFFull << 32;
+        EXPECT((d & ~fields) == uint64_t{1} << 62, "other bits of %llx", (unsigned long long)d);
+      }
+}
+
 }  // namespace
 
 int main() {
   test_tma_shapes();
+  test_desc_encoding();
   test_layout(64);
   test_layout(128);
   test_phases();

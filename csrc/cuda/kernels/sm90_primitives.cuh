@@ -20,12 +20,8 @@
 // a2 = (row g, k 8+2t..), a3 = (row g + 8, k 8+2t..). Hence P's A fragment of
 // key step ks is the accumulator of S's tiles 2 ks and 2 ks + 1, packed.
 //
-// Shared-memory matrix descriptor (64 bit):
-//   bits  0-13  start address >> 4
-//   bits 16-29  leading dimension byte offset (LBO) >> 4
-//   bits 32-45  stride dimension byte offset (SBO) >> 4
-//   bits 49-51  base offset (0: every swizzle atom starts 1024-B aligned)
-//   bits 62-63  layout: 1 = 128-byte swizzle
+// Shared-memory matrix descriptor: make_desc_sw128 (swa/kernels/sm90_tma.h,
+// shared with the CPU emulator).
 // 128-byte swizzle (Swizzle<3,4,3>, the same as TMA's CU_TENSOR_MAP_SWIZZLE_128B):
 // a tile is stored as rows of 128 bytes (64 16-bit elements); within each
 // 1024-byte atom of 8 rows, 16-byte chunk c of row r sits at chunk c ^ (r % 8).
@@ -177,16 +173,6 @@ __device__ __forceinline__ void wgmma_commit() {
 template <int kPending>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-
-// 128-byte-swizzle descriptor (layout above). addr: shared-memory byte address.
-__device__ __forceinline__ uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  uint64_t desc = 0;
-  desc |= static_cast<uint64_t>((addr >> 4) & 0x3FFF);
-  desc |= static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16;
-  desc |= static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
-  desc |= static_cast<uint64_t>(1) << 62;
-  return desc;
 }
 
 // The accumulator operands of a 64 x N wgmma: N / 2 fp32 registers per thread,

@@ -186,16 +186,8 @@ inline void wgmma_commit() {}
 template <int kPending>
 inline void wgmma_wait() {}
 
-inline uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  uint64_t desc = 0;
-  desc |= static_cast<uint64_t>((addr >> 4) & 0x3FFF);
-  desc |= static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16;
-  desc |= static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
-  desc |= static_cast<uint64_t>(1) << 62;
-  return desc;
-}
-
-// Decoded descriptor (the fields the real one carries, read back from the bits).
+// Decoded descriptor (the fields make_desc_sw128 of swa/kernels/sm90_tma.h
+// encodes, read back from the bits).
 struct EmuDesc {
   uint32_t start, lbo, sbo;
   explicit EmuDesc(uint64_t d) {

@@ -103,4 +103,17 @@ SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_kmajor_start(uint32_t base, uint32_t r
 SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_mnmajor_start(uint32_t base, uint32_t ks) { return base + ks * 2048u; }
 SWA_HOST_DEVICE_INLINE_SM90 uint32_t sm90_mnmajor_lbo(uint32_t rows) { return rows * 128u; }
 
+// Shared-memory matrix descriptor of wgmma (64 bit) for a 128-byte swizzled
+// tile: addr, lbo_bytes, sbo_bytes are byte values (addr a shared-memory
+// address), stored >> 4:
+//   bits  0-13  start address
+//   bits 16-29  leading dimension byte offset (LBO)
+//   bits 32-45  stride dimension byte offset (SBO)
+//   bits 49-51  base offset (0: every swizzle atom starts 1024-B aligned)
+//   bits 62-63  layout: 1 = 128-byte swizzle
+SWA_HOST_DEVICE_INLINE_SM90 uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+  return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16) |
+         (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+
 }  // namespace SWA_KERNEL_NS
