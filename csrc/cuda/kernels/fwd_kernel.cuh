@@ -316,23 +316,10 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
           for (int e = 0; e < 4; ++e) acc_s[j][e] *= sc.scale_log2;
       }
 
-      // 3d. element mask, only on tiles with an invisible (row, key) pair:
-      // column c = 8 j + 2 tig + e of row i is key n0 + c, visible iff
-      // key_begin <= n0 + c < key_end (key_end <= seqlen_k; empty for dead rows).
+      // 3d. element mask, only on tiles with an invisible (row, key) pair.
       if (n_block < unmasked_begin || n_block >= unmasked_end) {
-        const int n0 = n_block * kN;
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int lo = row_key_begin[i] - n0;  // visible columns [lo, hi)
-          const int hi = row_key_end[i] - n0;
-#pragma unroll
-          for (int j = 0; j < Kt::kNTiles; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int c = 8 * j + 2 * tig + e;
-              if (c < lo || c >= hi) acc_s[j][2 * i + e] = -INFINITY;
-            }
-        }
+        mask_outside_window<Kt::kNTiles>(row_key_begin, row_key_end, n_block * kN, tig,
+                                         [&](int j, int i, int e) -> float& { return acc_s[j][2 * i + e]; });
       }
 
       // 3e. online softmax per row i (values acc_s[j][2 i], acc_s[j][2 i + 1]; the

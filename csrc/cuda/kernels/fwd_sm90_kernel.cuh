@@ -363,21 +363,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       for (int e = 0; e < kN / 2; ++e) acc_s[e] *= sc.scale_log2;
     }
     if (n_block < t.unmasked_begin || n_block >= t.unmasked_end) {
-      // Column c = 8 j + 2 tig + e of row i is key n0 + c: visible iff
-      // key_begin <= n0 + c < key_end (key_end <= Sk; empty for dead rows).
-      const int n0 = n_block * kN;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int lo = row_key_begin[i] - n0;
-        const int hi = row_key_end[i] - n0;
-#pragma unroll
-        for (int j = 0; j < Kt::kNTiles; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int c = 8 * j + 2 * tig + e;
-            if (c < lo || c >= hi) acc_s[4 * j + 2 * i + e] = -INFINITY;
-          }
-      }
+      mask_outside_window<Kt::kNTiles>(row_key_begin, row_key_end, n_block * kN, tig,
+                                       [&](int j, int i, int e) -> float& { return acc_s[4 * j + 2 * i + e]; });
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
