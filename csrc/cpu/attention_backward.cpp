@@ -72,9 +72,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   p.head_dim = shape.head_dim;
   p.m_blocks = (shape.seqlen_q + kTileLanes - 1) / kTileLanes;
   p.n_blocks = (shape.seqlen_k + kTileLanes - 1) / kTileLanes;
-  p.band = SWA_KERNEL_NS::Band{shape.seqlen_q, shape.seqlen_k, window_left, window_right};
+  p.band = SWA_KERNEL_NS::Band{shape.seqlen_q, shape.seqlen_k, kernel_window_left(window_left, shape.seqlen_k),
+                               kernel_window_right(window_right, shape.seqlen_q)};
   p.scale = softmax_scale(scale, shape.head_dim);
-  p.softcap = softcap;
+  p.softcap = kernel_softcap(softcap);
 
   void (*dq_pass)(const BackwardProblem&, TaskQueue&) = backward_dq_tasks_baseline;
   void (*dkdv_pass)(const BackwardProblem&, TaskQueue&) = backward_dkdv_tasks_baseline;

@@ -47,9 +47,10 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
   p.seqlen_q = q.size(2);
   p.head_dim = q.size(3);
   p.m_blocks = (p.seqlen_q + kTileLanes - 1) / kTileLanes;
-  p.band = SWA_KERNEL_NS::Band{p.seqlen_q, k.size(2), window_left, window_right};
+  p.band = SWA_KERNEL_NS::Band{p.seqlen_q, k.size(2), kernel_window_left(window_left, k.size(2)),
+                               kernel_window_right(window_right, p.seqlen_q)};
   p.scale = scale;
-  p.softcap = softcap;
+  p.softcap = kernel_softcap(softcap);
 
   void (*run)(const ForwardProblem&, TaskQueue&) = forward_tasks_baseline;
 #if defined(__x86_64__) || defined(__i386__)

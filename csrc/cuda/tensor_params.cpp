@@ -57,10 +57,10 @@ kn::AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, c
   p.seqlen_q = shape.seqlen_q;
   p.seqlen_k = shape.seqlen_k;
   p.head_dim = shape.head_dim;
-  p.window_left = window_left;
-  p.window_right = window_right;
+  p.window_left = kernel_window_left(window_left, shape.seqlen_k);
+  p.window_right = kernel_window_right(window_right, shape.seqlen_q);
   p.scale = static_cast<float>(softmax_scale(scale, shape.head_dim));
-  p.softcap = static_cast<float>(softcap);
+  p.softcap = static_cast<float>(kernel_softcap(softcap));
   p.device_sm_count = sm_count(q.get_device());
   return p;
 }

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 namespace swa {
@@ -33,6 +35,28 @@ void check_softcap(const char* op, double softcap) {
               ": softcap must be a finite number >= 0 (0 = off), got ", softcap);
 }
 
+namespace {
+constexpr double kMinSoftcap = 1e-30;
+constexpr double kMaxSoftcap = 1e30;
+}  // namespace
+
+int64_t kernel_window_left(int64_t window_left, int64_t seqlen_k) {
+  // Row positions are at most Sk - 1, so key_begin = max(0, p - window_left)
+  // is 0 for every row once window_left >= Sk - 1.
+  return window_left >= seqlen_k ? -1 : window_left;
+}
+
+int64_t kernel_window_right(int64_t window_right, int64_t seqlen_q) {
+  // Row positions are at least Sk - Sq, so key_end = min(Sk, p + window_right
+  // + 1) is Sk for every row once window_right >= Sq - 1.
+  return window_right >= seqlen_q ? -1 : window_right;
+}
+
+double kernel_softcap(double softcap) {
+  if (softcap <= 0) return 0;
+  return std::clamp(softcap, kMinSoftcap, kMaxSoftcap);
+}
+
 AttentionShape check_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, int64_t window_left, int64_t window_right,
                                std::optional<double> scale, double softcap) {
@@ -59,8 +83,11 @@ AttentionShape check_attention(const char* op, const at::Tensor& q, const at::Te
               " and Hkv = ", s.heads_kv);
   check_window(op, window_left, window_right);
   check_softcap(op, softcap);
-  TORCH_CHECK(!scale.has_value() || std::isfinite(*scale), op,
-              ": scale must be a finite number or None, got ", scale.value_or(0.0));
+  // The kernels compute in float32 (float64 inputs aside): a scale beyond
+  // float32's range would turn every score into inf or NaN.
+  TORCH_CHECK(!scale.has_value() || (std::isfinite(*scale) && std::fabs(*scale) <= FLT_MAX), op,
+              ": scale must be None or a finite number within float32's range (|scale| <= ", FLT_MAX,
+              "), got ", scale.value_or(0.0));
   return s;
 }
 

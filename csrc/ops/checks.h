@@ -49,4 +49,21 @@ AttentionShape check_attention_backward(const char* op, const at::Tensor& grad_o
 // scale, or 1/sqrt(head_dim) when not given.
 double softmax_scale(std::optional<double> scale, int64_t head_dim);
 
+// The window side as the kernels take it: a side that reaches past every key
+// (window_left >= Sk, window_right >= Sq, e.g. sys.maxsize as "no limit") is
+// the same band as -1 (unbounded), and becomes -1 so that the band arithmetic
+// (positions +- windows) cannot overflow int64.
+int64_t kernel_window_left(int64_t window_left, int64_t seqlen_k);
+int64_t kernel_window_right(int64_t window_right, int64_t seqlen_q);
+
+// The softcap as the kernels take it (float32 arithmetic): 0 stays 0 (off);
+// others are clamped to [1e-30, 1e30]. Below 1e-30 every capped score is
+// within 1e-30 of 0, so exp() of it is 1 even in float64: the uniform
+// attention a tiny cap means (1e-50 would otherwise underflow to 0 in float32
+// and switch capping off). Above 1e30 a cap moves no score below 1e26 by more
+// than float32 rounds, and for larger scores the softmax is one-hot at the
+// same key with either cap (capping is monotonic); an unclamped cap near
+// FLT_MAX would make s / cap subnormal (flushed to 0 by fast-math code).
+double kernel_softcap(double softcap);
+
 }  // namespace swa
