@@ -3,7 +3,43 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "ops/memory_overlap.h"
+
 namespace swa {
+namespace {
+
+StridedLayout layout_of(const at::Tensor& t) {
+  StridedLayout l{t.sizes().vec(), t.strides().vec(), t.storage_offset() * int64_t(t.element_size()),
+                  int64_t(t.element_size())};
+  return l;
+}
+
+bool same_allocation(const at::Tensor& a, const at::Tensor& b) {
+  return a.has_storage() && b.has_storage() && a.storage().is_alias_of(b.storage());
+}
+
+// An in-place write into `dest` must not land twice on one element (an
+// expanded dim, overlapping strides) and must not touch memory that another
+// operand of the same call reads or writes.
+void check_writable(const char* op, const char* name, const at::Tensor& dest) {
+  const Overlap o = internal_overlap(layout_of(dest));
+  TORCH_CHECK(o == Overlap::kNo, op, ": ", name,
+              " has elements that share memory (e.g. an expanded batch dim or overlapping strides: sizes ",
+              dest.sizes(), ", strides ", dest.strides(), "); writing into it would lose tokens",
+              o == Overlap::kUnknown ? " (this layout cannot be proved free of overlap)" : "",
+              ". Pass a tensor that owns its elements (e.g. .clone())");
+}
+
+void check_apart(const char* op, const char* dest_name, const at::Tensor& dest, const char* other_name,
+                 const at::Tensor& other) {
+  if (!same_allocation(dest, other)) return;
+  const Overlap o = mutual_overlap(layout_of(dest), layout_of(other));
+  TORCH_CHECK(o == Overlap::kNo, op, ": ", dest_name, " and ", other_name,
+              o == Overlap::kYes ? " share memory" : " may share memory (their layouts cannot be proved apart)",
+              "; ", dest_name, " is written in place, so they must not overlap (pass separate tensors)");
+}
+
+}  // namespace
 
 CacheShape check_cache(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache) {
   check_bhsd(op, "k_cache", k_cache);
@@ -36,8 +72,11 @@ void check_pos(const char* op, const at::Tensor& pos, const CacheShape& cache, c
 
 void check_pos_values(const char* op, const at::Tensor& pos) {
   if (pos.numel() == 0) return;
-  const int64_t lowest = pos.min().item<int64_t>();
-  TORCH_CHECK(lowest >= 0, op, ": pos must be >= 0 (absolute positions), got ", lowest);
+  const auto [lowest, highest] = at::aminmax(pos);
+  const int64_t lo = lowest.item<int64_t>(), hi = highest.item<int64_t>();
+  TORCH_CHECK(lo >= 0, op, ": pos must be >= 0 (absolute positions), got ", lo);
+  // Positions + chunk lengths must stay far from int64's end.
+  TORCH_CHECK(hi <= kMaxPosition, op, ": pos must be <= 2^62 (absolute positions), got ", hi);
 }
 
 int64_t check_new_tokens(const char* op, const char* k_name, const char* v_name, const at::Tensor& k,
@@ -63,6 +102,14 @@ CacheShape check_cache_append(const char* op, const at::Tensor& k_cache, const a
   const CacheShape cache = check_cache(op, k_cache, v_cache);
   check_new_tokens(op, "k", "v", k, v, k_cache, cache);
   check_pos(op, pos, cache, k_cache.device());
+  check_writable(op, "k_cache", k_cache);
+  check_writable(op, "v_cache", v_cache);
+  check_apart(op, "k_cache", k_cache, "v_cache", v_cache);
+  for (auto [dest_name, dest] : {std::pair<const char*, const at::Tensor*>{"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
+    check_apart(op, dest_name, *dest, "k", k);
+    check_apart(op, dest_name, *dest, "v", v);
+    check_apart(op, dest_name, *dest, "pos", pos);
+  }
   return cache;
 }
 

@@ -30,7 +30,11 @@ CacheShape check_cache(const char* op, const at::Tensor& k_cache, const at::Tens
 // pos: int64 [B], contiguous, on device.
 void check_pos(const char* op, const at::Tensor& pos, const CacheShape& cache, const at::Device& device);
 
-// Every pos >= 0 (CPU only: reads the values).
+// The largest position pos may hold: pos + T and the ring arithmetic stay in
+// int64 for every chunk a tensor can hold.
+constexpr int64_t kMaxPosition = int64_t{1} << 62;
+
+// 0 <= every pos <= kMaxPosition (CPU only: reads the values).
 void check_pos_values(const char* op, const at::Tensor& pos);
 
 // New tokens k, v [B, Hkv, T, D] for the ring: same shape, the cache's dtype
@@ -38,7 +42,9 @@ void check_pos_values(const char* op, const at::Tensor& pos);
 int64_t check_new_tokens(const char* op, const char* k_name, const char* v_name, const at::Tensor& k,
                          const at::Tensor& v, const at::Tensor& k_cache, const CacheShape& cache);
 
-// cache_append: the ring, the new tokens and pos. Returns the ring's shape.
+// cache_append: the ring, the new tokens and pos, and that the in-place
+// write is safe: k_cache and v_cache each free of internal overlap, apart from
+// each other and from k, v and pos. Returns the ring's shape.
 CacheShape check_cache_append(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
                               const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos);
 
