@@ -68,6 +68,8 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ._fake_checks import check_same_device
+
 __all__ = ["RollingKVCache"]
 
 
@@ -78,12 +80,14 @@ __all__ = ["RollingKVCache"]
 def _cache_append_fake(k_cache, v_cache, k, v, pos):
     torch._check(k_cache.dim() == 4, lambda: "swa::cache_append: k_cache must have 4 dims [B, Hkv, C, D]")
     torch._check(k.dim() == 4, lambda: "swa::cache_append: k must have 4 dims [B, Hkv, T, D]")
+    check_same_device("swa::cache_append", "k_cache", k_cache, v_cache=v_cache, k=k, v=v, pos=pos)
     return None
 
 
 @torch.library.register_fake("swa::cache_gather")
 def _cache_gather_fake(k_cache, v_cache, pos, n):
     torch._check(k_cache.dim() == 4, lambda: "swa::cache_gather: k_cache must have 4 dims [B, Hkv, C, D]")
+    check_same_device("swa::cache_gather", "k_cache", k_cache, v_cache=v_cache, pos=pos)
     shape = (k_cache.shape[0], k_cache.shape[1], n, k_cache.shape[3])
     return k_cache.new_empty(shape), v_cache.new_empty(shape)
 
@@ -91,6 +95,8 @@ def _cache_gather_fake(k_cache, v_cache, pos, n):
 @torch.library.register_fake("swa::cache_attention")
 def _cache_attention_fake(q, k_new, v_new, k_cache, v_cache, pos, window, scale=None, softcap=0.0):
     torch._check(q.dim() == 4, lambda: "swa::cache_attention: q must have 4 dims [B, Hq, T, D]")
+    check_same_device("swa::cache_attention", "q", q, k_new=k_new, v_new=v_new, k_cache=k_cache,
+                      v_cache=v_cache, pos=pos)
     out = torch.empty_like(q)
     lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
     return out, lse

@@ -10,11 +10,14 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._fake_checks import check_same_device
+
 
 @torch.library.register_fake("swa::attention")
 def _attention_fake(q, k, v, window_left=-1, window_right=0, scale=None, softcap=0.0):
     torch._check(q.dim() == 4, lambda: f"swa::attention: q must have 4 dims, got {q.dim()}")
     torch._check(k.dim() == 4 and v.dim() == 4, lambda: "swa::attention: k and v must have 4 dims")
+    check_same_device("swa::attention", "q", q, k=k, v=v)
     out = torch.empty_like(q)
     lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
     return out, lse
@@ -23,11 +26,30 @@ def _attention_fake(q, k, v, window_left=-1, window_right=0, scale=None, softcap
 @torch.library.register_fake("swa::attention_backward")
 def _attention_backward_fake(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right,
                              scale, softcap, deterministic=False):
+    check_same_device("swa::attention_backward", "q", q, grad_out=grad_out, grad_lse=grad_lse, k=k, v=v,
+                      out=out, lse=lse)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _result(out: Tensor, lse: Tensor, return_lse: bool):
     return (out, lse) if return_lse else out
+
+
+def _is_int(x) -> bool:
+    """An integer (int, NumPy integer, SymInt), not a bool, a float or a tensor."""
+    return not isinstance(x, (bool, Tensor)) and hasattr(type(x), "__index__")
+
+
+def _window_pair(fn: str, window_size) -> Tuple[int, int]:
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError(f"{fn}: window_size must be a pair (left, right) of ints (-1 = unbounded), e.g. "
+                        f"(3, 3) for a two-sided band of 3 keys on each side or (W - 1, 0) for a sliding "
+                        f"window of W keys; got {window_size!r}")
+    left, right = window_size
+    for name, w in (("window_size[0] (left)", left), ("window_size[1] (right)", right)):
+        if not _is_int(w):
+            raise TypeError(f"{fn}: {name} must be an int (-1 = unbounded), got {w!r}")
+    return int(left), int(right)
 
 
 def sliding_window_attention(
@@ -51,6 +73,10 @@ def sliding_window_attention(
     if window is None:
         window_left = -1
     else:
+        if not _is_int(window):
+            raise TypeError(f"sliding_window_attention: window must be an int >= 1 (keys seen per query, "
+                            f"itself included) or None (full causal), got {window!r}")
+        window = int(window)
         if window < 1:
             raise ValueError(f"sliding_window_attention: window must be >= 1 or None, got {window}")
         window_left = window - 1
@@ -73,6 +99,6 @@ def local_attention(
     used everywhere in swa_cuda. Query row i sits at key position
     i + Sk - Sq and sees keys in [p - left, p + right].
     """
-    left, right = window_size
+    left, right = _window_pair("local_attention", window_size)
     out, lse = torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
     return _result(out, lse, return_lse)
