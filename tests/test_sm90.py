@@ -83,7 +83,10 @@ def _expected_paths(c, sm90):
     if c["misalign"]:
         return {"exact"}  # rows not 16-byte aligned: neither tensor-core kernel
     packed = c["heads_q"] != c["heads_kv"] and 2 * c["seqlen_q"] <= 128
-    return {"sm90"} if sm90 and not packed else {"sm80"}
+    # Keys before the first row's window (Sq < Sk): TMA cannot zero them, so
+    # the portable kernel runs (a key no query sees must not reach P V).
+    sees_every_key = c["window_left"] < 0 or c["seqlen_k"] - c["seqlen_q"] - c["window_left"] <= 0
+    return {"sm90"} if sm90 and not packed and sees_every_key else {"sm80"}
 
 
 # ---- the child: every case on one path ------------------------------------------

@@ -63,6 +63,9 @@ struct BackwardCommon {
   // dS from the score s (base 2, uncapped), dP, the lane mask and the row
   // statistics: P = 2^(s' - lse2), dS = P (dP - delta) [* (1 - tanh^2)],
   // where s' is s capped and masked (-inf outside the band: P = 0, dS = 0).
+  // Outside the band dS is set to 0, not computed as 0 * (dP - delta): a
+  // lane's key that its row does not see may hold NaN or inf (dP NaN), and it
+  // must not reach dK through 0 * NaN.
   template <bool kMasked>
   SWA_INLINE vec score_gradient(vec s, vec dp, typename S::mask visible, vec lse2, vec delta, vec& pr) const {
     vec dcap;
@@ -71,6 +74,7 @@ struct BackwardCommon {
     pr = S::exp2_nonpositive(s - lse2);
     vec ds = pr * (dp - delta);
     if (softcap > T(0)) ds *= dcap;
+    if constexpr (kMasked) ds = S::select(visible, ds, S::zero());
     return ds;
   }
 

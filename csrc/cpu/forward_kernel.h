@@ -244,16 +244,19 @@ struct ForwardKernel {
   }
 
   // Step 3: out rows = O^T columns / l, lse = m + log l; rows that see no
-  // key get 0 and -inf.
+  // key (l = 0) get 0 and -inf. A NaN score (a NaN in the row's query or a
+  // key it sees, inf - inf) makes l NaN: out and lse are NaN then, never the
+  // -inf that means "sees no key" (the max skips NaN, so m cannot tell).
   template <class In>
   SWA_INLINE void store_out(In* out, int64_t out_rs, float* lse, int64_t lse_rs) {
     vec inv[kVecs];
     for (int v = 0; v < tile.nvec; ++v) {
-      inv[v] = S::select(l[v] > S::zero(), S::set1(T(1)) / l[v], S::zero());
+      inv[v] = S::select(l[v] == S::zero(), S::zero(), S::set1(T(1)) / l[v]);
       for (int i = 0; i < L && v * L + i < rows; ++i) {
         const T sum = l[v][i];
-        lse[(v * L + i) * lse_rs] =
-            sum > T(0) ? float((double(m[v][i]) + std::log2(double(sum))) * kLn2) : -INFINITY;
+        lse[(v * L + i) * lse_rs] = sum > T(0)    ? float((double(m[v][i]) + std::log2(double(sum))) * kLn2)
+                                    : sum == T(0) ? -INFINITY
+                                                  : NAN;
       }
     }
     unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);

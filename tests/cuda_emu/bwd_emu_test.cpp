@@ -122,6 +122,15 @@ void run_case(const Shape& s, uint64_t seed) {
   std::vector<double> lse_d(static_cast<size_t>(rows));
   for (auto& x : dlse) x = static_cast<float>(0.3 * normal(rng));
   const kn::Band band{Sq, Sk, s.wl, s.wr};
+  // Keys that no query sees hold NaN: their dK, dV must come out 0 and they
+  // must not reach dQ (the loaders zero-fill them; 0 * NaN is NaN).
+  const kn::KeyRange seen = kn::key_range(band, 0, Sq);
+  for (int64_t j = 0; j < Sk; ++j) {
+    if (j >= seen.begin && j < seen.end) continue;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t d = 0; d < D; ++d) k.at(b, h, j, d) = v.at(b, h, j, d) = from_d<T>(NAN);
+  }
 
   auto score = [&](int64_t b, int64_t h, int64_t i, int64_t j, double& t) {
     double x = 0;

@@ -50,6 +50,7 @@
 
 #include "element_types.h"
 #include "fwd_kernel_traits.cuh"
+#include "swa/kernels/band.h"
 #include "swa/kernels/launch.h"
 #include "swa/kernels/params.h"
 
@@ -313,6 +314,18 @@ void run_attention_case(const Case& c, uint64_t seed) {
   q.randomize(rng, 1.0);
   k.randomize(rng, 1.0);
   v.randomize(rng, 1.0);
+  if (!ring) {
+    // Keys that no query of the call sees hold NaN: they must never reach an
+    // output (the loader zero-fills them; 0 * NaN would be NaN in P V).
+    const kn::Band band{Sq, Sk, c.wl, c.wr};
+    const kn::KeyRange seen = kn::key_range(band, 0, Sq);
+    for (int64_t j = 0; j < Sk; ++j) {
+      if (j >= seen.begin && j < seen.end) continue;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < Hkv; ++h)
+          for (int64_t d = 0; d < D; ++d) k.at(b, h, j, d) = v.at(b, h, j, d) = nan_value<T>();
+    }
+  }
   float* lse = static_cast<float*>(guarded_alloc(static_cast<size_t>(B * Hq * Sq) * 4, "lse"));
   for (int64_t i = 0; i < B * Hq * Sq; ++i) lse[i] = canary_value<float>();
   int64_t* pos = nullptr;

@@ -17,7 +17,8 @@ namespace cuda_detail {
 // ---- global -> shared copies ----------------------------------------------------
 
 // A (kRows, kCols) tile from global rows src + r * row_stride (src: the tile's
-// first row); rows r >= valid_rows are zero-filled and not read. Chunk
+// first row); rows r >= valid_rows and r < first_row are zero-filled and not
+// read (first_row: a key tile's keys before any row of the call sees one). Chunk
 // L = tid + it * kThreads is row L / kChunksPerRow, 16-byte chunk
 // L % kChunksPerRow: consecutive threads read consecutive 16 B of a row.
 // When kThreads is a multiple of kChunksPerRow a thread keeps its chunk and
@@ -26,7 +27,7 @@ namespace cuda_detail {
 // main loops. Needs 16-byte aligned rows (checked by the launcher).
 template <typename Tile, int kThreads, typename T>
 __device__ __forceinline__ void copy_tile_async(T* tile, const T* src, int64_t row_stride,
-                                                int valid_rows, int tid) {
+                                                int valid_rows, int tid, int first_row = 0) {
   constexpr int kChunksPerRow = Tile::kCols / 8;
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
   if constexpr (kThreads % kChunksPerRow == 0 && (kThreads / kChunksPerRow) % 8 == 0) {
@@ -39,7 +40,7 @@ __device__ __forceinline__ void copy_tile_async(T* tile, const T* src, int64_t r
     for (int it = 0; it < (Tile::kRows + kRowStep - 1) / kRowStep; ++it) {
       const int r = r0 + it * kRowStep;
       if (Tile::kRows % kRowStep == 0 || r < Tile::kRows) {
-        const bool valid = r < valid_rows;
+        const bool valid = r >= first_row && r < valid_rows;
         cp_async_16(dst + it * kRowStep * Tile::kBlockCols, valid ? g : src, valid);
       }
       g += kRowStep * row_stride;
@@ -51,7 +52,7 @@ __device__ __forceinline__ void copy_tile_async(T* tile, const T* src, int64_t r
       if (kChunks % kThreads == 0 || chunk_id < kChunks) {
         const int r = chunk_id / kChunksPerRow;
         const int c = chunk_id % kChunksPerRow;
-        const bool valid = r < valid_rows;
+        const bool valid = r >= first_row && r < valid_rows;
         const T* g = valid ? src + r * row_stride + c * 8 : src;
         cp_async_16(tile + Tile::offset(r, c * 8), g, valid);
       }

@@ -198,15 +198,19 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
 
   // K, V tiles (resident) and the first query tile: one cp.async group.
   if (num_steps > 0) {
-    const int valid_keys = min(kN, seqlen_k - n0);
+    // Keys that no query of the call sees are zero-filled: their dK, dV are 0
+    // and, NaN or inf as they may be, they cannot reach dQ through dS K.
+    const KeyRange seen = key_range(band, 0, fp.seqlen_q);  // contiguous: key_begin/key_end are monotone
+    const int valid_keys = static_cast<int>(band_min64(kN, seen.end - n0));  // seen.end <= seqlen_k
+    const int first_key = static_cast<int>(band_max64(0, seen.begin - n0));
     const T* k = static_cast<const T*>(fp.k.ptr) + static_cast<int64_t>(batch) * fp.k.batch_stride +
                  static_cast<int64_t>(head_kv) * fp.k.head_stride +
                  static_cast<int64_t>(n0) * fp.k.row_stride;
     const T* v = static_cast<const T*>(fp.v.ptr) + static_cast<int64_t>(batch) * fp.v.batch_stride +
                  static_cast<int64_t>(head_kv) * fp.v.head_stride +
                  static_cast<int64_t>(n0) * fp.v.row_stride;
-    copy_tile_async<KvTile, kThreads>(s_k, k, fp.k.row_stride, valid_keys, tid);
-    copy_tile_async<KvTile, kThreads>(s_v, v, fp.v.row_stride, valid_keys, tid);
+    copy_tile_async<KvTile, kThreads>(s_k, k, fp.k.row_stride, valid_keys, tid, first_key);
+    copy_tile_async<KvTile, kThreads>(s_v, v, fp.v.row_stride, valid_keys, tid, first_key);
     load_query_tile(0, 0);
     cp_async_commit();
   }

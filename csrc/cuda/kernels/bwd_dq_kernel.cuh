@@ -87,7 +87,6 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right};
   const int m0 = static_cast<int>(blk.m_block) * kM;
   const int seqlen_q = static_cast<int>(fp.seqlen_q);
-  const int seqlen_k = static_cast<int>(fp.seqlen_k);
   const TileRange tiles = key_tile_range(band, blk.m_block, kM, kN);
   const int n_begin = static_cast<int>(tiles.n_block_min);
   const int n_end = tiles.empty() ? n_begin : static_cast<int>(tiles.n_block_max);
@@ -107,16 +106,20 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     d[i] = valid ? params.softmax_d[row_index0 + row] : 0.f;
   }
 
+  // Keys outside what the block's rows see are zero-filled: a key no row sees
+  // (NaN or inf included) must not reach dQ through 0 * NaN in dS K.
+  const KeyRange seen = key_range(band, m0, m0 + kM);
   const T* k_head = static_cast<const T*>(fp.k.ptr) + batch * fp.k.batch_stride + head_kv * fp.k.head_stride;
   const T* v_head = static_cast<const T*>(fp.v.ptr) + batch * fp.v.batch_stride + head_kv * fp.v.head_stride;
   auto load_kv_tile = [&](int n_block, int stage) {
     const int n0 = n_block * kN;
-    const int valid = min(kN, seqlen_k - n0);
+    const int valid = static_cast<int>(band_min64(kN, seen.end - n0));  // seen.end <= seqlen_k
+    const int first = static_cast<int>(band_max64(0, seen.begin - n0));
     T* s_k = reinterpret_cast<T*>(bwd_smem + Kt::kOffStages + stage * Kt::kStageBytes);
     copy_tile_async<KvTile, kThreads>(s_k, k_head + static_cast<int64_t>(n0) * fp.k.row_stride,
-                                      fp.k.row_stride, valid, tid);
+                                      fp.k.row_stride, valid, tid, first);
     copy_tile_async<KvTile, kThreads>(s_k + KvTile::kElems, v_head + static_cast<int64_t>(n0) * fp.v.row_stride,
-                                      fp.v.row_stride, valid, tid);
+                                      fp.v.row_stride, valid, tid, first);
   };
 
   // Per-lane ldmatrix addresses. Q, dO: A of S / dP (rows = M, cols = dims = K):

@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
         l = l * exp(m - m_new) + exp(s - m_new);
         m = m_new;
       }
-      lse = l > 0 ? m + log(l) : -static_cast<Acc>(INFINITY);
+      lse = l == 0 ? -static_cast<Acc>(INFINITY) : m + log(l);  // NaN stays NaN
       if (lane == 0) {
         p.softmax_stats_f64[row] = lse;
         p.softmax_stats_f64[total_rows + row] = d;

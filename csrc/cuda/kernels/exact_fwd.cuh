@@ -103,7 +103,9 @@ __global__ void __launch_bounds__(kExactWarps * 32)
       row_max = new_max;
     }
 
-    const Acc inv = row_sum > 0 ? Acc(1) / row_sum : Acc(0);
+    // row_sum = 0: no key seen (out 0, lse -inf); NaN: a NaN score reached the
+    // row (out and lse NaN).
+    const Acc inv = row_sum == Acc(0) ? Acc(0) : Acc(1) / row_sum;
     T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + h * p.out_head_stride +
              i * p.out_row_stride;
 #pragma unroll
@@ -112,7 +114,7 @@ __global__ void __launch_bounds__(kExactWarps * 32)
       if (d < dim) out[d] = narrow<T>(acc[c] * inv);
     }
     if (lane == 0)
-      p.lse[row] = row_sum > 0 ? static_cast<float>(row_max + log(row_sum)) : -INFINITY;
+      p.lse[row] = row_sum == Acc(0) ? -INFINITY : static_cast<float>(row_max + log(row_sum));
   }
 }
 

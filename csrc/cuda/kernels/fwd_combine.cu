@@ -47,11 +47,18 @@ __global__ void __launch_bounds__(kCombineWarps * 32) fwd_combine_kernel(const A
 
   for (int row = blockIdx.x * kCombineWarps + warp; row < rows; row += gridDim.x * kCombineWarps) {
     // lse = max + log(sum_s exp(lse_s - max)); max = -inf: no split saw a key.
+    // A NaN lse_s (a NaN score in that split) makes lse NaN: fmaxf skips NaN,
+    // so it is looked for apart.
     float lse_max = -INFINITY;
-    for (int s = lane; s < splits; s += 32) lse_max = fmaxf(lse_max, p.lse_accum[int64_t{s} * rows + row]);
+    bool nan = false;
+    for (int s = lane; s < splits; s += 32) {
+      const float lse_s = p.lse_accum[int64_t{s} * rows + row];
+      lse_max = fmaxf(lse_max, lse_s);
+      nan |= isnan(lse_s);
+    }
     lse_max = warp_max_f(lse_max);
-    float lse = -INFINITY;
-    if (lse_max != -INFINITY) {
+    float lse = __any_sync(0xffffffffu, nan) ? NAN : -INFINITY;
+    if (lse_max != -INFINITY && lse == -INFINITY) {
       float sum = 0.f;
       for (int s = lane; s < splits; s += 32) sum += expf(p.lse_accum[int64_t{s} * rows + row] - lse_max);
       lse = lse_max + logf(warp_sum_f(sum));

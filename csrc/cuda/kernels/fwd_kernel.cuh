@@ -62,13 +62,16 @@ __device__ __forceinline__ void copy_q_tile(typename Kt::Element* s_q, const Att
 }
 
 // K and V tiles (kBlockN, kHeadDim) of key tile n_block into one stage; keys
-// past seqlen_k are zero-filled so nothing undefined reaches P V. A tile may
+// outside [seen.begin, seen.end), the keys some row of the block sees, are
+// zero-filled: past seqlen_k nothing undefined reaches P V, and a key no row
+// sees (a ring slot before the window, a masked position) cannot reach an
+// output even if it holds NaN or inf (0 * NaN is NaN in P V). A tile may
 // straddle the ring's wrap and the ring/new-keys boundary: each row finds its
 // own source.
 template <typename Kt>
 __device__ __forceinline__ void copy_kv_tile(typename Kt::Element* s_k, typename Kt::Element* s_v,
                                              const KeySource<typename Kt::Element>& keys,
-                                             int n_block, int64_t seqlen_k, int tid) {
+                                             int n_block, KeyRange seen, int tid) {
   using T = typename Kt::Element;
   const int64_t n0 = static_cast<int64_t>(n_block) * Kt::kBlockN;
   const int64_t slot0 = keys.tile_slot0(n0);
@@ -78,7 +81,7 @@ __device__ __forceinline__ void copy_kv_tile(typename Kt::Element* s_k, typename
     const int r = chunk_id / Kt::kChunksPerRow;
     const int c = chunk_id % Kt::kChunksPerRow;
     const int64_t j = n0 + r;
-    const bool valid = j < seqlen_k;
+    const bool valid = j >= seen.begin && j < seen.end;
     const T* k_src = keys.k;
     const T* v_src = keys.v;
     if (valid) {
@@ -132,7 +135,7 @@ template <typename T>
 struct FwdBlockState {
   KeySource<T> keys;
   PackedRows rows;
-  int64_t seqlen_k;
+  KeyRange keys_seen;  // the keys some row of the block sees
   int m0, m_end;  // the block's packed rows [m0, m_end)
   int64_t split;
 };
@@ -203,12 +206,13 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     const KeySource<T> keys = make_key_source<T>(params, blk.batch, hkv);
     copy_q_tile<Kt>(s_q, params, rows, m0, m_end, tid);
     cp_async_commit();  // group: Q
-    copy_kv_tile<Kt>(smem, smem + Kt::kKvElems, keys, n_begin, band.seqlen_k, tid);
+    const KeyRange keys_seen = key_range(band, q_rows.begin, q_rows.end);
+    copy_kv_tile<Kt>(smem, smem + Kt::kKvElems, keys, n_begin, keys_seen, tid);
     cp_async_commit();  // group: K/V of the first tile
     if (tid == 0) {
       state.keys = keys;
       state.rows = rows;
-      state.seqlen_k = band.seqlen_k;
+      state.keys_seen = keys_seen;
       state.m0 = m0;
       state.m_end = m_end;
       state.split = blk.split;
@@ -264,7 +268,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     // at most the group just committed may still be in flight.
     if (n_block + 1 < n_end) {
       T* const s_k_next = smem + (stage ^ 1) * Kt::kStageElems;
-      copy_kv_tile<Kt>(s_k_next, s_k_next + Kt::kKvElems, state.keys, n_block + 1, state.seqlen_k, tid);
+      copy_kv_tile<Kt>(s_k_next, s_k_next + Kt::kKvElems, state.keys, n_block + 1, state.keys_seen, tid);
     }
     cp_async_commit();  // possibly empty: keeps one group per iteration
     cp_async_wait<1>();
@@ -392,8 +396,10 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     const int m = m0 + warp * 16 + group + 8 * i;
     const float sum = quad_sum(row_sum[i]);  // all 4 lanes of the group take part
     if (m >= m_end) continue;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const float lse = row_max[i] == -INFINITY ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
+    // sum = 0: the row saw no key (out 0, lse -inf); NaN: a NaN score reached
+    // it (out and lse NaN, never the -inf of "no key": the max skips NaN).
+    const float inv = sum == 0.f ? 0.f : 1.f / sum;
+    const float lse = sum == 0.f ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
     if (to_accum) {
       const int64_t row_index = rows.lse_index(m, params, split);
       float* out = params.out_accum + row_index * kD;

@@ -506,8 +506,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       const int m = t.m0 + 64 * consumer + 16 * warp + group + 8 * i;
       const float sum = quad_sum(row_sum[i]);  // all 4 lanes of the group take part
       if (m >= t.m_end) continue;
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      const float lse = row_max[i] == -INFINITY ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
+      // sum = 0: the row saw no key (out 0, lse -inf); NaN: a NaN score reached
+      // it (out and lse NaN, never the -inf of "no key": the max skips NaN).
+      const float inv = sum == 0.f ? 0.f : 1.f / sum;
+      const float lse = sum == 0.f ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
       T* const out = out_head + static_cast<int64_t>(m) * params.out_row_stride;
 #pragma unroll
       for (int j = 0; j < Kt::kDTiles; ++j)

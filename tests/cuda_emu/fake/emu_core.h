@@ -396,6 +396,17 @@ inline V __shfl_sync(unsigned, V v, int src) {
   return emu::warp_shuffle(v, [=](int) { return src; });
 }
 
+// Vote: nonzero iff pred is nonzero on any lane of the warp (all 32 take part,
+// as every call site passes the full mask).
+inline int __any_sync(unsigned, int pred) {
+  int any = 0;
+  for (int src = 0; src < 32; ++src) any |= emu::warp_shuffle(pred != 0 ? 1 : 0, [=](int) { return src; });
+  return any;
+}
+
+// CUDA's device isnan is a global function; host C++ has it in std.
+using std::isnan;
+
 inline float atomicAdd(float* p, float v) {  // one host thread runs every context
   const float old = *p;
   *p = old + v;
