@@ -3,19 +3,21 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/ParallelGuard.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 namespace swa::cpu {
 namespace {
 
-// State shared by the caller and the launched helpers; helpers own a
-// reference, so one that starts late still finds it alive.
+// State shared by the caller and the helpers that join its call.
 struct Shared {
   int64_t n, grain, threads;
   std::atomic<int64_t> next{0};  // first unclaimed task
@@ -26,6 +28,10 @@ struct Shared {
   // Valid while some task is claimed and unfinished: the caller waits for
   // done == n before it returns.
   const c10::function_ref<void(TaskQueue&)>* worker = nullptr;
+  // Under the helper pool's mutex: places still open to helpers, helpers in
+  // the call, and the signal that the last of them left.
+  int64_t places = 0, joined = 0;
+  std::condition_variable helpers_left;
 
   // Claims the next chunk [begin, end): grain tasks, fewer near the end
   // (guided: at most a 2 * threads-th of what is left), so that the
@@ -106,6 +112,78 @@ class SerialQueue final : public TaskQueue {
   int64_t n_, grain_, next_ = 0;
 };
 
+// Helper threads shared by every call. A call posts its Shared with the
+// number of helpers it wants; an idle helper takes one place, works, and
+// leaves. When the caller has seen every task done it withdraws the places
+// nobody took and waits for the helpers that joined to leave, so no helper
+// touches a call's state after it returned. The pool is never destroyed
+// (helpers sleep on its condition variable until the process ends); a child
+// process after fork() gets a new, empty pool (its parent's threads are gone).
+class HelperPool {
+ public:
+  static HelperPool& get() { return *instance(); }
+
+  void run(const std::shared_ptr<Shared>& job, int64_t helpers) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (started_ < helpers) {
+        std::thread([this] { helper_loop(); }).detach();
+        ++started_;
+      }
+      job->places = helpers;
+      jobs_.push_back(job);
+    }
+    wake_.notify_all();
+    {
+      c10::ParallelGuard guard(true);
+      run_worker(*job);
+    }
+    {
+      std::unique_lock<std::mutex> lock(job->mutex);
+      job->all_done.wait(lock, [&] { return job->done == job->n; });
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    withdraw(job);  // nobody joins from now on
+    job->helpers_left.wait(lock, [&] { return job->joined == 0; });
+  }
+
+ private:
+  static HelperPool*& instance() {
+    static HelperPool* pool = [] {
+      pthread_atfork(nullptr, nullptr, [] { instance() = new HelperPool(); });  // the old one is leaked
+      return new HelperPool();
+    }();
+    return pool;
+  }
+
+  void withdraw(const std::shared_ptr<Shared>& job) {
+    job->places = 0;
+    jobs_.erase(std::remove(jobs_.begin(), jobs_.end(), job), jobs_.end());
+  }
+
+  void helper_loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return !jobs_.empty(); });
+      std::shared_ptr<Shared> job = jobs_.front();
+      if (--job->places == 0) jobs_.pop_front();
+      ++job->joined;
+      lock.unlock();
+      {
+        c10::ParallelGuard guard(true);
+        run_worker(*job);
+      }
+      lock.lock();
+      if (--job->joined == 0) job->helpers_left.notify_all();
+    }
+  }
+
+  std::mutex mutex_;  // guards jobs_, started_, and every job's places and joined
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Shared>> jobs_;
+  int64_t started_ = 0;
+};
+
 }  // namespace
 
 int64_t default_grain(int64_t n) {
@@ -129,18 +207,7 @@ void parallel_workers(int64_t n, int64_t grain, c10::function_ref<void(TaskQueue
   shared->grain = grain;
   shared->threads = threads;
   shared->worker = &worker;
-  for (int64_t t = 1; t < threads; ++t) {
-    at::launch([shared] {
-      c10::ParallelGuard guard(true);
-      run_worker(*shared);
-    });
-  }
-  {
-    c10::ParallelGuard guard(true);
-    run_worker(*shared);
-  }
-  std::unique_lock<std::mutex> lock(shared->mutex);
-  shared->all_done.wait(lock, [&] { return shared->done == shared->n; });
+  HelperPool::get().run(shared, threads - 1);
   if (shared->error) std::rethrow_exception(shared->error);
 }
 

@@ -3,11 +3,15 @@
 //
 // at::parallel_for is an inline template whose threads exist only when the
 // including file is compiled with OpenMP; this library is not, so it would run
-// serially. parallel_workers uses torch's inter-op pool (at::launch) instead,
-// which needs no compiler flags, and falls back to the calling thread alone
-// inside a parallel region or with one thread. A worker that starts after all
-// chunks are claimed never runs, so it cannot touch the caller's state after
-// the call returned.
+// serially. parallel_workers uses helper threads of its own (started on first
+// use, sleeping between calls, never stopped), which need no compiler flags,
+// and falls back to the calling thread alone inside a parallel region or with
+// one thread. Not torch's inter-op pool: at::launch copies the caller's
+// thread-local state into each task and drops it on the pool thread when the
+// task ends, which may be after the call returned and Python began to shut
+// down; dropping a Python object of that state then aborts the process
+// ("terminate called without an active exception" at exit, seen after a
+// backward). A call returns only after every helper that joined it has left.
 #pragma once
 
 #include <c10/util/FunctionRef.h>
