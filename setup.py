@@ -14,6 +14,8 @@ Environment:
   MAX_JOBS                   parallel compile jobs
   SWA_BUILD_DIR              CMake build folder (default build/cmake), kept for
                              incremental rebuilds
+  SWA_SANITIZE               e.g. address,undefined: sanitizers for the CPU-only
+                             build (tests/run_sanitizers.sh)
 """
 
 import os
@@ -77,7 +79,7 @@ class CMakeBuild(build_ext):
             args.append("-DSWA_WITH_CUDA=OFF")
             print("swa_cuda: no CUDA toolkit found (or SWA_CPU_ONLY=1): building the CPU-only library",
                   flush=True)
-        for var in ("SWA_HEAD_DIMS", "SWA_DTYPES", "SWA_HOPPER"):
+        for var in ("SWA_HEAD_DIMS", "SWA_DTYPES", "SWA_HOPPER", "SWA_SANITIZE"):
             if os.environ.get(var):
                 args.append(f"-D{var}={os.environ[var]}")
         # A reconfigure must not keep stale cached choices.
