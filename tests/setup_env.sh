@@ -13,7 +13,7 @@ if [ "$have_torch" != "$TORCH_VERSION" ]; then
   echo "== installing torch $TORCH_VERSION (found: ${have_torch:-none}) =="
   "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
 fi
-"$PYTHON" -m pip install -q pytest numpy expecttest matplotlib ninja "transformers==5.23.0"
+"$PYTHON" -m pip install -q pytest numpy expecttest hypothesis matplotlib ninja "transformers==5.23.0"
 
 source "$(dirname "${BASH_SOURCE[0]}")/find_cuda.sh"
 
