@@ -3,8 +3,8 @@
 # clone of this repository's HEAD into a fresh virtual environment holding
 # only a pinned torch (no system site-packages). CPU-only build
 # (SWA_CPU_ONLY=1) to keep CI short; pip's cache is reused.
-#   1. `pip install --no-build-isolation .` without the build tools: refused,
-#      with the command that installs them
+#   1. `pip install --no-build-isolation .` in the fresh venv (setuptools 65,
+#      no torch): refused, with the command that installs the build tools
 #   2. plain `pip install .` (isolated build): builds against the venv's
 #      torch, leaves it alone; import, one op against SDPA
 #   3. the build tools, then `pip install --no-build-isolation --no-deps
@@ -60,22 +60,24 @@ EOF
 }
 torch_of() { "$1/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))'; }
 
-step "clean clone of $(git -C "$ROOT" rev-parse --short HEAD), fresh venv, torch $TORCH"
+step "clean clone of $(git -C "$ROOT" rev-parse --short HEAD), fresh venv"
 git clone -q "$ROOT" "$WORK/src"
 cd "$WORK/src"
 "$PYTHON" -m venv "$WORK/venv"
 VENV="$WORK/venv"
-run "$VENV/bin/python" -m pip install "torch==$TORCH"
-# The second venv: the same fresh state (hard links: no copy of torch).
-cp -al "$VENV" "$WORK/venv-wheel"
 
-step "1. --no-build-isolation without the build tools"
+step "1. --no-build-isolation in the fresh venv (its setuptools, no torch)"
 if "$VENV/bin/python" -m pip install --no-build-isolation . >"$log" 2>&1; then
   echo "install test: FAILED: a build without the build tools did not stop"; exit 1
 fi
-grep -F "swa_cuda: the build needs" "$log" | sed 's/^ *//'
+grep -F "swa_cuda: the build needs" "$log" | sed 's/^ */   /'
 grep -qF "pip install 'setuptools>=70.1' cmake ninja" "$log" \
   || { tail -n 30 "$log"; echo "install test: FAILED: no install command in the refusal"; exit 1; }
+
+step "torch $TORCH into the fresh venv"
+run "$VENV/bin/python" -m pip install "torch==$TORCH"
+# The second venv: the same state (hard links: no copy of torch).
+cp -al "$VENV" "$WORK/venv-wheel"
 
 step "2. pip install . (isolated build)"
 run "$VENV/bin/python" -m pip install -v .
