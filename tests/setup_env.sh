@@ -14,7 +14,11 @@ if [ "$have_torch" != "$TORCH_VERSION" ]; then
   "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
 fi
 # The build tools too (a fresh venv has setuptools 65, which cannot build a
-# wheel by itself); CMake from PyPI only when none >= 3.22 is on PATH.
+# wheel by itself); CMake from PyPI only when none >= 3.22 is on PATH. The
+# environment's scripts folder goes first on PATH, so that the tools it
+# holds (cmake, ninja, ctest) are found even when it is not activated.
+PATH="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 tools=("setuptools>=70.1" ninja)
 cmake_version=$(cmake --version 2>/dev/null | head -n 1 | grep -oE '[0-9]+\.[0-9]+' | head -n 1 || true)
 if [ -z "$cmake_version" ] || [ "$(printf '%s\n' 3.22 "$cmake_version" | sort -V | head -n 1)" != 3.22 ]; then
