@@ -13,6 +13,8 @@
 #      relinks only; an isolated `pip wheel .` runs the same backend hooks as
 #      step 2), then that wheel into another venv with the same torch (a
 #      copy of the fresh venv); import, one op
+#   5. (SWA_INSTALL_TEST_FRESH=1; not in CI: two more torch installs and a
+#      build) plain `pip install .` in a fresh venv without torch
 #   bash tests/install_test.sh            (SWA_INSTALL_TEST_TORCH, default 2.14.1)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +42,8 @@ run() {  # run CMD...: quiet unless it fails
   fi
 }
 smoke() {  # smoke VENV: import swa_cuda from VENV, one op against an independent reference
-  (cd "$WORK" && "$1/bin/python" - <<'EOF'
+  # (torch without numpy, as in a fresh venv, warns at import: not ours.)
+  (cd "$WORK" && "$1/bin/python" -W "ignore:Failed to initialize NumPy" - <<'EOF'
 import sys
 import torch
 import swa_cuda
@@ -61,6 +64,8 @@ EOF
 torch_of() { "$1/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))'; }
 
 step "clean clone of $(git -C "$ROOT" rev-parse --short HEAD), fresh venv"
+[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ] \
+  || echo "   (uncommitted changes are not part of the clone: this tests HEAD)"
 git clone -q "$ROOT" "$WORK/src"
 cd "$WORK/src"
 "$PYTHON" -m venv "$WORK/venv"
@@ -80,7 +85,10 @@ run "$VENV/bin/python" -m pip install "torch==$TORCH"
 cp -al "$VENV" "$WORK/venv-wheel"
 
 step "2. pip install . (isolated build)"
-run "$VENV/bin/python" -m pip install -v .
+# Without any pip constraint (this machine caps torch at 2.14.1): an isolated
+# build that did not pin the target's torch would take the newest one.
+run env PIP_CONSTRAINT=/dev/null "$VENV/bin/python" -m pip install -v .
+grep -E "^ *swa_cuda: torch [0-9.]+ " "$log" | sed 's/^ *-- */   /'
 grep -E "^ *swa_cuda: native build took" "$log" | sed 's/^ */   /'
 [ "$(torch_of "$VENV")" = "$TORCH" ] || { echo "install test: FAILED: torch changed to $(torch_of "$VENV")"; exit 1; }
 smoke "$VENV"
@@ -98,6 +106,14 @@ echo "   $(basename "$wheel") requires: $(unzip -p "$wheel" '*.dist-info/METADAT
 run "$WORK/venv-wheel/bin/python" -m pip install "$wheel"
 [ "$(torch_of "$WORK/venv-wheel")" = "$TORCH" ] || { echo "install test: FAILED: the wheel changed torch"; exit 1; }
 smoke "$WORK/venv-wheel"
+
+if [ "${SWA_INSTALL_TEST_FRESH:-0}" = 1 ]; then
+  step "5. pip install . in a fresh venv without torch (the newest supported torch, built and pulled)"
+  "$PYTHON" -m venv "$WORK/venv-fresh"
+  run env PIP_CONSTRAINT=/dev/null "$WORK/venv-fresh/bin/python" -m pip install -v .
+  grep -E "^ *swa_cuda: torch [0-9.]+ |^ *swa_cuda: native build took" "$log" | sed 's/^ *\(-- \)*/   /'
+  smoke "$WORK/venv-fresh"
+fi
 
 step "passed"
 echo "== install test took $(( $(date +%s) - start )) s =="
