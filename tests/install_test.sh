@@ -21,7 +21,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON="${PYTHON:-python3}"
 TORCH="${SWA_INSTALL_TEST_TORCH:-2.14.1}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/swa-install-test.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+log="$WORK/log"
+# On failure the last command's output is kept in build/install_test_failed.log.
+trap 'rc=$?; [ $rc -eq 0 ] || { mkdir -p "$ROOT/build"; cp "$log" "$ROOT/build/install_test_failed.log" 2>/dev/null
+      echo "install test: FAILED (exit $rc; last output: build/install_test_failed.log)"; }; rm -rf "$WORK"' EXIT
 export SWA_CPU_ONLY=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MAX_JOBS="${MAX_JOBS:-2}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 unset SWA_TORCH_VERSION SWA_BUILD_DIR PYTHONPATH
@@ -33,7 +36,6 @@ step() {
   echo "== install test: $1 (previous step $(( now - last )) s, total $(( now - start )) s) =="
   last=$now
 }
-log="$WORK/log"
 run() {  # run CMD...: quiet unless it fails
   if ! "$@" >"$log" 2>&1; then
     tail -n 40 "$log"
@@ -41,6 +43,7 @@ run() {  # run CMD...: quiet unless it fails
     exit 1
   fi
 }
+show() { grep -E "$1" "$log" | sed 's/^ *\(-- \)*/   /' || true; }  # show REGEX: lines of the last log
 smoke() {  # smoke VENV: import swa_cuda from VENV, one op against an independent reference
   # (torch without numpy, as in a fresh venv, warns at import: not ours.)
   (cd "$WORK" && "$1/bin/python" -W "ignore:Failed to initialize NumPy" - <<'EOF'
@@ -75,7 +78,7 @@ step "1. --no-build-isolation in the fresh venv (its setuptools, no torch)"
 if "$VENV/bin/python" -m pip install --no-build-isolation . >"$log" 2>&1; then
   echo "install test: FAILED: a build without the build tools did not stop"; exit 1
 fi
-grep -F "swa_cuda: the build needs" "$log" | sed 's/^ */   /'
+show "swa_cuda: the build needs"
 grep -qF "pip install 'setuptools>=70.1' cmake ninja" "$log" \
   || { tail -n 30 "$log"; echo "install test: FAILED: no install command in the refusal"; exit 1; }
 
@@ -88,21 +91,27 @@ step "2. pip install . (isolated build)"
 # Without any pip constraint (this machine caps torch at 2.14.1): an isolated
 # build that did not pin the target's torch would take the newest one.
 run env PIP_CONSTRAINT=/dev/null "$VENV/bin/python" -m pip install -v .
-grep -E "^ *swa_cuda: torch [0-9.]+ " "$log" | sed 's/^ *-- */   /'
-grep -E "^ *swa_cuda: native build took" "$log" | sed 's/^ */   /'
+show "swa_cuda: torch [0-9.]+ "
+show "swa_cuda: native build took"
 [ "$(torch_of "$VENV")" = "$TORCH" ] || { echo "install test: FAILED: torch changed to $(torch_of "$VENV")"; exit 1; }
 smoke "$VENV"
 
 step "3. build tools, then pip install --no-build-isolation --no-deps --force-reinstall ."
 run "$VENV/bin/python" -m pip install "setuptools>=70.1" cmake ninja
 run "$VENV/bin/python" -m pip install --no-build-isolation --no-deps --force-reinstall -v .
-grep -E "^ *swa_cuda: native build took" "$log" | sed 's/^ */   /'
+show "swa_cuda: native build took"
 smoke "$VENV"
 
 step "4. pip wheel, the wheel into another venv"
 run "$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps -w "$WORK/wheels" .
 wheel=$(ls "$WORK"/wheels/swa_cuda-*.whl)
-echo "   $(basename "$wheel") requires: $(unzip -p "$wheel" '*.dist-info/METADATA' | grep '^Requires-Dist: torch' | cut -d' ' -f2-)"
+"$PYTHON" - "$wheel" <<'EOF'
+import sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+meta = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+torch = [line.split(" ", 1)[1] for line in meta.splitlines() if line.startswith("Requires-Dist: torch")]
+print(f"   {sys.argv[1].rsplit('/', 1)[-1]} requires {torch}")
+EOF
 run "$WORK/venv-wheel/bin/python" -m pip install "$wheel"
 [ "$(torch_of "$WORK/venv-wheel")" = "$TORCH" ] || { echo "install test: FAILED: the wheel changed torch"; exit 1; }
 smoke "$WORK/venv-wheel"
@@ -111,7 +120,7 @@ if [ "${SWA_INSTALL_TEST_FRESH:-0}" = 1 ]; then
   step "5. pip install . in a fresh venv without torch (the newest supported torch, built and pulled)"
   "$PYTHON" -m venv "$WORK/venv-fresh"
   run env PIP_CONSTRAINT=/dev/null "$WORK/venv-fresh/bin/python" -m pip install -v .
-  grep -E "^ *swa_cuda: torch [0-9.]+ |^ *swa_cuda: native build took" "$log" | sed 's/^ *\(-- \)*/   /'
+  show "swa_cuda: torch [0-9.]+ |swa_cuda: native build took"
   smoke "$WORK/venv-fresh"
 fi
 
