@@ -63,3 +63,15 @@ def test_build_in_its_own_venv_without_torch_is_refused(tmp_path):
     assert result.returncode != 0
     assert "cannot tell which torch to build against" in result.stderr
     assert "SWA_TORCH_VERSION=" in result.stderr
+
+
+def test_fresh_environment_gets_the_supported_range(monkeypatch):
+    """No torch in the target of pip's isolated build: the newest supported
+    torch, which the wheel's torch==X.Y.* dependency then pulls too."""
+    monkeypatch.delenv("SWA_TORCH_VERSION", raising=False)
+    monkeypatch.setattr(target_torch, "target_torch", lambda: "")
+    monkeypatch.setattr(target_torch, "build_tools_are_overlaid", lambda: True)
+    assert target_torch.torch_requirement() == "torch>=2.11,<2.16"
+    monkeypatch.setattr(target_torch, "build_tools_are_overlaid", lambda: False)
+    with pytest.raises(target_torch.BuildRefused, match="cannot tell which torch"):
+        target_torch.torch_requirement()
