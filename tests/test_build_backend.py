@@ -75,3 +75,12 @@ def test_fresh_environment_gets_the_supported_range(monkeypatch):
     monkeypatch.setattr(target_torch, "build_tools_are_overlaid", lambda: False)
     with pytest.raises(target_torch.BuildRefused, match="cannot tell which torch"):
         target_torch.torch_requirement()
+
+
+def test_import_error_advises_a_rebuild_that_leaves_torch_alone(monkeypatch):
+    from swa_cuda import _build_info, _library
+
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "2.10.0")
+    with pytest.raises(ImportError, match=r"built for torch 2\.10\.0.*"
+                       r"`pip install --no-build-isolation --no-deps --force-reinstall \.`"):
+        _library.check_versions()
