@@ -1,8 +1,11 @@
 """Build swa_cuda: drives CMakeLists.txt and installs its outputs inside the
 package folder (swa_cuda/lib/libswa_cuda.so, swa_cuda/include, the CMake
 package under swa_cuda/share/cmake), so `pip install --target DIR` works too.
+Run through the build backend in backend/ (pyproject.toml), which picks and
+checks the torch to build against:
 
-    pip install --no-build-isolation .
+    pip install .                          # isolated: builds against the target's torch
+    pip install --no-build-isolation .     # offline: builds against the torch installed here
 
 Environment:
   CUDA_HOME / nvcc on PATH   the CUDA toolkit; without it the CPU-only library
@@ -29,6 +32,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "backend"))
+import build_tools  # noqa: E402  (backend/build_tools.py: finding CMake and Ninja)
+import target_torch  # noqa: E402  (backend/target_torch.py: the torch version rules)
 
 
 def find_cuda_home():
@@ -69,8 +75,9 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_INSTALL_PREFIX={package_dir}",
             "-DSWA_BUILD_TESTS=OFF",
         ]
-        if shutil.which("ninja"):
-            args.append("-GNinja")
+        ninja = build_tools.find_tool("ninja")
+        if ninja:
+            args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
         if cuda_home:
             args += ["-DSWA_WITH_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={cuda_home / 'bin' / 'nvcc'}",
                      f"-DCUDAToolkit_ROOT={cuda_home}"]
@@ -89,11 +96,12 @@ class CMakeBuild(build_ext):
         env = dict(os.environ)
         if cuda_home:
             env["CUDA_HOME"] = str(cuda_home)
+        cmake = build_tools.find_tool("cmake") or "cmake"
         start = time.perf_counter()
-        subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], env=env)
+        subprocess.check_call([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], env=env)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
-        subprocess.check_call(["cmake", "--build", str(build_dir), "-j", jobs], env=env)
-        subprocess.check_call(["cmake", "--install", str(build_dir)], env=env)
+        subprocess.check_call([cmake, "--build", str(build_dir), "-j", jobs], env=env)
+        subprocess.check_call([cmake, "--install", str(build_dir)], env=env)
         print(f"swa_cuda: native build took {time.perf_counter() - start:.1f} s", flush=True)
         self._write_build_info(package_dir, cuda_home)
 
@@ -114,5 +122,7 @@ setup(
     # The placeholder extension makes the wheel platform-specific; CMake builds
     # the real library.
     ext_modules=[Extension("swa_cuda._native", sources=[])],
+    # The library's C++ ABI is torch's: the wheel needs the torch minor version it was built with.
+    install_requires=[target_torch.runtime_requirement()],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -34,21 +34,24 @@ def check_versions() -> None:
     except ImportError as e:  # a source checkout that was never built
         raise ImportError(
             f"swa_cuda: no built library in {_PACKAGE_DIR}; install the package with "
-            "`pip install --no-build-isolation .` (from the repository root, Python imports "
+            "`pip install .` (from the repository root, Python imports "
             "the unbuilt source folder instead of the installed package: run elsewhere)"
         ) from e
     built = _build_info.TORCH_VERSION
     if _major_minor(built) != _major_minor(torch.__version__):
         raise ImportError(
             f"swa_cuda: libswa_cuda.so was built for torch {built} but torch {torch.__version__} "
-            "is importing it; rebuild swa_cuda against this torch "
-            "(`pip install --no-build-isolation --force-reinstall .`)"
+            "is importing it (its C++ ABI changes with every torch minor version); rebuild "
+            "swa_cuda against this torch, leaving torch as it is, from the swa_cuda source "
+            "folder: `pip install --no-build-isolation --no-deps --force-reinstall .`"
         )
     built_cuda = _build_info.TORCH_CUDA_VERSION
     if built_cuda and torch.version.cuda and _major_minor(built_cuda) != _major_minor(torch.version.cuda):
         raise ImportError(
             f"swa_cuda: libswa_cuda.so was built for CUDA {built_cuda} but this torch uses CUDA "
-            f"{torch.version.cuda}; rebuild swa_cuda against this torch"
+            f"{torch.version.cuda}; rebuild swa_cuda against this torch, leaving torch as it is, "
+            "from the swa_cuda source folder: `pip install --no-build-isolation --no-deps "
+            "--force-reinstall .`"
         )
 
 
