@@ -86,6 +86,7 @@ def cases(world):
              heads=(2, 1)),
         dict(name="overlap off", lengths=[50, 21, 33, 40][:world], window=24, window_right=3, heads=(2, 1),
              overlap=False),
+        dict(name="[B, S, H, D] views", lengths=[60, 61, 59, 62][:world], window=25, heads=(4, 2), layout="bshd"),
         dict(name="empty shard", lengths=[40, 0, 25, 9][:world], window=30, heads=(2, 1)),
         dict(name="bf16", lengths=[64, 45, 20, 70][:world], window=48, window_right=2, heads=(4, 2), dtype=bf16),
         dict(name="bad head dim on rank 1", lengths=[16] * world, window=8, bad="head_dim"),
@@ -107,9 +108,10 @@ def cases(world):
 def _inputs(case, seed):
     g = torch.Generator().manual_seed(seed)
     n, (hq, hkv), d, b = sum(case["lengths"]), case["heads"], HEAD_DIM, BATCH
-    q = torch.randn(b, hq, n, d, generator=g)
-    k = torch.randn(b, hkv, n, d, generator=g)
-    v = torch.randn(b, hkv, n, d, generator=g)
+    if case.get("layout") == "bshd":  # transposed views of [B, S, H, D] storage, as HF models pass them
+        q, k, v = (torch.randn(b, n, h, d, generator=g).transpose(1, 2) for h in (hq, hkv, hkv))
+    else:
+        q, k, v = (torch.randn(b, h, n, d, generator=g) for h in (hq, hkv, hkv))
     go = torch.randn(b, hq, n, d, generator=g)
     gl = torch.randn(b, hq, n, generator=g)
     return q, k, v, go, gl

@@ -24,10 +24,10 @@ DEVICE_TYPES = ("cpu", "cuda")
 NAME = "swa_cuda.distributed.sliding_window_attention"
 
 # Row layout: the shard length, then the fields that must agree, then the
-# error flag and message bytes.
+# error flag and the message's bytes, 8 to an int64.
 AGREE = ("batch", "heads_q", "heads_kv", "head_dim", "dtype", "device type", "window", "window_right",
          "scale", "softcap", "requires_grad")
-MESSAGE_BYTES = 512
+MESSAGE_BYTES = 512  # a multiple of 8
 
 
 def _float_bits(x: Optional[float]) -> int:
@@ -75,8 +75,8 @@ def _row(q, k, window, window_right, scale, softcap, requires_grad, error: Optio
                  _float_bits(softcap), int(requires_grad)]
     else:
         facts = [-1] * (1 + len(AGREE))
-    msg = (error or "").encode()[:MESSAGE_BYTES]
-    return facts + [int(error is not None)] + list(msg) + [0] * (MESSAGE_BYTES - len(msg))
+    msg = (error or "").encode()[:MESSAGE_BYTES].ljust(MESSAGE_BYTES, b"\0")
+    return facts + [int(error is not None)] + list(struct.unpack(f"<{MESSAGE_BYTES // 8}q", msg))
 
 
 def _show(field: str, value: int):
@@ -101,7 +101,7 @@ def check_and_exchange_lengths(q, k, v, window, window_right, scale, softcap, re
     rows = exchange.all_gather_rows(row, group).tolist()
     me = dist.get_rank(group)
     n_facts = 1 + len(AGREE)
-    bad = [(r, bytes(x[n_facts + 1:]).rstrip(b"\0").decode(errors="replace"))
+    bad = [(r, struct.pack(f"<{MESSAGE_BYTES // 8}q", *x[n_facts + 1:]).rstrip(b"\0").decode(errors="replace"))
            for r, x in enumerate(rows) if x[n_facts]]
     if bad:
         lines = "; ".join(f"rank {r}{' (this rank)' if r == me else ''}: {msg}" for r, msg in bad)
