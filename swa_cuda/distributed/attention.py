@@ -149,6 +149,10 @@ class HaloAttention(torch.autograd.Function):
         cfg, blocks, plan = ctx.cfg, ctx.blocks, ctx.cfg.plan
         if grad_out is None:
             grad_out = torch.zeros_like(out)
+        elif grad_out.stride(-1) != 1:  # e.g. the expanded gradient of out.sum()
+            grad_out = grad_out.contiguous()
+        if grad_lse is not None and grad_lse.stride(-1) != 1:
+            grad_lse = grad_lse.contiguous()
         k_parts, v_parts = [k_l, k, k_r], [v_l, v, v_r]
         n_l, n = plan.left_len, plan.length
         # Gradients over the extended keys (left halo, own, right halo),
