@@ -34,6 +34,7 @@ struct DecodeKernel {
   using vec = typename S::vec;
   static constexpr int L = S::kLanes;
   static constexpr int64_t NB = kDecodeBlockKeys;
+  static constexpr int64_t kPrefetchKeys = kDecodePrefetchKeys;  // rows fetched this far ahead
   static_assert(NB % L == 0);
   static constexpr int kScoreRows = L >= 4 ? 4 : L;                 // rows per score micro-kernel
   static constexpr int kValueRows = Cfg::kBytes == 64 ? 4 : 2;      // rows per value micro-kernel
@@ -300,9 +301,9 @@ struct DecodeKernel {
   SWA_INLINE void run_piece(int64_t j0, int64_t j1, const In* k, int64_t k_rs, const In* v, int64_t v_rs) {
     for (int64_t b0 = j0; b0 < j1; b0 += NB) {
       const int64_t n = std::min(NB, j1 - b0);
-      pf_n = std::min(NB, j1 - (b0 + NB));
-      pf_k = reinterpret_cast<const char*>(k + (b0 + NB - j0) * k_rs);
-      pf_v = reinterpret_cast<const char*>(v + (b0 + NB - j0) * v_rs);
+      pf_n = std::min(n, j1 - (b0 + kPrefetchKeys));
+      pf_k = reinterpret_cast<const char*>(k + (b0 + kPrefetchKeys - j0) * k_rs);
+      pf_v = reinterpret_cast<const char*>(v + (b0 + kPrefetchKeys - j0) * v_rs);
       pf_k_rs = k_rs * int64_t(sizeof(In));
       pf_v_rs = v_rs * int64_t(sizeof(In));
       scores(k + (b0 - j0) * k_rs, k_rs, n);

@@ -16,6 +16,7 @@ namespace swa::cpu {
 
 constexpr int64_t kDecodeMaxRows = 32;     // query rows per kv head (T * group) of the decode path
 constexpr int64_t kDecodeBlockKeys = 64;   // keys per online-softmax block
+constexpr int64_t kDecodePrefetchKeys = 64;  // key and value rows are prefetched this many rows ahead
 constexpr int64_t kDecodeSplitAlign = 64;  // splits start at multiples of this many keys
 
 // One decode problem. Strides in elements: [0] batch, [1] head, [2] row; the
