@@ -321,17 +321,25 @@ def run_generation(cfg, dtype, device, num_layers=2, tokens_per_window=10):
 def plot(path, payload, title):
     panels = []
     lines = {}
-    for c in payload["cases"]:
+    pct = {}
+    for i, c in enumerate(payload["cases"]):
+        dt = f" {c['dtype']}" if c.get("dtype") else ""
         for name, rec in c["methods"].items():
             if rec.get("gbps"):
-                lines.setdefault(name, []).append((c["kv_bytes"] / 2**20, rec["gbps"]))
+                lines.setdefault(name + dt, []).append((c["kv_bytes"] / 2**20, rec["gbps"]))
+            if rec.get("pct_sum_bw"):
+                pct.setdefault(name, []).append((i, rec["pct_sum_bw"]))
         if c.get("sum_gbps"):
-            lines.setdefault("torch.sum (read yardstick)", []).append((c["kv_bytes"] / 2**20, c["sum_gbps"]))
+            lines.setdefault("torch.sum (read yardstick)" + dt, []).append((c["kv_bytes"] / 2**20, c["sum_gbps"]))
     if lines:
         copy = payload.get("copy_bandwidth") or {}
         panels.append({"title": "decode step: K/V window bytes read / time", "xlabel": "window K/V (MiB)",
                        "ylabel": "GB/s", "series": lines,
                        "hlines": [(copy["gbps"], "device copy (read+write)")] if copy.get("gbps") else []})
+    if pct:
+        panels.append({"title": "% of the same case's torch.sum bandwidth", "xlabel": "case index (cases[i] in the JSON)",
+                       "ylabel": "% of torch.sum GB/s", "xlog": False, "ylog": False, "y_from_zero": True,
+                       "series": pct})
     gen = payload.get("generation") or {}
     if gen.get("memory_allocated"):
         steps, mem = zip(*gen["memory_allocated"])
