@@ -5,10 +5,15 @@
 1. Decode step (T = 1 new token) of torch.ops.swa.cache_attention over a ring
    of capacity C = W, against the bytes it must read, 2 * B * Hkv * W * D *
    itemsize (the K and V windows), as GB/s next to the same run's
-   device-to-device copy bandwidth (a large tensor copy_, bytes read + written).
-   Peers decode over an unrolled cache (the W keys gathered contiguous): SDPA
-   and compiled FlexAttention, timed without the unrolling, and
-   cache_gather + SDPA, timed with it. Window K/V from a few MB to >= 64 MB.
+   device-to-device copy bandwidth (a large tensor copy_, bytes read + written)
+   and, per case, the memory-read bandwidth yardstick: torch.sum over a
+   float32 tensor of the same byte size, timed right before and after the
+   case (their mean is the yardstick; "% sum" in the table). Peers decode
+   over an unrolled cache (the W keys gathered contiguous): SDPA and compiled
+   FlexAttention, timed without the unrolling, and cache_gather + SDPA, timed
+   with it. On the CPU also ours on one thread (threading scaling). Window
+   K/V from a few MB to 512 MiB (CPU: float32 and bfloat16, B = 16 and B = 1
+   with a long window; the last-level cache is far smaller).
 2. A generation loop of 10 * W tokens through swa_cuda.RollingKVCache,
    recording torch.cuda.memory_allocated after every step: it must be flat.
 
@@ -32,16 +37,22 @@ K = 1024
 
 
 def decode_configs(device, quick, smoke):
-    """(B, Hq, Hkv, D, W) per case."""
+    """(B, Hq, Hkv, D, W, dtype) per case."""
+    bf16, fp32 = torch.bfloat16, torch.float32
     if smoke:
-        return [(1, 4, 2, 32, 64), (2, 4, 4, 32, 128)]
+        return [(1, 4, 2, 32, 64, fp32), (2, 4, 4, 32, 128, bf16)]
     if device.type == "cuda":
         # bf16, D = 128, Hq = 32, Hkv = 8 (Mistral-like GQA); K/V window 4, 16, 64, 256 MiB; MHA 64 MiB.
         cfgs = [(1, 32, 8, 128, K), (1, 32, 8, 128, 4 * K), (4, 32, 8, 128, 4 * K), (16, 32, 8, 128, 4 * K),
                 (1, 32, 32, 128, 4 * K)]
-        return cfgs[:4] if quick else cfgs + [(8, 32, 8, 128, 8 * K), (32, 32, 8, 128, 4 * K)]
-    # CPU, fp32: 0.5, 16, 64 MiB.
-    return [(1, 8, 2, 64, 512), (1, 8, 8, 64, 4 * K), (4, 8, 8, 64, 4 * K)]
+        cfgs = cfgs[:4] if quick else cfgs + [(8, 32, 8, 128, 8 * K), (32, 32, 8, 128, 4 * K)]
+        return [c + (bf16,) for c in cfgs]
+    # CPU: small windows (0.5 .. 64 MiB, fp32), then K/V of 512 MiB, far past the
+    # last-level cache: B = 16 (Mistral-like heads) and B = 1 with a long window.
+    small = [(1, 8, 2, 64, 512, fp32), (1, 8, 8, 64, 4 * K, fp32), (4, 8, 8, 64, 4 * K, fp32)]
+    big = [(16, 32, 8, 128, 4 * K, fp32), (16, 32, 8, 128, 8 * K, bf16), (1, 32, 8, 128, 64 * K, fp32),
+           (1, 32, 8, 128, 128 * K, bf16)]
+    return small[:1] + big[:2] if quick else small + big
 
 
 def generation_config(device, quick, smoke):
@@ -72,9 +83,14 @@ def unrolled_window(k_cache, v_cache, k_new, v_new, pos, window):
     return torch.stack(ks).contiguous(), torch.stack(vs).contiguous()
 
 
+# Compiled FlexAttention on the CPU only up to this window size (its compile
+# and run time on the 512 MiB cases would dominate the benchmark).
+CPU_FLEX_MAX_BYTES = 64 * 2**20
+
+
 def build_decode_methods(cfg, dtype, device):
     """{name: (callable or None, note)}: every method's decode step for cfg."""
-    batch, hq, hkv, d, w = cfg
+    batch, hq, hkv, d, w = cfg[:5]
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
@@ -91,9 +107,21 @@ def build_decode_methods(cfg, dtype, device):
     reason = common.op_status("cache_attention", device)
     methods["ours"] = (None, reason) if reason else (
         lambda: torch.ops.swa.cache_attention(q, k_new, v_new, k_cache, v_cache, pos, w)[0], "cache_attention")
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        def ours_one_thread():
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return torch.ops.swa.cache_attention(q, k_new, v_new, k_cache, v_cache, pos, w)[0]
+            finally:
+                torch.set_num_threads(before)
+        methods["ours_1thread"] = (None, reason) if reason else (ours_one_thread, "cache_attention, 1 thread")
     methods["sdpa_unrolled"] = (
         lambda: F.scaled_dot_product_attention(q, k_win, v_win, enable_gqa=gqa), "SDPA over the gathered window")
+    kv_bytes = 2 * k_cache.numel() * k_cache.element_size()
     try:
+        if device.type == "cpu" and kv_bytes > CPU_FLEX_MAX_BYTES:
+            raise peers.Unavailable(f"not run on the CPU past {CPU_FLEX_MAX_BYTES >> 20} MiB of K/V (compile and run time)")
         flex, _ = peers.flex_functions()
         methods["flex_unrolled"] = (lambda: flex(q, k_win, v_win, enable_gqa=gqa),
                                     "compiled FlexAttention over the gathered window")
@@ -114,15 +142,27 @@ def build_decode_methods(cfg, dtype, device):
     return methods
 
 
-def run_decode_case(cfg, dtype, device, timer, copy_gbps):
-    batch, hq, hkv, d, w = cfg
+def read_bandwidth(nbytes, device, timer):
+    """The memory-read yardstick: torch.sum over a float32 tensor of nbytes."""
+    x = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
+    t = timer.measure(lambda: x.sum())
+    del x
+    return nbytes / (t["ms"] * 1e-3) / 1e9
+
+
+def run_decode_case(cfg, device, timer, copy_gbps):
+    batch, hq, hkv, d, w, dtype = cfg
     itemsize = torch.empty((), dtype=dtype).element_size()
     nbytes = flops.decode_kv_bytes(batch, hkv, w, d, itemsize)
     entry = {"name": f"B{batch} H{hq}/{hkv} D{d} W{w} {str(dtype).replace('torch.', '')}", "batch": batch,
-             "heads_q": hq, "heads_kv": hkv, "head_dim": d, "window": w, "kv_bytes": nbytes, "methods": {}}
+             "heads_q": hq, "heads_kv": hkv, "head_dim": d, "window": w, "dtype": str(dtype).replace("torch.", ""),
+             "kv_bytes": nbytes, "methods": {}}
     log(f"  {entry['name']}: window K/V {nbytes / 2**20:.1f} MiB")
+    sum_before = read_bandwidth(nbytes, device, timer)
     outs = {}
-    for name, (fn, note) in build_decode_methods(cfg, dtype, device).items():
+    methods = build_decode_methods(cfg, dtype, device)
+    sum_after = None
+    for name, (fn, note) in methods.items():
         if fn is None:
             rec = {"status": "unavailable", "reason": note}
         else:
@@ -138,21 +178,30 @@ def run_decode_case(cfg, dtype, device, timer, copy_gbps):
             except Exception as e:
                 rec = common.error_record(e)
         entry["methods"][name] = rec
+        if name == "ours":  # the yardstick again, right after ours
+            sum_after = read_bandwidth(nbytes, device, timer)
         if common.is_fatal_cuda_error(rec):
             raise common.FatalCudaError(f"{name} on {entry['name']}: {rec['reason']}")
+    sums = [x for x in (sum_before, sum_after) if x]
+    entry["sum_gbps"] = sum(sums) / len(sums)
+    entry["sum_gbps_before_after"] = [sum_before, sum_after]
+    log(f"    torch.sum over {nbytes / 2**20:.0f} MiB (read yardstick): {entry['sum_gbps']:.1f} GB/s "
+        f"(before {sum_before:.1f}, after {sum_after or float('nan'):.1f})")
     ours = entry["methods"]["ours"]
     for name, rec in entry["methods"].items():
+        if rec.get("gbps"):
+            rec["pct_sum_bw"] = 100 * rec["gbps"] / entry["sum_gbps"]
         if name != "ours" and ours.get("us") and rec.get("us"):
             rec["ours_speedup"] = rec["us"] / ours["us"]
-        line = (f"{rec['us']:9.1f} us {rec['gbps']:8.1f} GB/s" + (f" ({rec['pct_copy_bw']:.0f}% of copy)"
-                if rec.get("pct_copy_bw") else "") + (f" | ours speedup {rec['ours_speedup']:.2f}x"
+        line = (f"{rec['us']:9.1f} us {rec['gbps']:8.1f} GB/s" + (f" ({rec['pct_sum_bw']:.0f}% of sum)"
+                if rec.get("pct_sum_bw") else "") + (f" | ours speedup {rec['ours_speedup']:.2f}x"
                                                       if rec.get("ours_speedup") else "")
                 if rec["status"] == "ok" else f"{rec['status']}: {rec.get('reason', '')[:150]}")
         log(f"    {name:14s} {line}")
     if "ours" in outs and "sdpa_unrolled" in outs:
         entry["ours_vs_sdpa_max_abs_diff"] = (outs["ours"].float() - outs["sdpa_unrolled"].float()).abs().max().item()
         log(f"    check: ours vs SDPA over the gathered window: max|diff| {entry['ours_vs_sdpa_max_abs_diff']:.3g}")
-    del outs
+    del outs, methods
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return entry
@@ -272,15 +321,25 @@ def run_generation(cfg, dtype, device, num_layers=2, tokens_per_window=10):
 def plot(path, payload, title):
     panels = []
     lines = {}
-    for c in payload["cases"]:
+    pct = {}
+    for i, c in enumerate(payload["cases"]):
+        dt = f" {c['dtype']}" if c.get("dtype") else ""
         for name, rec in c["methods"].items():
             if rec.get("gbps"):
-                lines.setdefault(name, []).append((c["kv_bytes"] / 2**20, rec["gbps"]))
+                lines.setdefault(name + dt, []).append((c["kv_bytes"] / 2**20, rec["gbps"]))
+            if rec.get("pct_sum_bw"):
+                pct.setdefault(name, []).append((i, rec["pct_sum_bw"]))
+        if c.get("sum_gbps"):
+            lines.setdefault("torch.sum (read yardstick)" + dt, []).append((c["kv_bytes"] / 2**20, c["sum_gbps"]))
     if lines:
         copy = payload.get("copy_bandwidth") or {}
         panels.append({"title": "decode step: K/V window bytes read / time", "xlabel": "window K/V (MiB)",
                        "ylabel": "GB/s", "series": lines,
                        "hlines": [(copy["gbps"], "device copy (read+write)")] if copy.get("gbps") else []})
+    if pct:
+        panels.append({"title": "% of the same case's torch.sum bandwidth", "xlabel": "case index (cases[i] in the JSON)",
+                       "ylabel": "% of torch.sum GB/s", "xlog": False, "ylog": False, "y_from_zero": True,
+                       "series": pct})
     gen = payload.get("generation") or {}
     if gen.get("memory_allocated"):
         steps, mem = zip(*gen["memory_allocated"])
@@ -299,7 +358,6 @@ def main(argv=None):
         log(f"(ignoring arguments meant for bench_attention.py: {' '.join(unknown)})")
     device = common.pick_device(args)
     cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
     env = common.env_info(device)
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
     common.banner(f"swa_cuda rolling-cache decode benchmark: {device.type.upper()} mode ({mode})"
@@ -312,7 +370,7 @@ def main(argv=None):
     log(f"  device copy_ of {copy['bytes'] / 2**20:.0f} MiB: {copy['gbps']:.0f} GB/s (bytes read + written)")
     stem = common.result_stem("decode", env, args.out)
     payload = {"benchmark": "decode", "command": common.python_command(), "mode": mode, "env": env,
-               "dtype": str(dtype).replace("torch.", ""), "copy_bandwidth": copy,
+               "copy_bandwidth": copy,
                "bytes_rule": "2*B*Hkv*W*D*itemsize (bench/flops.py decode_kv_bytes)", "cases": []}
     deadline = common.Deadline(args.max_minutes)
     common.banner("Decode step, T = 1 (GB/s = window K/V bytes / time)")
@@ -321,7 +379,7 @@ def main(argv=None):
             payload.setdefault("skipped_for_time", []).append(str(cfg))
             continue
         try:
-            payload["cases"].append(run_decode_case(cfg, dtype, device, timer, copy["gbps"]))
+            payload["cases"].append(run_decode_case(cfg, device, timer, copy["gbps"]))
         except common.FatalCudaError as e:
             payload["fatal_error"] = str(e)
             log(f"!! FATAL CUDA error, stopping (the context is unusable): {e}")
@@ -332,15 +390,16 @@ def main(argv=None):
         cfg = generation_config(device, args.quick, args.smoke)
         common.banner(f"Generation loop: 10 x W = {10 * cfg[4]} tokens, B{cfg[0]} H{cfg[1]}/{cfg[2]} D{cfg[3]} "
                       f"W{cfg[4]}")
-        payload["generation"] = run_generation(cfg, dtype, device)
+        payload["generation"] = run_generation(cfg, torch.bfloat16 if cuda else torch.float32, device)
     rows = []
     for c in payload["cases"]:
         for name, rec in c["methods"].items():
-            rows.append(dict(rec, case=c["name"], mib=c["kv_bytes"] / 2**20, method=name,
+            rows.append(dict(rec, case=c["name"], mib=c["kv_bytes"] / 2**20, method=name, sum_gbps=c.get("sum_gbps"),
                              note=rec.get("reason", "")[:60] if rec["status"] != "ok" else ""))
     common.banner("Results")
     log(common.format_table(rows, [("case", "case", ""), ("K/V MiB", "mib", ".1f"), ("method", "method", ""),
-                                   ("us", "us", ".1f"), ("GB/s", "gbps", ".0f"), ("% copy", "pct_copy_bw", ".0f"),
+                                   ("us", "us", ".1f"), ("GB/s", "gbps", ".1f"), ("sum GB/s", "sum_gbps", ".1f"),
+                                   ("% sum", "pct_sum_bw", ".0f"), ("% copy", "pct_copy_bw", ".0f"),
                                    ("ours x", "ours_speedup", ".2f"), ("note", "note", "")]))
     common.save_json(stem.with_suffix(".json"), payload)
     png = plot(stem.with_suffix(".png"), payload, f"rolling-cache decode, {env['device_name']}, torch {env['torch']}")

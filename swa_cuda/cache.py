@@ -35,8 +35,11 @@ buffer). Nothing is ever shifted or unrotated.
     more than ``C``). The ring is not modified: call ``cache_append``
     afterwards to add ``k_new``, ``v_new``. On CUDA the attention kernel
     reads the ring in place (no unrotation, no gather copy; decoding splits
-    the window across thread blocks); the CPU kernel assembles each
-    sequence's keys from the ring and runs the exact CPU attention on them.
+    the window across thread blocks); on the CPU a decoding step (up to 32
+    query rows per kv head, T * Hq / Hkv) reads the ring in place too (each
+    kv head once for its query group, the window split across threads for
+    small batches), and longer chunks assemble each sequence's keys from the
+    ring and run the exact CPU attention on them.
     Needs ``window >= 1`` and ``C >= window - 1`` (the ring must hold every
     earlier key a query sees). Returns ``out``
     ``[B, Hq, T, D]`` in q's dtype and ``lse`` ``[B, Hq, T]`` float32, with the

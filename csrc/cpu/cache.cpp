@@ -3,14 +3,17 @@
 //
 // A run of consecutive positions occupies consecutive ring slots, wrapping
 // once at most (a run is never longer than C), so every ring access here is
-// at most two slices of the ring. cache_attention builds each sequence's
-// virtual key sequence (ring slots, then the new keys) and runs the exact CPU
-// attention kernel on it: no second attention kernel.
+// at most two slices of the ring. cache_attention with few new tokens (a
+// decoding step) runs the decode kernel (cpu/decode.h), which reads those
+// slices in place; a longer chunk (prefill) builds each sequence's virtual
+// key sequence (ring slots, then the new keys) and runs the exact CPU
+// attention kernel on it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "cpu/attention.h"
+#include "cpu/decode.h"
 #include "ops/cache_checks.h"
 #include "swa/kernels/ring.h"
 
@@ -91,6 +94,10 @@ std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, cons
   at::Tensor lse = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, q.options().dtype(at::kFloat));
   if (shape.empty()) return {out, lse};
   const double softmax_scale_value = softmax_scale(scale, shape.head_dim);
+  if (decode_path_applies(shape.seqlen_q, shape.group())) {
+    cache_decode_into(q, k_new, v_new, k_cache, v_cache, pos, window, softmax_scale_value, softcap, out, lse);
+    return {out, lse};
+  }
   const int64_t* p = pos.data_ptr<int64_t>();
   auto attend_sequence = [&](int64_t b) {
     // Sequences sit at different positions, so each has its own virtual key

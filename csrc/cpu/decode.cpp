@@ -1,0 +1,156 @@
+// Host side of the CPU decode path (cpu/decode_problem.h): the problem, the
+// window split, the choice of the kernel build for this CPU, the parallel
+// loop over tasks and the merge of split partial results.
+#include "cpu/decode.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "cpu/decode_problem.h"
+#include "cpu/isa.h"
+#include "cpu/parallel.h"
+#include "swa/kernels/ring.h"
+
+namespace swa::cpu {
+namespace {
+
+// A split holds at least this many keys (fewer tasks than this would leave
+// the merge and the per-task setup a visible share of the time).
+constexpr int64_t kMinSplitKeys = 256;
+
+template <int N>
+void fill_strides(int64_t (&dst)[3], const at::Tensor& t) {
+  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
+  for (int i = N; i < 3; ++i) dst[i] = 0;
+}
+
+// Splits of the window per (sequence, kv head): enough tasks for every
+// thread to get several (dynamic balance) when B * Hkv alone gives too few.
+void choose_splits(DecodeProblem& p, int64_t tasks, int64_t max_keys) {
+  const int64_t threads = std::max(1, at::in_parallel_region() ? 1 : at::get_num_threads());
+  int64_t splits = 1;
+  if (threads > 1 && tasks < 4 * threads) {
+    splits = std::min((4 * threads + tasks - 1) / tasks, std::max<int64_t>(1, max_keys / kMinSplitKeys));
+  }
+  const int64_t per = (max_keys + splits - 1) / splits;
+  p.split_keys = std::max<int64_t>(1, (per + kDecodeSplitAlign - 1) / kDecodeSplitAlign * kDecodeSplitAlign);
+  p.splits = std::max<int64_t>(1, (max_keys + p.split_keys - 1) / p.split_keys);
+}
+
+// out, lse from the splits' (m, l, O): with M = max m_s, l = sum l_s 2^(m_s - M),
+// out = sum O_s 2^(m_s - M) / l, lse = (M + log2 l) ln 2 (m in base 2).
+template <class T, class In>
+void merge(const DecodeProblem& p, int64_t batch) {
+  const int64_t R = decode_rows(p), D = p.head_dim, stride = decode_partial_stride(p);
+  const T* part = static_cast<const T*>(p.partial);
+  std::vector<T> o(D);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t hk = 0; hk < p.heads_kv; ++hk) {
+      const T* task0 = part + (b * p.heads_kv + hk) * p.splits * stride;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t h = hk * p.group + r / p.new_len, t = r % p.new_len;
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int64_t s = 0; s < p.splits; ++s) {
+          const T* row = task0 + s * stride + r * (2 + D);
+          if (row[1] > T(0)) mx = std::max(mx, row[0]);
+        }
+        T sum = T(0);
+        std::fill(o.begin(), o.end(), T(0));
+        for (int64_t s = 0; s < p.splits; ++s) {
+          const T* row = task0 + s * stride + r * (2 + D);
+          if (!(row[1] > T(0))) continue;  // the split holds no key of this row
+          const T w = std::exp2(row[0] - mx);
+          sum += row[1] * w;
+          for (int64_t d = 0; d < D; ++d) o[d] += row[2 + d] * w;
+        }
+        In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + t * p.out_stride[2];
+        const T inv = sum > T(0) ? T(1) / sum : T(0);
+        for (int64_t d = 0; d < D; ++d) out[d] = In(o[d] * inv);
+        p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] =
+            sum > T(0) ? float((double(mx) + std::log2(double(sum))) * 0.6931471805599453) : -INFINITY;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool decode_path_applies(int64_t new_len, int64_t group) { return new_len * group <= kDecodeMaxRows; }
+
+void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const at::Tensor& v_new_in,
+                       const at::Tensor& k_cache_in, const at::Tensor& v_cache_in, const at::Tensor& pos,
+                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse) {
+  if (q_in.numel() == 0) return;
+  // The kernel reads and writes rows with unit stride along the head dim
+  // (only a head dim of 1 may have another stride, which it never uses).
+  auto unit_last = [](const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); };
+  const at::Tensor q = unit_last(q_in), k_new = unit_last(k_new_in), v_new = unit_last(v_new_in);
+  const at::Tensor k_cache = unit_last(k_cache_in), v_cache = unit_last(v_cache_in);
+  at::Tensor out_rows = unit_last(out);
+  TORCH_INTERNAL_ASSERT(lse.scalar_type() == at::kFloat && out.scalar_type() == q.scalar_type());
+  const at::Tensor pos_c = pos.contiguous();
+
+  DecodeProblem p;
+  p.dtype = q.scalar_type();
+  p.q = q.data_ptr();
+  p.k_new = k_new.data_ptr();
+  p.v_new = v_new.data_ptr();
+  p.k_cache = k_cache.data_ptr();
+  p.v_cache = v_cache.data_ptr();
+  p.out = out_rows.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.pos = pos_c.data_ptr<int64_t>();
+  fill_strides<3>(p.q_stride, q);
+  fill_strides<3>(p.k_new_stride, k_new);
+  fill_strides<3>(p.v_new_stride, v_new);
+  fill_strides<3>(p.k_cache_stride, k_cache);
+  fill_strides<3>(p.v_cache_stride, v_cache);
+  fill_strides<3>(p.out_stride, out_rows);
+  fill_strides<3>(p.lse_stride, lse);
+  const int64_t batch = q.size(0);
+  p.heads_kv = k_new.size(1);
+  p.group = q.size(1) / p.heads_kv;
+  p.new_len = q.size(2);
+  p.head_dim = q.size(3);
+  p.window = window;
+  p.capacity = k_cache.size(2);
+  p.scale = scale;
+  p.softcap = softcap;
+  int64_t max_keys = 1;
+  for (int64_t b = 0; b < batch; ++b)
+    max_keys = std::max(max_keys, SWA_KERNEL_NS::RingView{p.pos[b], p.new_len, window, p.capacity}.seqlen_k());
+  const int64_t heads = batch * p.heads_kv;
+  choose_splits(p, heads, max_keys);
+  at::Tensor partial;
+  if (p.splits > 1) {
+    const auto acc_dtype = p.dtype == at::kDouble ? at::kDouble : at::kFloat;
+    partial = at::empty({heads * p.splits * decode_partial_stride(p)}, q.options().dtype(acc_dtype));
+    p.partial = partial.data_ptr();
+  } else {
+    p.partial = nullptr;
+  }
+
+  void (*run)(const DecodeProblem&, TaskQueue&) = decode_tasks_baseline;
+#if defined(__x86_64__) || defined(__i386__)
+  switch (cpu_isa()) {
+    case Isa::kAvx512: run = decode_tasks_avx512; break;
+    case Isa::kAvx2: run = decode_tasks_avx2; break;
+    case Isa::kBaseline: break;
+  }
+#endif
+  const int64_t tasks = heads * p.splits;
+  parallel_workers(tasks, std::max<int64_t>(1, tasks / (8 * std::max(1, at::get_num_threads()))),
+                   [&](TaskQueue& queue) { run(p, queue); });
+  if (p.splits > 1) {
+    switch (p.dtype) {
+      case at::kDouble: merge<double, double>(p, batch); break;
+      case at::kFloat: merge<float, float>(p, batch); break;
+      case at::kHalf: merge<float, c10::Half>(p, batch); break;
+      case at::kBFloat16: merge<float, c10::BFloat16>(p, batch); break;
+      default: TORCH_CHECK(false, "swa::cache_attention: unsupported dtype ", p.dtype);
+    }
+  }
+  if (!out_rows.is_same(out)) out.copy_(out_rows);
+}
+
+}  // namespace swa::cpu

@@ -1,0 +1,19 @@
+// The CPU decode path of cache_attention (cpu/decode_problem.h): few new
+// tokens against the ring, read in place. Arguments are checked by the caller.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace swa::cpu {
+
+// Whether cache_attention with T new tokens and `group` query heads per kv
+// head takes the decode path (else the general one, cpu/cache.cpp).
+bool decode_path_applies(int64_t new_len, int64_t group);
+
+// out [B, Hq, T, D] and lse [B, Hq, T] (float32) of cache_attention, written
+// in place; pos is a CPU int64 [B] tensor of non-negative positions.
+void cache_decode_into(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                       const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
+                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse);
+
+}  // namespace swa::cpu
