@@ -211,6 +211,30 @@ def test_non_finite_query_row_gives_nan_not_the_no_key_marker(device, poison):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("new_len", [1, 3])
+def test_non_finite_query_row_in_the_cache_gives_nan(device, threads, new_len):
+    """The decode path (and its window split across threads) keeps the same
+    contract as attention: a NaN score makes its row NaN, not -inf."""
+    g = torch.Generator().manual_seed(0)
+    kc, vc = (torch.randn(2, 2, 64, 16, generator=g).to(device) for _ in range(2))
+    q = torch.randn(2, 4, new_len, 16, generator=g).to(device)
+    kn, vn = (torch.randn(2, 2, new_len, 16, generator=g).to(device) for _ in range(2))
+    q[0, 1, -1] = NAN
+    q[1, 2, 0] = INF
+    pos = torch.tensor([60, 30], dtype=torch.int64, device=device)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out, lse = torch.ops.swa.cache_attention(q, kn, vn, kc, vc, pos, 40)
+    finally:
+        torch.set_num_threads(saved)
+    for b, h, t in ((0, 1, new_len - 1), (1, 2, 0)):
+        assert torch.isnan(lse[b, h, t]) and torch.isnan(out[b, h, t]).all()
+    assert torch.isfinite(lse).sum() == lse.numel() - 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rows_that_see_no_key_keep_zero_and_minus_inf(device):
     q, k, v = _qkv(device, sq=30, sk=10)  # the first 20 rows sit at negative positions
     out, lse = torch.ops.swa.attention(q, k, v, -1, 0)

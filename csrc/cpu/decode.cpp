@@ -50,9 +50,11 @@ void merge(const DecodeProblem& p, int64_t batch) {
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = hk * p.group + r / p.new_len, t = r % p.new_len;
         T mx = -std::numeric_limits<T>::infinity();
+        bool nan = false;  // a split with a NaN score makes the row NaN (the README's contract)
         for (int64_t s = 0; s < p.splits; ++s) {
           const T* row = task0 + s * stride + r * (2 + D);
           if (row[1] > T(0)) mx = std::max(mx, row[0]);
+          nan |= std::isnan(row[1]);
         }
         T sum = T(0);
         std::fill(o.begin(), o.end(), T(0));
@@ -64,10 +66,12 @@ void merge(const DecodeProblem& p, int64_t batch) {
           for (int64_t d = 0; d < D; ++d) o[d] += row[2 + d] * w;
         }
         In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + t * p.out_stride[2];
-        const T inv = sum > T(0) ? T(1) / sum : T(0);
+        const T inv = nan ? std::numeric_limits<T>::quiet_NaN() : sum > T(0) ? T(1) / sum : T(0);
         for (int64_t d = 0; d < D; ++d) out[d] = In(o[d] * inv);
         p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] =
-            sum > T(0) ? float((double(mx) + std::log2(double(sum))) * 0.6931471805599453) : -INFINITY;
+            nan          ? NAN
+            : sum > T(0) ? float((double(mx) + std::log2(double(sum))) * 0.6931471805599453)
+                         : -INFINITY;
       }
     }
   }

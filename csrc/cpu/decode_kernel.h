@@ -366,10 +366,12 @@ struct DecodeKernel {
       float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1];
       for (int64_t t = 0; t < T_new; ++t) {
         const int64_t r = g * T_new + t;
-        const T inv = l[r] > T(0) ? T(1) / l[r] : T(0);
+        // l = 0: no key seen (out 0, lse -inf); NaN: a NaN score (out, lse NaN).
+        const T inv = l[r] == T(0) ? T(0) : T(1) / l[r];
         for (int64_t d = 0; d < D; ++d) out[t * p.out_stride[2] + d] = In(ot[r * Dp + d] * inv);
-        lse[t * p.lse_stride[2]] =
-            l[r] > T(0) ? float((double(m[r]) + std::log2(double(l[r]))) * decode_detail::kLn2) : -INFINITY;
+        lse[t * p.lse_stride[2]] = l[r] > T(0)    ? float((double(m[r]) + std::log2(double(l[r]))) * decode_detail::kLn2)
+                                   : l[r] == T(0) ? -INFINITY
+                                                  : NAN;
       }
     }
   }
