@@ -185,6 +185,23 @@ def test_tiny_softcap_gives_uniform_attention(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [None, 1e10])
+def test_tiny_softcap_in_the_cache_gives_uniform_attention(device, scale):
+    """The decode path takes the same softcap clamp as attention (T = 1), and
+    scale / softcap does not overflow into 0 * inf."""
+    g = torch.Generator().manual_seed(0)
+    kc, vc = (torch.randn(1, 2, 16, 16, generator=g).to(device) for _ in range(2))
+    q = torch.randn(1, 4, 1, 16, generator=g).to(device)
+    kn, vn = (torch.randn(1, 2, 1, 16, generator=g).to(device) for _ in range(2))
+    pos = torch.tensor([10], dtype=torch.int64, device=device)
+    out, lse = torch.ops.swa.cache_attention(q, kn, vn, kc, vc, pos, 8, scale, 1e-50)
+    # Keys at positions 3 .. 9 of the ring and the new one: 8 keys, uniform.
+    values = torch.cat([vc[:, :, 3:10], vn], 2).double().mean(2)  # (1, Hkv, D)
+    assert torch.allclose(out[0, :, 0].double(), values[0].repeat_interleave(2, 0), atol=1e-6)
+    assert torch.allclose(lse.double(), torch.full_like(lse.double(), math.log(8)), atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_huge_softcap_is_no_cap(device):
     q, k, v = _qkv(device)
     out, lse = torch.ops.swa.attention(q, k, v, 7, 0, None, 1e300)

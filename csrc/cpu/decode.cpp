@@ -9,6 +9,8 @@
 #include "cpu/decode_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/tensor_rows.h"
+#include "ops/checks.h"
 #include "swa/kernels/ring.h"
 
 namespace swa::cpu {
@@ -17,12 +19,6 @@ namespace {
 // A split holds at least this many keys (fewer tasks than this would leave
 // the merge and the per-task setup a visible share of the time).
 constexpr int64_t kMinSplitKeys = 256;
-
-template <int N>
-void fill_strides(int64_t (&dst)[3], const at::Tensor& t) {
-  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
-  for (int i = N; i < 3; ++i) dst[i] = 0;
-}
 
 // Splits of the window per (sequence, kv head): enough tasks for every
 // thread to get several (dynamic balance) when B * Hkv alone gives too few.
@@ -85,9 +81,7 @@ void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const
                        const at::Tensor& k_cache_in, const at::Tensor& v_cache_in, const at::Tensor& pos,
                        int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse) {
   if (q_in.numel() == 0) return;
-  // The kernel reads and writes rows with unit stride along the head dim
-  // (only a head dim of 1 may have another stride, which it never uses).
-  auto unit_last = [](const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); };
+  // The kernel reads and writes rows with unit stride along the head dim.
   const at::Tensor q = unit_last(q_in), k_new = unit_last(k_new_in), v_new = unit_last(v_new_in);
   const at::Tensor k_cache = unit_last(k_cache_in), v_cache = unit_last(v_cache_in);
   at::Tensor out_rows = unit_last(out);
@@ -104,13 +98,13 @@ void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const
   p.out = out_rows.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.pos = pos_c.data_ptr<int64_t>();
-  fill_strides<3>(p.q_stride, q);
-  fill_strides<3>(p.k_new_stride, k_new);
-  fill_strides<3>(p.v_new_stride, v_new);
-  fill_strides<3>(p.k_cache_stride, k_cache);
-  fill_strides<3>(p.v_cache_stride, v_cache);
-  fill_strides<3>(p.out_stride, out_rows);
-  fill_strides<3>(p.lse_stride, lse);
+  fill_strides(p.q_stride, q);
+  fill_strides(p.k_new_stride, k_new);
+  fill_strides(p.v_new_stride, v_new);
+  fill_strides(p.k_cache_stride, k_cache);
+  fill_strides(p.v_cache_stride, v_cache);
+  fill_strides(p.out_stride, out_rows);
+  fill_strides(p.lse_stride, lse);
   const int64_t batch = q.size(0);
   p.heads_kv = k_new.size(1);
   p.group = q.size(1) / p.heads_kv;
@@ -119,7 +113,7 @@ void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const
   p.window = window;
   p.capacity = k_cache.size(2);
   p.scale = scale;
-  p.softcap = softcap;
+  p.softcap = kernel_softcap(softcap);  // as attention_forward_into: tiny caps stay on
   int64_t max_keys = 1;
   for (int64_t b = 0; b < batch; ++b)
     max_keys = std::max(max_keys, SWA_KERNEL_NS::RingView{p.pos[b], p.new_len, window, p.capacity}.seqlen_k());

@@ -196,7 +196,11 @@ struct DecodeKernel {
   SWA_OUTLINE void softmax(int64_t j0, int64_t n) {
     const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
     const T scale2 = T(p.scale * decode_detail::kLog2e);
-    const T softcap = T(p.softcap), cap_in = T(p.scale / p.softcap), cap_out = T(p.softcap * decode_detail::kLog2e);
+    // scale / softcap saturates at T's max: a tiny cap with a large scale must
+    // not make it inf (a score of 0 would then become 0 * inf = NaN).
+    const double cap_ratio_max = double(std::numeric_limits<T>::max());
+    const T softcap = T(p.softcap), cap_out = T(p.softcap * decode_detail::kLog2e);
+    const T cap_in = p.softcap > 0 ? T(std::clamp(p.scale / p.softcap, -cap_ratio_max, cap_ratio_max)) : T(0);
     const int64_t nv = (n + L - 1) / L;
     for (int64_t r = 0; r < R; ++r) {
       T* s = st + r * NB;
