@@ -9,17 +9,11 @@
 #include "cpu/backward_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/tensor_rows.h"
 #include "ops/checks.h"
 
 namespace swa::cpu {
 namespace {
-
-void fill_strides(int64_t (&dst)[3], const at::Tensor& t) {
-  for (int i = 0; i < 3; ++i) dst[i] = t.stride(i);
-}
-
-// t itself when its head dim has unit stride, else a contiguous copy.
-at::Tensor unit_last(const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,

@@ -9,23 +9,16 @@
 #include "cpu/forward_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/tensor_rows.h"
 #include "ops/checks.h"
 
 namespace swa::cpu {
-namespace {
-
-void fill_strides(int64_t (&dst)[3], const at::Tensor& t) {
-  for (int i = 0; i < 3; ++i) dst[i] = t.stride(i);
-}
-
-}  // namespace
 
 void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t window_left, int64_t window_right, double scale,
                             double softcap, at::Tensor& out, at::Tensor& lse) {
   if (q_in.numel() == 0) return;
   // The kernel reads and writes rows with unit stride along the head dim.
-  auto unit_last = [](const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); };
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   at::Tensor out_rows = unit_last(out);
   TORCH_INTERNAL_ASSERT(lse.scalar_type() == at::kFloat && out.scalar_type() == q.scalar_type());
