@@ -7,13 +7,13 @@
 #include <cuda_runtime.h>
 
 #include <climits>
-#include <cmath>
 
 #include "bwd_api.cuh"
 #include "bwd_dkdv_kernel.cuh"
 #include "bwd_dq_kernel.cuh"
 #include "bwd_kernel_traits.cuh"
 #include "bwd_rows.cuh"
+#include "fwd_score.cuh"  // saturate_to_float
 #include "swa/kernels/bwd_tiles.h"
 
 namespace SWA_KERNEL_NS {
@@ -26,11 +26,7 @@ inline BwdScoreScale make_bwd_score_scale(const AttentionParams& p) {
   sc.use_softcap = p.softcap > 0.f;
   sc.scale_log2 = static_cast<float>(static_cast<double>(p.scale) * kLog2eD);
   sc.softcap_log2 = sc.use_softcap ? static_cast<float>(static_cast<double>(p.softcap) * kLog2eD) : 0.f;
-  // scale / softcap saturates at float's max: a tiny cap with a large scale
-  // must not make it inf (a score of 0 would then become 0 * inf = NaN).
-  sc.scale_over_cap = sc.use_softcap ? static_cast<float>(std::fmax(-3.4028234663852886e38,
-                          std::fmin(3.4028234663852886e38, static_cast<double>(p.scale) / p.softcap)))
-                                    : 0.f;
+  sc.scale_over_cap = sc.use_softcap ? saturate_to_float(static_cast<double>(p.scale) / p.softcap) : 0.f;
   return sc;
 }
 

@@ -20,11 +20,7 @@ inline FwdScoreScale make_score_scale(const AttentionParams& p) {
   sc.use_softcap = p.softcap > 0.f;
   sc.scale_log2 = static_cast<float>(static_cast<double>(p.scale) * kLog2e);
   sc.softcap_log2 = sc.use_softcap ? static_cast<float>(static_cast<double>(p.softcap) * kLog2e) : 0.f;
-  // scale / softcap saturates at float's max: a tiny cap with a large scale
-  // must not make it inf (a score of 0 would then become 0 * inf = NaN).
-  sc.scale_over_cap = sc.use_softcap ? static_cast<float>(std::fmax(-3.4028234663852886e38,
-                          std::fmin(3.4028234663852886e38, static_cast<double>(p.scale) / p.softcap)))
-                                    : 0.f;
+  sc.scale_over_cap = sc.use_softcap ? saturate_to_float(static_cast<double>(p.scale) / p.softcap) : 0.f;
   return sc;
 }
 

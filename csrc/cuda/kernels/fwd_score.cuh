@@ -19,6 +19,14 @@ struct FwdScoreScale {
   int use_softcap;
 };
 
+// x as a float, saturated at float's max: scale / softcap of a tiny cap with a
+// large scale must not become inf (a score of 0 would then give 0 * inf = NaN).
+// Host code (the launchers fill the score scalars with it).
+inline float saturate_to_float(double x) {
+  constexpr double kFloatMax = 3.4028234663852886e38;
+  return static_cast<float>(std::fmax(-kFloatMax, std::fmin(kFloatMax, x)));
+}
+
 // Sets to -inf the scores of one thread's accumulator fragment (the m16n8
 // layout, shared by mma.sync and wgmma) whose key lies outside its row's
 // window. The thread holds rows i = 0, 1 (group, group + 8) and, in each of
