@@ -14,10 +14,36 @@ TORCH_LIBRARY(swa, m) {
       "attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
       "Tensor out, Tensor lse, int window_left, int window_right, float? scale, float softcap, "
       "bool deterministic=False) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  // Attention sinks, both kinds (see swa/kernels/params.h): sinks, float32
+  // [Hq] logits that join every row's softmax without a value (gpt-oss), and
+  // sink_tokens, keys 0 .. S-1 seen by every row beside the band (StreamingLLM).
+  // The keyword-only pair (sinks, sink_tokens) ends every overload that takes
+  // them (this one, varlen, the cache's), so that they combine.
+  m.def(
+      "attention.sinks(Tensor q, Tensor k, Tensor v, int window_left=-1, int window_right=0, "
+      "float? scale=None, float softcap=0.0, *, Tensor? sinks=None, int sink_tokens=0) "
+      "-> (Tensor out, Tensor lse)");
+  // grad_sinks: float32 [Hq] (the sum over batch and rows), empty [0] when
+  // sinks is None.
+  m.def(
+      "attention_backward.sinks(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, int window_left, int window_right, float? scale, float softcap, "
+      "bool deterministic=False, *, Tensor? sinks=None, int sink_tokens=0) "
+      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_sinks)");
   // Rolling KV cache; see csrc/include/swa/kernels/ring.h.
   m.def("cache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor pos) -> ()");
   m.def("cache_gather(Tensor k_cache, Tensor v_cache, Tensor pos, int n) -> (Tensor, Tensor)");
   m.def(
       "cache_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor k_cache, Tensor v_cache, "
       "Tensor pos, int window, float? scale=None, float softcap=0.0) -> (Tensor, Tensor)");
+  // A cache with S sink slots before its ring (ring.h): cache_append also
+  // fills sink slot p for positions p < S; cache_attention sees the sink
+  // positions beside the window, and the sinks logits.
+  m.def(
+      "cache_append.sinks(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor pos, *, "
+      "int sink_tokens) -> ()");
+  m.def(
+      "cache_attention.sinks(Tensor q, Tensor k_new, Tensor v_new, Tensor k_cache, Tensor v_cache, "
+      "Tensor pos, int window, float? scale=None, float softcap=0.0, *, Tensor? sinks=None, "
+      "int sink_tokens=0) -> (Tensor, Tensor)");
 }

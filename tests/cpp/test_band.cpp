@@ -28,37 +28,72 @@ bool tile_pair_full(const Band& b, int64_t m, int64_t bm, int64_t n, int64_t bn)
 }
 
 void check_band(const Band& b, int64_t bm, int64_t bn) {
-  const char* fmt = "Sq=%lld Sk=%lld wl=%lld wr=%lld bm=%lld bn=%lld i/m=%lld j/n=%lld";
+  const char* fmt = "Sq=%lld Sk=%lld wl=%lld wr=%lld S=%lld bm=%lld bn=%lld i/m=%lld j/n=%lld";
 #define ARGS(x, y)                                                                            \
   (long long)b.seqlen_q, (long long)b.seqlen_k, (long long)b.window_left,                  \
-      (long long)b.window_right, (long long)bm, (long long)bn, (long long)(x), (long long)(y)
-  // Per row: visible() and the [key_begin, key_end) range.
+      (long long)b.window_right, (long long)b.sink_tokens, (long long)bm, (long long)bn,   \
+      (long long)(x), (long long)(y)
+  // Per row: visible(), and the two runs [0, sink_end) and [key_begin,
+  // key_end) hold exactly the visible keys, each once.
   for (int64_t i = 0; i < b.seqlen_q; ++i) {
     int64_t count = 0;
     for (int64_t j = -2; j < b.seqlen_k + 2; ++j) {
       EXPECT(b.visible(i, j) == sees(b, i, j), fmt, ARGS(i, j));
       count += sees(b, i, j);
+      const bool in_sink = j >= 0 && j < b.sink_end(i);
+      const bool in_band = j >= b.key_begin(i) && j < b.key_end(i);
+      EXPECT(!(in_sink && in_band), fmt, ARGS(i, j));
+      EXPECT((in_sink || in_band) == sees(b, i, j), fmt, ARGS(i, j));
     }
     EXPECT(b.visible_count(i) == count, fmt, ARGS(i, count));
+  }
+  // seen_keys of a row range holds every key its rows see, and no key
+  // that none of them sees at its runs' ends.
+  for (int64_t r0 = 0; r0 < b.seqlen_q; r0 += bm) {
+    const int64_t r1 = r0 + bm;
+    const auto seen = SWA_KERNEL_NS::seen_keys(b, r0, r1);
+    for (int64_t j = 0; j < b.seqlen_k; ++j) {
+      bool any = false;
+      for (int64_t i = r0; i < r1 && i < b.seqlen_q; ++i) any |= sees(b, i, j);
+      if (any) EXPECT(seen.contains(j), fmt, ARGS(r0, j));
+    }
+    for (const auto run : {seen.sink, seen.band}) {
+      if (run.empty()) continue;
+      for (const int64_t j : {run.begin, run.end - 1}) {
+        bool any = false;
+        for (int64_t i = r0; i < r1 && i < b.seqlen_q; ++i) any |= sees(b, i, j);
+        EXPECT(any, fmt, ARGS(r0, j));
+      }
+    }
   }
   const int64_t m_blocks = (b.seqlen_q + bm - 1) / bm;
   const int64_t n_blocks = (b.seqlen_k + bn - 1) / bn;
   for (int64_t m = 0; m < m_blocks; ++m) {
     auto tiles = SWA_KERNEL_NS::key_tile_range(b, m, bm, bn);
+    auto sink_tiles = SWA_KERNEL_NS::sink_tile_range(b, m * bm, (m + 1) * bm, tiles, bn);
+    EXPECT(sink_tiles.empty() || tiles.empty() || sink_tiles.n_block_max <= tiles.n_block_min, fmt,
+           ARGS(m, sink_tiles.n_block_max));
     for (int64_t n = 0; n < n_blocks; ++n) {
       bool visible = tile_pair_visible(b, m, bm, n, bn);
       bool in_range = !tiles.empty() && n >= tiles.n_block_min && n < tiles.n_block_max;
+      bool in_sinks = !sink_tiles.empty() && n >= sink_tiles.n_block_min && n < sink_tiles.n_block_max;
       // Band skipping never drops a tile with a visible pair...
-      if (visible) EXPECT(in_range, fmt, ARGS(m, n));
-      // ...and only a tile that straddles the band edge needs element masks.
+      if (visible) EXPECT(in_range || in_sinks, fmt, ARGS(m, n));
+      // ...and only a tile that straddles the band edge needs element masks
+      // (with sinks: a tile without masks is all visible; the sink tiles
+      // are always masked).
       if (in_range) {
         bool needs = SWA_KERNEL_NS::tile_needs_mask(b, m, bm, n, bn);
-        EXPECT(needs == !tile_pair_full(b, m, bm, n, bn), fmt, ARGS(m, n));
+        if (b.sink_tokens == 0) EXPECT(needs == !tile_pair_full(b, m, bm, n, bn), fmt, ARGS(m, n));
+        else if (!needs) EXPECT(tile_pair_full(b, m, bm, n, bn), fmt, ARGS(m, n));
       }
       auto q_tiles = SWA_KERNEL_NS::query_tile_range(b, n, bn, bm);
       bool in_q_range = !q_tiles.empty() && m >= q_tiles.n_block_min && m < q_tiles.n_block_max;
       if (visible) EXPECT(in_q_range, fmt, ARGS(m, n));
     }
+    // The sink tiles are tight at their end too.
+    if (!sink_tiles.empty())
+      EXPECT(tile_pair_visible(b, m, bm, sink_tiles.n_block_max - 1, bn), fmt, ARGS(m, sink_tiles.n_block_max));
     // The key range is tight: its first and last tiles hold a visible pair.
     if (!tiles.empty()) {
       EXPECT(tile_pair_visible(b, m, bm, tiles.n_block_min, bn), fmt, ARGS(m, tiles.n_block_min));
@@ -91,7 +126,8 @@ int main() {
   int cases = 0;
   for (int t = 0; t < 3000; ++t) {
     Band b{pick({0, 1, 3, 16, 17, 40, 64, 100}), pick({0, 1, 5, 16, 33, 64, 90}),
-           pick({-1, 0, 1, 2, 7, 16, 31, 200}), pick({-1, 0, 0, 1, 5, 40})};
+           pick({-1, 0, 1, 2, 7, 16, 31, 200}), pick({-1, 0, 0, 1, 5, 40}),
+           t % 2 ? 0 : pick({1, 2, 4, 9, 16, 17, 70, 200})};
     check_band(b, pick({1, 4, 16, 64}), pick({1, 8, 16, 32}));
     ++cases;
   }

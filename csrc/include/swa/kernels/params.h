@@ -29,11 +29,13 @@ struct TensorRef {
 // of params.k / params.v (the new tokens). seqlen_k then varies per batch and
 // is derived on the device from pos, never read back by the host.
 struct RingSource {
-  TensorRef k_cache;          // [B, Hkv, C, D]
-  TensorRef v_cache;          // [B, Hkv, C, D]
+  TensorRef k_cache;          // [B, Hkv, S + C, D]
+  TensorRef v_cache;          // [B, Hkv, S + C, D]
   const int64_t* pos = nullptr;  // [B], device memory
-  int64_t capacity = 0;       // C
+  int64_t capacity = 0;       // C: ring slots, after the sink slots
   int64_t window = 0;         // W (window_left = W - 1, window_right = 0)
+  int64_t sink_tokens = 0;    // S: sink slots 0 .. S-1 (ring.h); the virtual
+                              // keys' band gets sink_tokens = RingView::sink_len()
 };
 
 struct AttentionParams {
@@ -53,6 +55,14 @@ struct AttentionParams {
   int64_t window_right = 0;      // -1: unbounded
   float scale = 1.f;             // softmax scale applied to q.k
   float softcap = 0.f;           // > 0: s -> softcap * tanh(s / softcap)
+
+  // Attention sinks (both optional, combinable). sinks: one logit per query
+  // head that joins every row's softmax without a value (gpt-oss): lse =
+  // log(sum_j exp(s_ij) + exp(sinks[h])); not scaled, not capped; a row that
+  // sees no key gets out 0 and lse sinks[h]. sink_tokens: keys 0 .. S-1 seen
+  // beside the band (Band::sink_tokens in band.h).
+  const float* sinks = nullptr;  // [Hq] float32, device memory; nullptr: none
+  int64_t sink_tokens = 0;
 
   // Optional rolling-cache key source (cache_attention); ring.pos == nullptr
   // means plain attention over params.k / params.v.

@@ -12,7 +12,16 @@
 // from row (key_start + j - pos) of the new keys after. The queries are then
 // the last T rows of a banded attention with window (window - 1, 0) over
 // seqlen_k = pos + T - key_start keys: bottom-right alignment puts query t at
-// position pos + t, as it should. No CUDA or torch headers.
+// position pos + t, as it should.
+//
+// Sink tokens (StreamingLLM): a cache with S sink slots keeps positions
+// 0 .. S-1 in buffer slots 0 .. S-1, never overwritten, and its ring in slots
+// S .. S + C - 1 (position p in slot S + p mod C; positions below S are
+// written to both). The virtual key sequence then starts with the sink
+// positions the window no longer holds, 0 .. sink_len - 1 with
+// sink_len = min(S, key_start), read from their sink slots, followed by the
+// window's keys as above: a band with sink_tokens = sink_len (band.h), whose
+// window never reaches back into the sinks. No CUDA or torch headers.
 #pragma once
 
 #include <cstdint>
@@ -25,21 +34,41 @@ SWA_HOST_DEVICE int64_t ring_slot(int64_t position, int64_t capacity) {
   return position % capacity;  // position >= 0
 }
 
+// The buffer slot of position p in a cache with `sinks` sink slots before its
+// ring of `capacity` slots (the ring's slot when p is also a sink position).
+SWA_HOST_DEVICE int64_t cache_slot(int64_t position, int64_t capacity, int64_t sinks) {
+  return sinks + ring_slot(position, capacity);
+}
+
 // The virtual key sequence of one sequence in cache_attention.
 struct RingView {
   int64_t pos;       // absolute position of the first new token
   int64_t new_len;   // T, number of new tokens (queries and new keys)
   int64_t window;    // W: keys seen per query, itself included
-  int64_t capacity;  // C >= W - 1
+  int64_t capacity;  // C >= W - 1: ring slots (after the sink slots)
+  int64_t sink_tokens = 0;  // S: sink slots before the ring (see above)
 
   SWA_HOST_DEVICE int64_t key_start() const { return band_max64(0, pos - (window - 1)); }
-  SWA_HOST_DEVICE int64_t seqlen_k() const { return pos + new_len - key_start(); }
-  // Keys below this virtual index live in the ring, the rest in the new keys.
+  // Sink positions seen beside the window: virtual keys 0 .. sink_len - 1.
+  SWA_HOST_DEVICE int64_t sink_len() const { return band_min64(sink_tokens, key_start()); }
+  SWA_HOST_DEVICE int64_t seqlen_k() const { return sink_len() + pos + new_len - key_start(); }
+  // The window's keys held by the ring (positions key_start .. pos - 1).
   SWA_HOST_DEVICE int64_t ring_len() const { return pos - key_start(); }
-  SWA_HOST_DEVICE bool in_ring(int64_t key) const { return key < ring_len(); }
-  SWA_HOST_DEVICE int64_t slot(int64_t key) const { return ring_slot(key_start() + key, capacity); }
-  SWA_HOST_DEVICE int64_t new_row(int64_t key) const { return key - ring_len(); }
-  SWA_HOST_DEVICE Band band() const { return {new_len, seqlen_k(), window - 1, 0}; }
+  // Keys below this virtual index live in the cache buffer (sink slots, then
+  // the ring), the rest in the new keys.
+  SWA_HOST_DEVICE bool in_ring(int64_t key) const { return key < sink_len() + ring_len(); }
+  // Buffer slot of a key in the cache buffer (in_ring(key)).
+  SWA_HOST_DEVICE int64_t slot(int64_t key) const {
+    const int64_t s = sink_len();
+    return key < s ? key : cache_slot(key_start() + key - s, capacity, sink_tokens);
+  }
+  SWA_HOST_DEVICE int64_t new_row(int64_t key) const { return key - sink_len() - ring_len(); }
+  // Absolute position of virtual key j.
+  SWA_HOST_DEVICE int64_t position(int64_t key) const {
+    const int64_t s = sink_len();
+    return key < s ? key : key_start() + key - s;
+  }
+  SWA_HOST_DEVICE Band band() const { return {new_len, seqlen_k(), window - 1, 0, sink_len()}; }
 };
 
 // cache_append writes positions pos .. pos + T - 1; when T > C only the last C
