@@ -31,6 +31,56 @@ def _attention_backward_fake(grad_out, grad_lse, q, k, v, out, lse, window_left,
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+def _check_sink_args(op: str, q, sinks, sink_tokens) -> None:
+    torch._check(sink_tokens >= 0, lambda: f"{op}: sink_tokens must be >= 0, got {sink_tokens}")
+    if sinks is not None:
+        torch._check(sinks.dim() == 1 and sinks.shape[0] == q.shape[1],
+                     lambda: f"{op}: sinks must be a 1-d tensor of one logit per query head, shape "
+                             f"[{q.shape[1]}], got shape {list(sinks.shape)}")
+        torch._check(sinks.dtype == torch.float32 or (sinks.dtype == torch.float64 and q.dtype == torch.float64),
+                     lambda: f"{op}: sinks must be float32 (or float64 with float64 q), got {sinks.dtype}")
+
+
+@torch.library.register_fake("swa::attention.sinks")
+def _attention_sinks_fake(q, k, v, window_left=-1, window_right=0, scale=None, softcap=0.0, *, sinks=None,
+                          sink_tokens=0):
+    op = "swa::attention.sinks"
+    torch._check(q.dim() == 4, lambda: f"{op}: q must have 4 dims, got {q.dim()}")
+    torch._check(k.dim() == 4 and v.dim() == 4, lambda: f"{op}: k and v must have 4 dims")
+    check_same_device(op, "q", q, k=k, v=v, sinks=sinks)
+    _check_sink_args(op, q, sinks, sink_tokens)
+    out = torch.empty_like(q)
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.register_fake("swa::attention_backward.sinks")
+def _attention_backward_sinks_fake(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right, scale,
+                                   softcap, deterministic=False, *, sinks=None, sink_tokens=0):
+    op = "swa::attention_backward.sinks"
+    check_same_device(op, "q", q, grad_out=grad_out, grad_lse=grad_lse, k=k, v=v, out=out, lse=lse, sinks=sinks)
+    _check_sink_args(op, q, sinks, sink_tokens)
+    grad_sinks = torch.empty_like(sinks) if sinks is not None else q.new_empty((0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_sinks
+
+
+def _attend(q, k, v, left: int, right: int, scale, softcap, sinks, sink_tokens):
+    """The plain op without sinks (the same graph as before they existed),
+    else attention.sinks."""
+    if sinks is None and sink_tokens == 0:
+        return torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
+    return torch.ops.swa.attention.sinks(q, k, v, left, right, scale, softcap, sinks=sinks,
+                                         sink_tokens=sink_tokens)
+
+
+def _sink_tokens(fn: str, sink_tokens) -> int:
+    if not _is_int(sink_tokens):
+        raise TypeError(f"{fn}: sink_tokens must be an int >= 0, got {sink_tokens!r}")
+    if sink_tokens < 0:
+        raise ValueError(f"{fn}: sink_tokens must be >= 0 (0 = none), got {sink_tokens}")
+    return int(sink_tokens)
+
+
 def _result(out: Tensor, lse: Tensor, return_lse: bool):
     return (out, lse) if return_lse else out
 
@@ -61,6 +111,8 @@ def sliding_window_attention(
     scale: Optional[float] = None,
     softcap: float = 0.0,
     return_lse: bool = False,
+    sinks: Optional[Tensor] = None,
+    sink_tokens: int = 0,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Causal sliding-window attention: each token sees the `window` most recent
     keys, itself included (Mistral / Hugging Face `sliding_window=W`, i.e.
@@ -69,6 +121,12 @@ def sliding_window_attention(
     q: [B, Hq, Sq, D]; k, v: [B, Hkv, Sk, D] (Hq a multiple of Hkv). The last
     Sq keys' positions are the queries' (bottom-right alignment).
     Returns out [B, Hq, Sq, D] (and lse [B, Hq, Sq] float32 if return_lse).
+
+    Attention sinks (either, or both): `sinks`, float32 [Hq], one learned
+    logit per query head that joins every row's softmax without a value
+    (gpt-oss `s_aux`; not scaled, not capped; the lse includes it);
+    `sink_tokens=S`, the first S keys seen by every query beside its window
+    (StreamingLLM).
     """
     if window is None:
         window_left = -1
@@ -80,7 +138,8 @@ def sliding_window_attention(
         if window < 1:
             raise ValueError(f"sliding_window_attention: window must be >= 1 or None, got {window}")
         window_left = window - 1
-    out, lse = torch.ops.swa.attention(q, k, v, window_left, 0, scale, softcap)
+    sink_tokens = _sink_tokens("sliding_window_attention", sink_tokens)
+    out, lse = _attend(q, k, v, window_left, 0, scale, softcap, sinks, sink_tokens)
     return _result(out, lse, return_lse)
 
 
@@ -93,12 +152,16 @@ def local_attention(
     scale: Optional[float] = None,
     softcap: float = 0.0,
     return_lse: bool = False,
+    sinks: Optional[Tensor] = None,
+    sink_tokens: int = 0,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Banded attention with FlashAttention's `window_size=(left, right)`
     numbers (-1 = unbounded; causal is (-1, 0)) but the [B, H, S, D] layout
     used everywhere in swa_cuda. Query row i sits at key position
-    i + Sk - Sq and sees keys in [p - left, p + right].
+    i + Sk - Sq and sees keys in [p - left, p + right]. `sinks` and
+    `sink_tokens` as in sliding_window_attention (sink keys j <= p + right).
     """
     left, right = _window_pair("local_attention", window_size)
-    out, lse = torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
+    sink_tokens = _sink_tokens("local_attention", sink_tokens)
+    out, lse = _attend(q, k, v, left, right, scale, softcap, sinks, sink_tokens)
     return _result(out, lse, return_lse)

@@ -11,22 +11,35 @@
 #include "cpu/parallel.h"
 #include "cpu/tensor_rows.h"
 #include "ops/checks.h"
+#include "ops/sinks.h"
 
 namespace swa::cpu {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
-    const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,
-    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
-    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
-    bool /*deterministic: always*/) {
-  const AttentionShape shape = check_attention_backward("swa::attention_backward", grad_out_in, grad_lse, q_in,
-                                                        k_in, v_in, out_in, lse, window_left, window_right,
-                                                        scale, softcap);
+constexpr double kLog2eHost = 1.4426950408889634;  // log2(e): lse2 = lse log2(e)
+
+// The gradients and the grad of the sink logits (empty [0] without them).
+struct BackwardResult {
+  at::Tensor dq, dk, dv, dsinks;
+};
+
+BackwardResult run_backward(const char* op, const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse,
+                            const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                            const at::Tensor& out_in, const at::Tensor& lse, int64_t window_left,
+                            int64_t window_right, std::optional<double> scale, double softcap,
+                            const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  const AttentionShape shape = check_attention_backward(op, grad_out_in, grad_lse, q_in, k_in, v_in, out_in, lse,
+                                                        window_left, window_right, scale, softcap);
+  const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q_in);
   at::Tensor dq = at::empty_like(q_in), dk = at::empty_like(k_in), dv = at::empty_like(v_in);
+  at::Tensor dsinks = sink_args.logits.has_value() ? at::zeros_like(*sink_args.logits)
+                                                   : at::empty({0}, q_in.options().dtype(at::kFloat));
   if (k_in.numel() == 0 || q_in.numel() == 0) {
     dq.zero_(), dk.zero_(), dv.zero_();
-    return {dq, dk, dv};
+    // No key: every row's weight is the sink's (exp(sink - lse) = 1).
+    if (sink_args.logits.has_value() && q_in.numel() > 0)
+      dsinks = sink_logits_grad(*sink_args.logits, lse, softmax_delta(grad_out_in, out_in, grad_lse, at::kDouble));
+    return {dq, dk, dv, dsinks};
   }
   const at::Tensor grad_out = unit_last(grad_out_in), q = unit_last(q_in), k = unit_last(k_in),
                    v = unit_last(v_in), out = unit_last(out_in);
@@ -67,9 +80,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   p.m_blocks = (shape.seqlen_q + kTileLanes - 1) / kTileLanes;
   p.n_blocks = (shape.seqlen_k + kTileLanes - 1) / kTileLanes;
   p.band = SWA_KERNEL_NS::Band{shape.seqlen_q, shape.seqlen_k, kernel_window_left(window_left, shape.seqlen_k),
-                               kernel_window_right(window_right, shape.seqlen_q)};
+                               kernel_window_right(window_right, shape.seqlen_q), sink_args.tokens};
   p.scale = softmax_scale(scale, shape.head_dim);
   p.softcap = kernel_softcap(softcap);
+  at::Tensor sink_logits;  // [Hq] float64, contiguous
+  if (sink_args.logits.has_value()) {
+    sink_logits = sink_args.logits->to(at::kDouble).contiguous();
+    p.sinks = sink_logits.data_ptr<double>();
+  }
 
   void (*dq_pass)(const BackwardProblem&, TaskQueue&) = backward_dq_tasks_baseline;
   void (*dkdv_pass)(const BackwardProblem&, TaskQueue&) = backward_dkdv_tasks_baseline;
@@ -88,11 +106,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   if (!dq_rows.is_same(dq)) dq.copy_(dq_rows);
   if (!dk_rows.is_same(dk)) dk.copy_(dk_rows);
   if (!dv_rows.is_same(dv)) dv.copy_(dv_rows);
-  return {dq, dk, dv};
+  // d sinks from pass 1's row statistics (lse2 includes the sink logit).
+  if (sink_args.logits.has_value())
+    dsinks = sink_logits_grad(*sink_args.logits, lse2 * (1.0 / kLog2eHost), delta);
+  return {dq, dk, dv, dsinks};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool /*deterministic: always*/) {
+  BackwardResult r = run_backward("swa::attention_backward", grad_out, grad_lse, q, k, v, out, lse, window_left,
+                                  window_right, scale, softcap, std::nullopt, 0);
+  return {r.dq, r.dk, r.dv};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_sinks_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool /*deterministic: always*/, const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  BackwardResult r = run_backward("swa::attention_backward.sinks", grad_out, grad_lse, q, k, v, out, lse,
+                                  window_left, window_right, scale, softcap, sinks, sink_tokens);
+  return {r.dq, r.dk, r.dv, r.dsinks};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swa, CPU, m) { m.impl("attention_backward", &attention_backward_cpu); }
+TORCH_LIBRARY_IMPL(swa, CPU, m) {
+  m.impl("attention_backward", &attention_backward_cpu);
+  m.impl("attention_backward.sinks", &attention_backward_sinks_cpu);
+}
 
 }  // namespace swa::cpu

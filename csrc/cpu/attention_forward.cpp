@@ -16,7 +16,7 @@ namespace swa::cpu {
 
 void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t window_left, int64_t window_right, double scale,
-                            double softcap, at::Tensor& out, at::Tensor& lse) {
+                            double softcap, at::Tensor& out, at::Tensor& lse, const SinkArgs& sinks) {
   if (q_in.numel() == 0) return;
   // The kernel reads and writes rows with unit stride along the head dim.
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
@@ -41,9 +41,14 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
   p.head_dim = q.size(3);
   p.m_blocks = (p.seqlen_q + kTileLanes - 1) / kTileLanes;
   p.band = SWA_KERNEL_NS::Band{p.seqlen_q, k.size(2), kernel_window_left(window_left, k.size(2)),
-                               kernel_window_right(window_right, p.seqlen_q)};
+                               kernel_window_right(window_right, p.seqlen_q), sinks.tokens};
   p.scale = scale;
   p.softcap = kernel_softcap(softcap);
+  at::Tensor sink_logits;  // [Hq] float64, contiguous
+  if (sinks.logits.has_value()) {
+    sink_logits = sinks.logits->to(at::kDouble).contiguous();
+    p.sinks = sink_logits.data_ptr<double>();
+  }
 
   void (*run)(const ForwardProblem&, TaskQueue&) = forward_tasks_baseline;
 #if defined(__x86_64__) || defined(__i386__)
@@ -74,8 +79,27 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> attention_sinks_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v, int64_t window_left,
+                                                       int64_t window_right, std::optional<double> scale,
+                                                       double softcap, const std::optional<at::Tensor>& sinks,
+                                                       int64_t sink_tokens) {
+  const char* op = "swa::attention.sinks";
+  const AttentionShape shape = check_attention(op, q, k, v, window_left, window_right, scale, softcap);
+  const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, q.options().dtype(at::kFloat));
+  if (shape.empty()) return {out, lse};
+  attention_forward_into(q, k, v, window_left, window_right, softmax_scale(scale, shape.head_dim),
+                         softcap, out, lse, sink_args);
+  return {out, lse};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swa, CPU, m) { m.impl("attention", &attention_cpu); }
+TORCH_LIBRARY_IMPL(swa, CPU, m) {
+  m.impl("attention", &attention_cpu);
+  m.impl("attention.sinks", &attention_sinks_cpu);
+}
 
 }  // namespace swa::cpu

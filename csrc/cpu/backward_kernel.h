@@ -232,11 +232,13 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       delta[r / L][r % L] = dot_row;
     }
 
-    const auto keys = SWA_KERNEL_NS::key_range(p.band, m0, m0 + rows);
-    if (keys.empty()) {  // no row of the tile sees a key
+    // A row's keys: the sink run, then the band (disjoint, band.h).
+    const auto seen = SWA_KERNEL_NS::seen_keys(p.band, m0, m0 + rows);
+    const T sink2 = p.sinks != nullptr ? T(p.sinks[h] * kLog2e) : -std::numeric_limits<T>::infinity();
+    if (seen.empty()) {  // no row of the tile sees a key
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t d = 0; d < D; ++d) dq[r * p.dq_stride[2] + d] = In(0);
-        lse2_out[r] = -std::numeric_limits<T>::infinity();
+        lse2_out[r] = sink2;
       }
       return;
     }
@@ -245,29 +247,41 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
     pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
-    for (int64_t r = 0; r < rows; ++r) {
-      tile.lane_begin[r] = p.band.key_begin(m0 + r);
-      tile.lane_end[r] = p.band.key_end(m0 + r);
-    }
-    tile.finish(rows);
+    // Calls f(k_rows, k_rs, v_rows, v_rs, n0) per key block of both runs
+    // with the tile's lanes set to the run (V rows only when with_v).
+    auto walk = [&](bool with_v, auto&& f) {
+      for (const bool sink_run : {true, false}) {
+        const auto keys = sink_run ? seen.sink : seen.band;
+        if (keys.empty()) continue;
+        for (int64_t r = 0; r < rows; ++r) {
+          tile.lane_begin[r] = sink_run ? 0 : p.band.key_begin(m0 + r);
+          tile.lane_end[r] = sink_run ? p.band.sink_end(m0 + r) : p.band.key_end(m0 + r);
+        }
+        tile.finish(rows);
+        for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kItems) {
+          const int64_t n1 = std::min(n0 + kItems, keys.end);
+          tile.make_runs(n0, n1);
+          if (tile.nruns == 0) continue;
+          int64_t k_rs, v_rs = 0;
+          const T* k_rows = this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
+          const T* v_rows = with_v ? this->rows_of(vv, p.v_stride[2], n0, n1, vb, v_rs) : nullptr;
+          f(k_rows, k_rs, v_rows, v_rs, n0);
+        }
+      }
+    };
 
-    // Sweep 1: lse2 = m + log2(l), -inf for rows that see nothing.
-    for (int v = 0; v < tile.nvec; ++v) {
+    // Sweep 1: lse2 = m + log2(l) (with a sink logit s2: log2(l 2^m + 2^s2)),
+    // -inf for rows that see nothing.
+    for (int v = 0; v < kVecs; ++v) {
       m[v] = S::set1(-std::numeric_limits<T>::infinity());
       l[v] = S::zero();
     }
-    for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kItems) {
-      const int64_t n1 = std::min(n0 + kItems, keys.end);
-      tile.make_runs(n0, n1);
-      if (tile.nruns == 0) continue;
-      int64_t k_rs;
-      const T* k_rows = this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
-      stats_block(n0, k_rows, k_rs);
-    }
+    walk(false, [&](const T* k_rows, int64_t k_rs, const T*, int64_t, int64_t n0) { stats_block(n0, k_rows, k_rs); });
     for (int v = 0; v < tile.nvec; ++v) {
       for (int i = 0; i < L; ++i) {
         const T sum = l[v][i];
-        const T value = sum > T(0) ? m[v][i] + std::log2(sum) : -std::numeric_limits<T>::infinity();
+        T value = sum > T(0) ? m[v][i] + std::log2(sum) : -std::numeric_limits<T>::infinity();
+        if (p.sinks != nullptr) value = T(log2_add_exp2(double(value), double(sink2)));
         if (v * L + i < rows) lse2_out[v * L + i] = value;
         lse2[v][i] = sum > T(0) ? value : T(0);  // rows that see nothing: all masked, P = 0
       }
@@ -275,15 +289,9 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
 
     // Sweep 2: dQ^T.
     for (int64_t i = 0; i < D * R; ++i) dqt[i] = T(0);
-    for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kItems) {
-      const int64_t n1 = std::min(n0 + kItems, keys.end);
-      tile.make_runs(n0, n1);
-      if (tile.nruns == 0) continue;
-      int64_t k_rs, v_rs;
-      const T* k_rows = this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
-      const T* v_rows = this->rows_of(vv, p.v_stride[2], n0, n1, vb, v_rs);
+    walk(true, [&](const T* k_rows, int64_t k_rs, const T* v_rows, int64_t v_rs, int64_t n0) {
       gradient_block(n0, k_rows, k_rs, v_rows, v_rs);
-    }
+    });
     vec lane_scale[kVecs];
     for (int v = 0; v < kVecs; ++v) lane_scale[v] = S::set1(T(p.scale));
     unpack_lanes<Cfg, T, In>(dqt, lane_scale, rows, D, dq, p.dq_stride[2]);

@@ -31,8 +31,9 @@ struct BackwardProblem {
   void* lse2;
   void* delta;
   int64_t heads_q, heads_kv, group, seqlen_q, seqlen_k, head_dim, m_blocks, n_blocks;
-  SWA_KERNEL_NS::Band band;
+  SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
   double scale, softcap;
+  const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null: they join lse2
 };
 
 // One worker of the dQ pass (task = (batch * heads_q + head) * m_blocks +

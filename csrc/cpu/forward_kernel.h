@@ -35,6 +35,15 @@ namespace swa::cpu::SWA_CPU_ISA_NS {
 constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
+// log2(2^a + 2^b) without overflow (the base-2 lse of a row and its sink
+// logit); -inf when both are -inf, NaN when either is NaN.
+inline double log2_add_exp2(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return NAN;
+  const double hi = std::max(a, b), lo = std::min(a, b);
+  if (hi == -INFINITY || hi == INFINITY) return hi;
+  return hi + std::log2(1.0 + std::exp2(lo - hi));
+}
+
 // The forward kernel of one instruction set (Cfg) and accumulation type T.
 template <class Cfg, class T>
 struct ForwardKernel {
@@ -87,19 +96,25 @@ struct ForwardKernel {
     vb = kv_buf.data + kKeys * D;
   }
 
-  // The bands of rows [m0, m0 + rows) as the tile's lanes; m, l, O^T reset.
-  SWA_INLINE void start_tile(int64_t m0) {
-    for (int64_t r = 0; r < rows; ++r) {
-      tile.lane_begin[r] = p.band.key_begin(m0 + r);
-      tile.lane_end[r] = p.band.key_end(m0 + r);
-    }
-    tile.finish(rows);
-    for (int v = 0; v < tile.nvec; ++v) {
+  // m, l and O^T of a new tile.
+  SWA_INLINE void reset_accumulators() {
+    for (int v = 0; v < kVecs; ++v) {
       m[v] = S::set1(-std::numeric_limits<T>::infinity());
       m_off[v] = S::zero();
       l[v] = S::zero();
     }
     for (int64_t i = 0; i < D * R; ++i) ot[i] = T(0);
+  }
+
+  // One run of every row of [m0, m0 + rows) as the tile's lanes: the band
+  // [key_begin, key_end), or the sink run [0, sink_end) (band.h). The two
+  // are disjoint, so walking both adds each visible key once.
+  SWA_INLINE void set_lanes(int64_t m0, bool sink_run) {
+    for (int64_t r = 0; r < rows; ++r) {
+      tile.lane_begin[r] = sink_run ? 0 : p.band.key_begin(m0 + r);
+      tile.lane_end[r] = sink_run ? p.band.sink_end(m0 + r) : p.band.key_end(m0 + r);
+    }
+    tile.finish(rows);
   }
 
   // Steps 2a and 2b fused (no softcap): chunk by chunk, S^T = K Q^T stays in
@@ -247,16 +262,27 @@ struct ForwardKernel {
   // key (l = 0) get 0 and -inf. A NaN score (a NaN in the row's query or a
   // key it sees, inf - inf) makes l NaN: out and lse are NaN then, never the
   // -inf that means "sees no key" (the max skips NaN, so m cannot tell).
+  // With a sink logit s (base 2: s2 = s log2 e) the row's normaliser is
+  // 2^lse2 = l 2^m + 2^s2: out = O^T 2^(m - lse2), and a row that sees no key
+  // gets out 0 and lse s.
   template <class In>
-  SWA_INLINE void store_out(In* out, int64_t out_rs, float* lse, int64_t lse_rs) {
+  SWA_INLINE void store_out(In* out, int64_t out_rs, float* lse, int64_t lse_rs, const double* sink) {
     vec inv[kVecs];
     for (int v = 0; v < tile.nvec; ++v) {
       inv[v] = S::select(l[v] == S::zero(), S::zero(), S::set1(T(1)) / l[v]);
       for (int i = 0; i < L && v * L + i < rows; ++i) {
         const T sum = l[v][i];
-        lse[(v * L + i) * lse_rs] = sum > T(0)    ? float((double(m[v][i]) + std::log2(double(sum))) * kLn2)
-                                    : sum == T(0) ? -INFINITY
-                                                  : NAN;
+        const double band2 = sum > T(0)    ? double(m[v][i]) + std::log2(double(sum))
+                             : sum == T(0) ? -INFINITY
+                                           : NAN;
+        if (sink == nullptr) {
+          lse[(v * L + i) * lse_rs] = float(band2 * kLn2);
+          continue;
+        }
+        const double lse2 = log2_add_exp2(band2, *sink * kLog2e);
+        lse[(v * L + i) * lse_rs] = float(lse2 * kLn2);
+        if (sum > T(0)) inv[v][i] = T(std::exp2(double(m[v][i]) - lse2));
+        else if (std::isnan(lse2)) inv[v][i] = std::numeric_limits<T>::quiet_NaN();
       }
     }
     unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
@@ -300,11 +326,13 @@ struct ForwardKernel {
     rows = std::min<int64_t>(R, p.seqlen_q - m0);
     In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + m0 * p.out_stride[2];
     float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1] + m0 * p.lse_stride[2];
-    const auto keys = SWA_KERNEL_NS::key_range(p.band, m0, m0 + rows);
-    if (keys.empty()) {  // no row of the tile sees a key
+    const double* sink = p.sinks != nullptr ? p.sinks + h : nullptr;
+    const auto seen = SWA_KERNEL_NS::seen_keys(p.band, m0, m0 + rows);
+    const auto keys = seen.band;
+    if (seen.empty()) {  // no row of the tile sees a key
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t d = 0; d < D; ++d) out[r * p.out_stride[2] + d] = In(0);
-        lse[r * p.lse_stride[2]] = -INFINITY;
+        lse[r * p.lse_stride[2]] = sink == nullptr ? -INFINITY : float(*sink);
       }
       return;
     }
@@ -314,7 +342,7 @@ struct ForwardKernel {
     const In* v = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
     SWA_PROF(1);
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, scale, qt);  // step 1
-    start_tile(m0);
+    reset_accumulators();
     const bool capped = p.softcap > 0;  // then the max is taken after the cap: separate steps
     {  // Prefetched while computing: what the next tile of the head (mostly
        // the next task) reads and this tile has not (its Q rows, the keys
@@ -327,6 +355,23 @@ struct ForwardKernel {
                          {p.q_stride[2], p.k_stride[2], p.v_stride[2], p.out_stride[2]},
                          {q_next, std::max<int64_t>(k_new, 0), std::max<int64_t>(k_new, 0), rows});
     }
+    // The sink run first (empty without sink tokens), then the band.
+    if (!seen.sink.empty()) {
+      set_lanes(m0, true);
+      walk_keys<In>(seen.sink, k, v, capped);
+    }
+    if (!keys.empty()) {
+      set_lanes(m0, false);
+      walk_keys<In>(keys, k, v, capped);
+    }
+    SWA_PROF(5);
+    store_out(out, p.out_stride[2], lse, p.lse_stride[2], sink);
+    SWA_PROF(0);
+  }
+
+  // Step 2 over the key blocks of [keys.begin, keys.end) with the lanes set.
+  template <class In>
+  SWA_INLINE void walk_keys(SWA_KERNEL_NS::KeyRange keys, const In* k, const In* v, bool capped) {
     for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kKeys) {
       const int64_t n1 = std::min(n0 + kKeys, keys.end);
       SWA_PROF(6);
@@ -354,9 +399,6 @@ struct ForwardKernel {
       SWA_PROF(4);
       tile.accumulate(n0, st, v_rows, v_rs, D, ot);         // step 2c: O^T += V^T P^T
     }
-    SWA_PROF(5);
-    store_out(out, p.out_stride[2], lse, p.lse_stride[2]);
-    SWA_PROF(0);
   }
 
   // The tasks of the queue; consecutive tasks are consecutive tiles of a head.

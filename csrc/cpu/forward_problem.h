@@ -43,8 +43,9 @@ struct ForwardProblem {
   float* lse;
   int64_t q_stride[3], k_stride[3], v_stride[3], out_stride[3], lse_stride[3];
   int64_t heads_q, group, seqlen_q, head_dim, m_blocks;
-  SWA_KERNEL_NS::Band band;
+  SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
   double scale, softcap;
+  const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null
 };
 
 // One worker: drains the queue of tasks (task = (batch * heads_q + head) *

@@ -1,7 +1,7 @@
 // Banded products with the rows of one operand in vector lanes. A LaneTile is
 // kTileLanes "lanes" (query rows in the forward and dQ passes, keys in the
 // dK/dV pass) against a stream of "items" (keys, resp. query rows): lane i
-// sees the items [lane_begin[i], lane_end[i]), both non-decreasing in i. With
+// sees the items [lane_begin[i], lane_end[i]), mostly non-decreasing in i. With
 // the lanes in vectors there are no horizontal reductions, and a vector only
 // meets the items its lanes see:
 //   runs      the items of a block cut where the set of vectors seeing them
@@ -75,11 +75,17 @@ struct LaneTile {
       }
       vec_begin[v] = begin < end ? begin : 0;
       vec_end[v] = begin < end ? end : 0;
-      // Both bounds grow with the lane: the last lane's begin and the first
-      // lane's end bound the items every lane sees.
-      const bool complete = i1 - i0 == L;
-      full_begin[v] = complete ? lane_begin[i1 - 1] : 1;
-      full_end[v] = complete ? lane_end[i0] : 0;
+      // The items every lane sees: the latest begin to the earliest end (the
+      // last lane's begin and the first lane's end when both grow with the
+      // lane; the dK/dV pass's lanes at the end of the sink tokens do not).
+      int64_t all_begin = std::numeric_limits<int64_t>::min(), all_end = std::numeric_limits<int64_t>::max();
+      for (int64_t i = i0; i < i1; ++i) {
+        all_begin = std::max(all_begin, lane_begin[i]);
+        all_end = std::min(all_end, lane_end[i]);
+      }
+      const bool complete = i1 - i0 == L && all_begin < all_end;
+      full_begin[v] = complete ? all_begin : 1;
+      full_end[v] = complete ? all_end : 0;
     }
   }
 

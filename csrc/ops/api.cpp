@@ -8,9 +8,23 @@ namespace swa {
 namespace {
 
 template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+c10::TypedOperatorHandle<Signature> find_op(const char* name, const char* overload = "") {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Signature>();
 }
+
+using AttentionOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       int64_t, int64_t, std::optional<double>, double);
+using AttentionBackwardOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, int64_t, int64_t, std::optional<double>, double, bool);
+using AttentionSinksOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                            const at::Tensor&, int64_t, int64_t,
+                                                            std::optional<double>, double,
+                                                            const std::optional<at::Tensor>&, int64_t);
+using AttentionBackwardSinksOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, int64_t, int64_t, std::optional<double>, double, bool,
+    const std::optional<at::Tensor>&, int64_t);
 
 }  // namespace
 
@@ -18,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q, const at::Tens
                                              const at::Tensor& v, int64_t window_left,
                                              int64_t window_right, std::optional<double> scale,
                                              double softcap) {
-  static auto op = find_op<decltype(attention)>("swa::attention");
+  static auto op = find_op<AttentionOp>("swa::attention");
   return op.call(q, k, v, window_left, window_right, scale, softcap);
 }
 
@@ -27,9 +41,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool deterministic) {
-  static auto op = find_op<decltype(attention_backward)>("swa::attention_backward");
+  static auto op = find_op<AttentionBackwardOp>("swa::attention_backward");
   return op.call(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right, scale, softcap,
                  deterministic);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                             int64_t window_left, int64_t window_right,
+                                             std::optional<double> scale, double softcap,
+                                             const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  static auto op = find_op<AttentionSinksOp>("swa::attention", "sinks");
+  return op.call(q, k, v, window_left, window_right, scale, softcap, sinks, sink_tokens);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  static auto op = find_op<AttentionBackwardSinksOp>("swa::attention_backward", "sinks");
+  return op.call(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right, scale, softcap,
+                 deterministic, sinks, sink_tokens);
 }
 
 void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,

@@ -49,6 +49,59 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   }
 };
 
+// attention.sinks: the same, with the sink logits as a differentiable input.
+class AttentionSinksFunction : public torch::autograd::Function<AttentionSinksFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, int64_t window_left, int64_t window_right,
+                               std::optional<double> scale, double softcap,
+                               const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, lse] = swa::attention(q, k, v, window_left, window_right, scale, softcap, sinks, sink_tokens);
+    if (sinks.has_value()) ctx->save_for_backward({q, k, v, out, lse, *sinks});
+    else ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["window_left"] = window_left;
+    ctx->saved_data["window_right"] = window_right;
+    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    ctx->saved_data["softcap"] = softcap;
+    ctx->saved_data["sink_tokens"] = sink_tokens;
+    ctx->set_materialize_grads(false);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const std::optional<at::Tensor> sinks = saved.size() > 5 ? std::optional<at::Tensor>(saved[5]) : std::nullopt;
+    at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(out);
+    if (grad_out.stride(-1) != 1) grad_out = grad_out.contiguous();
+    std::optional<at::Tensor> grad_lse;
+    if (grads[1].defined()) grad_lse = grads[1].contiguous();
+    const c10::IValue& scale = ctx->saved_data["scale"];
+    auto [dq, dk, dv, dsinks] = swa::attention_backward(
+        grad_out, grad_lse, q, k, v, out, lse, ctx->saved_data["window_left"].toInt(),
+        ctx->saved_data["window_right"].toInt(),
+        scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()),
+        ctx->saved_data["softcap"].toDouble(), at::globalContext().deterministicAlgorithms(), sinks,
+        ctx->saved_data["sink_tokens"].toInt());
+    return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            sinks.has_value() ? dsinks : at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> attention_sinks_autograd(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v, int64_t window_left,
+                                                            int64_t window_right, std::optional<double> scale,
+                                                            double softcap, const std::optional<at::Tensor>& sinks,
+                                                            int64_t sink_tokens) {
+  // An undefined tensor inside the optional is None too.
+  const std::optional<at::Tensor> sink_logits =
+      sinks.has_value() && sinks->defined() ? sinks : std::optional<at::Tensor>();
+  auto outputs = AttentionSinksFunction::apply(q, k, v, window_left, window_right, scale, softcap, sink_logits,
+                                               sink_tokens);
+  return {outputs[0], outputs[1]};
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v, int64_t window_left,
                                                       int64_t window_right,
@@ -59,6 +112,9 @@ std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& q, const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swa, Autograd, m) { m.impl("attention", &attention_autograd); }
+TORCH_LIBRARY_IMPL(swa, Autograd, m) {
+  m.impl("attention", &attention_autograd);
+  m.impl("attention.sinks", &attention_sinks_autograd);
+}
 
 }  // namespace swa

@@ -33,6 +33,24 @@ SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool deterministic = false);
 
+// Attention with sinks (swa::attention.sinks): sinks, float32 [Hq] logits
+// that join every row's softmax without a value (gpt-oss; lse includes
+// them), and/or sink_tokens S, keys 0 .. S-1 seen by every query beside its
+// window (StreamingLLM). Differentiable in q, k, v and sinks.
+SWA_API std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v, int64_t window_left,
+                                                     int64_t window_right, std::optional<double> scale,
+                                                     double softcap, const std::optional<at::Tensor>& sinks,
+                                                     int64_t sink_tokens = 0);
+
+// (grad_q, grad_k, grad_v, grad_sinks) of attention with sinks; grad_sinks is
+// float32 [Hq] (empty [0] without sinks).
+SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens = 0);
+
 // Rolling KV cache (ring of capacity C; position p lives in slot p % C).
 // Writes k, v [B, Hkv, T, D] for positions pos .. pos + T - 1 (pos int64 [B]).
 SWA_API void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,
