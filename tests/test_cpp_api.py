@@ -94,6 +94,20 @@ def test_consumer_extension_autograd_in_cpp(consumer_extension):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # lse is float32 by contract
 
 
+def test_consumer_extension_sinks(consumer_extension):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 30, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 30, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    sinks = torch.randn(4, generator=g, dtype=torch.float64)
+    got = consumer_extension.sink_attention_grads(q, k, v, sinks, 5, 2)
+    qr, kr, vr, sr = (t.clone().requires_grad_() for t in (q, k, v, sinks))
+    out, lse = attention_ref(qr, kr, vr, 4, 0, sinks=sr, sink_tokens=2)
+    ref = torch.autograd.grad(out.sum() + lse.sum(), (qr, kr, vr, sr))
+    torch.testing.assert_close(got[0], out.detach())
+    for a, b in zip(got[1:], ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # lse is float32 by contract
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cmake_consumer(tmp_path):
     build = tmp_path / "build"

@@ -27,9 +27,25 @@ std::vector<at::Tensor> attention_grads(const at::Tensor& q, const at::Tensor& k
   return {qg.grad(), kg.grad(), vg.grad()};
 }
 
+// gpt-oss-style attention with sink logits and sink tokens, differentiated in
+// C++: the gradients of sum(out) + sum(lse) with respect to q, k, v, sinks.
+std::vector<at::Tensor> sink_attention_grads(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                             const at::Tensor& sinks, int64_t window, int64_t sink_tokens) {
+  at::AutoGradMode enable(true);
+  auto qg = q.detach().requires_grad_(true);
+  auto kg = k.detach().requires_grad_(true);
+  auto vg = v.detach().requires_grad_(true);
+  auto sg = sinks.detach().requires_grad_(true);
+  auto [out, lse] = swa::attention(qg, kg, vg, window - 1, 0, std::nullopt, 0.0, sg, sink_tokens);
+  (out.sum() + lse.sum()).backward();
+  return {out.detach(), qg.grad(), kg.grad(), vg.grad(), sg.grad()};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(swa_consumer, m) {
+  m.def("sink_attention_grads(Tensor q, Tensor k, Tensor v, Tensor sinks, int window, int sink_tokens) -> Tensor[]",
+        &sink_attention_grads);
   m.def("mistral_attention(Tensor q, Tensor k, Tensor v, int window) -> Tensor", &mistral_attention);
   m.def("attention_grads(Tensor q, Tensor k, Tensor v, int window_left, int window_right) -> Tensor[]",
         &attention_grads);
