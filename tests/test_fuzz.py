@@ -130,6 +130,52 @@ def test_gradients_match_reference(problem):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
 
 
+@settings(max_examples=min(settings().max_examples, 100))
+@given(problems(), st.sampled_from([0, 1, 3, 80, sys.maxsize]), st.sampled_from([None, "randn", -1e4, 30.0]))
+def test_sinks_match_reference(problem, sink_tokens, logits):
+    """attention.sinks (forward and float64 gradients incl. d sinks) on the
+    same random problems, with sink tokens (up to int64's limit) and logits."""
+    q, k, v, wl, wr, scale, softcap = problem
+    if k.shape[1] == 0 or (sink_tokens == 0 and logits is None):
+        return
+    hq = q.shape[1]
+    sinks = None
+    if logits == "randn":
+        sinks = torch.randn(hq, generator=torch.Generator().manual_seed(hq))
+    elif logits is not None:
+        sinks = torch.full((hq,), logits)
+    rwl, rwr, rcap = _ref_args(wl, wr, softcap)
+    out, lse = torch.ops.swa.attention.sinks(q, k, v, wl, wr, scale, softcap, sinks=sinks, sink_tokens=sink_tokens)
+    ref, ref_lse = attention_ref(q, k, v, rwl, rwr, scale, rcap, sinks=sinks, sink_tokens=sink_tokens)
+    ref_lowp = (attention_ref(q, k, v, rwl, rwr, scale, rcap, upcast=False, sinks=sinks, sink_tokens=sink_tokens)[0]
+                if q.dtype.itemsize == 2 else None)
+    _assert_fa_rule(out, ref, ref_lowp, q.dtype, "out")
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "rows that see no key differ"
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], rtol=2e-3, atol=2e-3)
+    if q.dtype.itemsize == 2 or not ref_lse.isfinite().all():
+        return
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    inputs = (q, k, v)
+    if sinks is not None:
+        sinks = sinks.double().requires_grad_()
+        inputs += (sinks,)
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(q.shape, generator=gen, dtype=torch.float64)
+    dlse = torch.randn(q.shape[:3], generator=gen, dtype=torch.float64)
+    out, lse = swa_cuda.local_attention(q, k, v, (wl, wr), scale=scale, softcap=softcap, return_lse=True,
+                                        sinks=sinks, sink_tokens=sink_tokens)
+    grads = torch.autograd.grad((out * dout).sum() + (lse.double() * dlse).sum(), inputs, allow_unused=True)
+    ref, ref_lse = attention_ref(*inputs[:3], rwl, rwr, scale, rcap, sinks=sinks, sink_tokens=sink_tokens)
+    ref_grads = torch.autograd.grad((ref * dout).sum() + (ref_lse.double() * dlse).sum(), inputs,
+                                    allow_unused=True)
+    for name, g, r in zip(["q", "k", "v", "sinks"], grads, ref_grads):
+        g = torch.zeros_like(inputs["qkvs".index(name[0])]) if g is None else g
+        r = torch.zeros_like(g) if r is None else r
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5 * max(1, q.shape[0] * q.shape[2]),
+                                   msg=lambda m: f"d{name}: {m}")
+
+
 # ---- the rolling cache: random interleavings ----------------------------------
 
 
