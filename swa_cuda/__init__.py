@@ -13,13 +13,14 @@ from . import ops  # noqa: E402  (fake kernels; needs the library loaded)
 from ._library import cmake_prefix_path, include_dir, library_path  # noqa: E402
 from .cache import RollingKVCache  # noqa: E402  (also registers the cache ops' fake kernels)
 from . import distributed  # noqa: E402  (context parallelism: swa_cuda.distributed.sliding_window_attention)
-from .ops import local_attention, sliding_window_attention  # noqa: E402
+from .ops import local_attention, sliding_window_attention, varlen_attention  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "sliding_window_attention",
     "local_attention",
+    "varlen_attention",
     "RollingKVCache",
     "include_dir",
     "library_path",

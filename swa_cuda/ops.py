@@ -64,6 +64,28 @@ def _attention_backward_sinks_fake(grad_out, grad_lse, q, k, v, out, lse, window
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_sinks
 
 
+@torch.library.register_fake("swa::attention.varlen")
+def _attention_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window_left=-1,
+                           window_right=0, scale=None, softcap=0.0, *, sinks=None, sink_tokens=0):
+    op = "swa::attention.varlen"
+    torch._check(q.dim() == 3, lambda: f"{op}: q must have 3 dims [T, H, D], got {q.dim()}")
+    torch._check(k.dim() == 3 and v.dim() == 3, lambda: f"{op}: k and v must have 3 dims [T, H, D]")
+    check_same_device(op, "q", q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, sinks=sinks)
+    _check_sink_args(op, q.transpose(0, 1).unsqueeze(0), sinks, sink_tokens)
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("swa::attention_backward.varlen")
+def _attention_backward_varlen_fake(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                    max_seqlen_q, max_seqlen_k, window_left, window_right, scale, softcap,
+                                    deterministic=False, *, sinks=None, sink_tokens=0):
+    op = "swa::attention_backward.varlen"
+    check_same_device(op, "q", q, grad_out=grad_out, grad_lse=grad_lse, k=k, v=v, out=out, lse=lse,
+                      cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, sinks=sinks)
+    grad_sinks = torch.empty_like(sinks) if sinks is not None else q.new_empty((0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_sinks
+
+
 def _attend(q, k, v, left: int, right: int, scale, softcap, sinks, sink_tokens):
     """The plain op without sinks (the same graph as before they existed),
     else attention.sinks."""
@@ -164,4 +186,43 @@ def local_attention(
     left, right = _window_pair("local_attention", window_size)
     sink_tokens = _sink_tokens("local_attention", sink_tokens)
     out, lse = _attend(q, k, v, left, right, scale, softcap, sinks, sink_tokens)
+    return _result(out, lse, return_lse)
+
+
+def varlen_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    window_size: Tuple[int, int] = (-1, 0),
+    *,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+    sinks: Optional[Tensor] = None,
+    sink_tokens: int = 0,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Attention over packed variable-length sequences, with FlashAttention's
+    `flash_attn_varlen_func` argument names and order (code written for it
+    switches by changing the import): q [Tq, Hq, D], k/v [Tk, Hkv, D] hold the
+    tokens of B sequences back to back, `cu_seqlens_q`/`cu_seqlens_k` int32
+    [B + 1] their prefix sums (from 0) on the tensors' device, `max_seqlen_*`
+    the longest lengths. Each sequence is banded by `window_size=(left,
+    right)` (-1 = unbounded; the default (-1, 0) is causal) on its own
+    lengths, bottom-right aligned; nothing crosses a sequence boundary.
+    Returns out [Tq, Hq, D] (and lse [Hq, Tq] float32 if return_lse).
+    `sinks` / `sink_tokens` as in sliding_window_attention (sink tokens are
+    the first tokens of each sequence).
+    """
+    left, right = _window_pair("varlen_attention", window_size)
+    sink_tokens = _sink_tokens("varlen_attention", sink_tokens)
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if not _is_int(value):
+            raise TypeError(f"varlen_attention: {name} must be an int, got {value!r}")
+    out, lse = torch.ops.swa.attention.varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                                              int(max_seqlen_k), left, right, scale, softcap, sinks=sinks,
+                                              sink_tokens=sink_tokens)
     return _result(out, lse, return_lse)

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "cpu/attention.h"
 #include "cpu/backward_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
@@ -18,16 +19,15 @@ namespace {
 
 constexpr double kLog2eHost = 1.4426950408889634;  // log2(e): lse2 = lse log2(e)
 
-// The gradients and the grad of the sink logits (empty [0] without them).
-struct BackwardResult {
-  at::Tensor dq, dk, dv, dsinks;
-};
+}  // namespace
 
-BackwardResult run_backward(const char* op, const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse,
-                            const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                            const at::Tensor& out_in, const at::Tensor& lse, int64_t window_left,
-                            int64_t window_right, std::optional<double> scale, double softcap,
-                            const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out_in,
+                                      const std::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,
+                                      const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
+                                      const at::Tensor& lse, int64_t window_left, int64_t window_right,
+                                      std::optional<double> scale, double softcap,
+                                      const std::optional<at::Tensor>& sinks, int64_t sink_tokens,
+                                      const PackedLayout* packed) {
   const AttentionShape shape = check_attention_backward(op, grad_out_in, grad_lse, q_in, k_in, v_in, out_in, lse,
                                                         window_left, window_right, scale, softcap);
   const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q_in);
@@ -98,10 +98,17 @@ BackwardResult run_backward(const char* op, const at::Tensor& grad_out_in, const
     case Isa::kBaseline: break;
   }
 #endif
+  int64_t q_tasks = shape.batch * shape.heads_q * p.m_blocks;
+  int64_t k_tasks = shape.batch * shape.heads_kv * p.n_blocks;
+  if (packed != nullptr) {
+    p.seqs = packed->seqs;
+    p.q_task_begin = packed->q_task_begin;
+    p.k_task_begin = packed->k_task_begin;
+    q_tasks = packed->q_task_begin[packed->seqs.count];
+    k_tasks = packed->k_task_begin[packed->seqs.count];
+  }
   // Pass 1 writes lse2 and delta of every row; pass 2 reads them.
-  const int64_t q_tasks = shape.batch * shape.heads_q * p.m_blocks;
   parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
-  const int64_t k_tasks = shape.batch * shape.heads_kv * p.n_blocks;
   parallel_workers(k_tasks, default_grain(k_tasks), [&](TaskQueue& queue) { dkdv_pass(p, queue); });
   if (!dq_rows.is_same(dq)) dq.copy_(dq_rows);
   if (!dk_rows.is_same(dk)) dk.copy_(dk_rows);
@@ -112,12 +119,14 @@ BackwardResult run_backward(const char* op, const at::Tensor& grad_out_in, const
   return {dq, dk, dv, dsinks};
 }
 
+namespace {
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool /*deterministic: always*/) {
-  BackwardResult r = run_backward("swa::attention_backward", grad_out, grad_lse, q, k, v, out, lse, window_left,
+  BackwardResult r = attention_backward_run("swa::attention_backward", grad_out, grad_lse, q, k, v, out, lse, window_left,
                                   window_right, scale, softcap, std::nullopt, 0);
   return {r.dq, r.dk, r.dv};
 }
@@ -127,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_si
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool /*deterministic: always*/, const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
-  BackwardResult r = run_backward("swa::attention_backward.sinks", grad_out, grad_lse, q, k, v, out, lse,
+  BackwardResult r = attention_backward_run("swa::attention_backward.sinks", grad_out, grad_lse, q, k, v, out, lse,
                                   window_left, window_right, scale, softcap, sinks, sink_tokens);
   return {r.dq, r.dk, r.dv, r.dsinks};
 }

@@ -16,7 +16,8 @@ namespace swa::cpu {
 
 void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t window_left, int64_t window_right, double scale,
-                            double softcap, at::Tensor& out, at::Tensor& lse, const SinkArgs& sinks) {
+                            double softcap, at::Tensor& out, at::Tensor& lse, const SinkArgs& sinks,
+                            const PackedLayout* packed) {
   if (q_in.numel() == 0) return;
   // The kernel reads and writes rows with unit stride along the head dim.
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
@@ -58,7 +59,12 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
     case Isa::kBaseline: break;
   }
 #endif
-  const int64_t tasks = q.size(0) * p.heads_q * p.m_blocks;
+  int64_t tasks = q.size(0) * p.heads_q * p.m_blocks;
+  if (packed != nullptr) {
+    p.seqs = packed->seqs;
+    p.task_begin = packed->q_task_begin;
+    tasks = packed->q_task_begin[packed->seqs.count];
+  }
   parallel_workers(tasks, default_grain(tasks), [&](TaskQueue& queue) { run(p, queue); });
   if (!out_rows.is_same(out)) out.copy_(out_rows);
 }

@@ -28,6 +28,8 @@
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
+using SWA_KERNEL_NS::Band;
+
 // What the two passes share: the score transform and the row sources.
 template <class Cfg, class T>
 struct BackwardCommon {
@@ -44,8 +46,22 @@ struct BackwardCommon {
   const T scale2;   // softmax scale * log2(e): the scale of the base-2 scores
   const T softcap;  // 0: none
 
+  SWA_KERNEL_NS::Band band;        // the task's band (its sequence's when packed)
+  int64_t q_row0 = 0, k_row0 = 0;  // the task's sequence's first query / key row
+
   explicit BackwardCommon(const BackwardProblem& prob)
-      : p(prob), D(prob.head_dim), scale2(T(prob.scale * kLog2e)), softcap(T(prob.softcap)) {}
+      : p(prob), D(prob.head_dim), scale2(T(prob.scale * kLog2e)), softcap(T(prob.softcap)), band(prob.band) {}
+
+  // The spot of a task (dQ pass: by query tiles; dK/dV: by key tiles), with
+  // the band and row offsets of its sequence set.
+  SWA_INLINE TaskSpot enter(int64_t task, bool by_keys) {
+    const TaskSpot t = by_keys ? task_spot(task, p.heads_kv, p.n_blocks, p.seqs, p.k_task_begin, R, true)
+                               : task_spot(task, p.heads_q, p.m_blocks, p.seqs, p.q_task_begin, R, false);
+    band = sequence_band(p.band, p.seqs, t.seq);
+    q_row0 = t.seq < 0 ? 0 : p.seqs.cu_q[t.seq];
+    k_row0 = t.seq < 0 ? 0 : p.seqs.cu_k[t.seq];
+    return t;
+  }
 
   static constexpr bool is_16bit(c10::ScalarType t) { return t == c10::kHalf || t == c10::kBFloat16; }
 
@@ -94,7 +110,7 @@ struct BackwardCommon {
 
   // Row r of head h of batch b of the [B, Hq, Sq] statistics buffer.
   SWA_INLINE T* stats(void* buffer, int64_t b, int64_t h) const {
-    return static_cast<T*>(buffer) + (b * p.heads_q + h) * p.seqlen_q;
+    return static_cast<T*>(buffer) + (b * p.heads_q + h) * p.seqlen_q + q_row0;
   }
 };
 
@@ -213,11 +229,13 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   // One task: rows [m0, m0 + rows) of head h of batch b.
   template <class In>
   SWA_INLINE void run_tile(int64_t b, int64_t h, int64_t m0) {
-    rows = std::min<int64_t>(R, p.seqlen_q - m0);
-    const In* dout = static_cast<const In*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + m0 * p.dout_stride[2];
-    const In* out = static_cast<const In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + m0 * p.out_stride[2];
-    const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + m0 * p.q_stride[2];
-    In* dq = static_cast<In*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] + m0 * p.dq_stride[2];
+    const Band& band = this->band;
+    const int64_t r0 = this->q_row0 + m0;  // the tile's first row in the operands
+    rows = std::min<int64_t>(R, band.seqlen_q - m0);
+    const In* dout = static_cast<const In*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + r0 * p.dout_stride[2];
+    const In* out = static_cast<const In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + r0 * p.out_stride[2];
+    const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + r0 * p.q_stride[2];
+    In* dq = static_cast<In*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] + r0 * p.dq_stride[2];
     T* lse2_out = this->stats(p.lse2, b, h) + m0;
     T* delta_out = this->stats(p.delta, b, h) + m0;
 
@@ -227,13 +245,13 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       T dot_row = T(0);
       for (int64_t d = 0; d < D; ++d) dot_row += T(dout[r * p.dout_stride[2] + d]) * T(out[r * p.out_stride[2] + d]);
       if (p.grad_lse != nullptr)
-        dot_row -= T(p.grad_lse[b * p.grad_lse_stride[0] + h * p.grad_lse_stride[1] + (m0 + r) * p.grad_lse_stride[2]]);
+        dot_row -= T(p.grad_lse[b * p.grad_lse_stride[0] + h * p.grad_lse_stride[1] + (r0 + r) * p.grad_lse_stride[2]]);
       delta_out[r] = dot_row;
       delta[r / L][r % L] = dot_row;
     }
 
     // A row's keys: the sink run, then the band (disjoint, band.h).
-    const auto seen = SWA_KERNEL_NS::seen_keys(p.band, m0, m0 + rows);
+    const auto seen = SWA_KERNEL_NS::seen_keys(band, m0, m0 + rows);
     const T sink2 = p.sinks != nullptr ? T(p.sinks[h] * kLog2e) : -std::numeric_limits<T>::infinity();
     if (seen.empty()) {  // no row of the tile sees a key
       for (int64_t r = 0; r < rows; ++r) {
@@ -243,8 +261,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       return;
     }
     const int64_t hk = h / p.group;
-    const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-    const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+    const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + this->k_row0 * p.k_stride[2];
+    const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + this->k_row0 * p.v_stride[2];
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
     pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
     // Calls f(k_rows, k_rs, v_rows, v_rs, n0) per key block of both runs
@@ -254,8 +272,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
         const auto keys = sink_run ? seen.sink : seen.band;
         if (keys.empty()) continue;
         for (int64_t r = 0; r < rows; ++r) {
-          tile.lane_begin[r] = sink_run ? 0 : p.band.key_begin(m0 + r);
-          tile.lane_end[r] = sink_run ? p.band.sink_end(m0 + r) : p.band.key_end(m0 + r);
+          tile.lane_begin[r] = sink_run ? 0 : band.key_begin(m0 + r);
+          tile.lane_end[r] = sink_run ? band.sink_end(m0 + r) : band.key_end(m0 + r);
         }
         tile.finish(rows);
         for (int64_t n0 = keys.begin; n0 < keys.end; n0 += kItems) {
@@ -302,10 +320,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     int64_t task_begin, task_end;
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
-        const int64_t m_block = task % p.m_blocks;
-        const int64_t h = (task / p.m_blocks) % p.heads_q;
-        const int64_t b = task / (p.m_blocks * p.heads_q);
-        run_tile<In>(b, h, m_block * R);
+        const TaskSpot t = this->enter(task, false);
+        run_tile<In>(t.b, t.head, t.block * R);
       }
     }
   }
@@ -392,16 +408,18 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   // One task: keys [n0, n0 + keys) of kv head hk of batch b.
   template <class In>
   SWA_INLINE void run_tile(int64_t b, int64_t hk, int64_t n0) {
-    const int64_t keys = std::min<int64_t>(R, p.seqlen_k - n0);
-    const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + n0 * p.k_stride[2];
-    const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + n0 * p.v_stride[2];
-    In* dk = static_cast<In*>(p.dk) + b * p.dk_stride[0] + hk * p.dk_stride[1] + n0 * p.dk_stride[2];
-    In* dv = static_cast<In*>(p.dv) + b * p.dv_stride[0] + hk * p.dv_stride[1] + n0 * p.dv_stride[2];
+    const Band& band = this->band;
+    const int64_t c0 = this->k_row0 + n0;  // the tile's first key row in the operands
+    const int64_t keys = std::min<int64_t>(R, band.seqlen_k - n0);
+    const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + c0 * p.k_stride[2];
+    const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + c0 * p.v_stride[2];
+    In* dk = static_cast<In*>(p.dk) + b * p.dk_stride[0] + hk * p.dk_stride[1] + c0 * p.dk_stride[2];
+    In* dv = static_cast<In*>(p.dv) + b * p.dv_stride[0] + hk * p.dv_stride[1] + c0 * p.dv_stride[2];
     for (int64_t i = 0; i < D * R; ++i) dkt[i] = dvt[i] = T(0);
-    const auto rows = SWA_KERNEL_NS::row_range(p.band, n0, n0 + keys);  // rows that see the tile
+    const auto rows = SWA_KERNEL_NS::row_range(band, n0, n0 + keys);  // rows that see the tile
     if (!rows.empty()) {
       for (int64_t j = 0; j < keys; ++j) {
-        const auto seen_by = SWA_KERNEL_NS::row_range(p.band, n0 + j, n0 + j + 1);
+        const auto seen_by = SWA_KERNEL_NS::row_range(band, n0 + j, n0 + j + 1);
         tile.lane_begin[j] = seen_by.empty() ? 0 : seen_by.begin;
         tile.lane_end[j] = seen_by.empty() ? 0 : seen_by.end;
       }
@@ -410,8 +428,9 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
       pack_lanes<Cfg, T, In>(vv, p.v_stride[2], keys, D, T(1), vt);
       for (int64_t g = 0; g < p.group; ++g) {
         const int64_t h = hk * p.group + g;
-        const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-        const In* dout = static_cast<const In*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1];
+        const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + this->q_row0 * p.q_stride[2];
+        const In* dout =
+            static_cast<const In*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + this->q_row0 * p.dout_stride[2];
         const T* lse2 = this->stats(p.lse2, b, h);
         const T* delta = this->stats(p.delta, b, h);
         for (int64_t i0 = rows.begin; i0 < rows.end; i0 += kItems) {
@@ -439,10 +458,8 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     int64_t task_begin, task_end;
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
-        const int64_t n_block = task % p.n_blocks;
-        const int64_t hk = (task / p.n_blocks) % p.heads_kv;
-        const int64_t b = task / (p.n_blocks * p.heads_kv);
-        run_tile<In>(b, hk, n_block * R);
+        const TaskSpot t = this->enter(task, true);
+        run_tile<In>(t.b, t.head, t.block * R);
       }
     }
   }

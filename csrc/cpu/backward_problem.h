@@ -34,6 +34,12 @@ struct BackwardProblem {
   SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
   double scale, softcap;
   const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null: they join lse2
+  // Packed sequences (cpu/packed_sequences.h): batch 1, rows offset per
+  // sequence; the first task of each sequence in the dQ pass (by query
+  // tiles) and in the dK/dV pass (by key tiles).
+  PackedSequences seqs;
+  const int64_t* q_task_begin = nullptr;
+  const int64_t* k_task_begin = nullptr;
 };
 
 // One worker of the dQ pass (task = (batch * heads_q + head) * m_blocks +

@@ -68,6 +68,8 @@ struct ForwardKernel {
 
   Tile tile;                  // lanes: the query rows of the task
   int64_t rows = 0;           // valid rows
+  SWA_KERNEL_NS::Band band;   // the task's band (its sequence's when packed)
+  int64_t q_row0 = 0, k_row0 = 0;  // the task's sequence's first query / key row
   vec m[kVecs], l[kVecs];     // running row max (or reference, see probs) and row sum
   vec m_off[kVecs];           // m where finite, else 0: the exponent offset of probs
   vec rel_begin[kVecs], rel_end[kVecs];  // the lanes' windows in the block (probs)
@@ -111,8 +113,8 @@ struct ForwardKernel {
   // are disjoint, so walking both adds each visible key once.
   SWA_INLINE void set_lanes(int64_t m0, bool sink_run) {
     for (int64_t r = 0; r < rows; ++r) {
-      tile.lane_begin[r] = sink_run ? 0 : p.band.key_begin(m0 + r);
-      tile.lane_end[r] = sink_run ? p.band.sink_end(m0 + r) : p.band.key_end(m0 + r);
+      tile.lane_begin[r] = sink_run ? 0 : band.key_begin(m0 + r);
+      tile.lane_end[r] = sink_run ? band.sink_end(m0 + r) : band.key_end(m0 + r);
     }
     tile.finish(rows);
   }
@@ -323,11 +325,11 @@ struct ForwardKernel {
   // One task: rows [m0, m0 + rows) of head h of batch b.
   template <class In>
   SWA_INLINE void run_tile(int64_t b, int64_t h, int64_t m0) {
-    rows = std::min<int64_t>(R, p.seqlen_q - m0);
-    In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + m0 * p.out_stride[2];
-    float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1] + m0 * p.lse_stride[2];
+    rows = std::min<int64_t>(R, band.seqlen_q - m0);
+    In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + (q_row0 + m0) * p.out_stride[2];
+    float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1] + (q_row0 + m0) * p.lse_stride[2];
     const double* sink = p.sinks != nullptr ? p.sinks + h : nullptr;
-    const auto seen = SWA_KERNEL_NS::seen_keys(p.band, m0, m0 + rows);
+    const auto seen = SWA_KERNEL_NS::seen_keys(band, m0, m0 + rows);
     const auto keys = seen.band;
     if (seen.empty()) {  // no row of the tile sees a key
       for (int64_t r = 0; r < rows; ++r) {
@@ -337,9 +339,9 @@ struct ForwardKernel {
       return;
     }
     const int64_t hk = h / p.group;
-    const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + m0 * p.q_stride[2];
-    const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-    const In* v = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+    const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + (q_row0 + m0) * p.q_stride[2];
+    const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + k_row0 * p.k_stride[2];
+    const In* v = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + k_row0 * p.v_stride[2];
     SWA_PROF(1);
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, scale, qt);  // step 1
     reset_accumulators();
@@ -347,8 +349,8 @@ struct ForwardKernel {
     {  // Prefetched while computing: what the next tile of the head (mostly
        // the next task) reads and this tile has not (its Q rows, the keys
        // after this tile's), then this tile's output rows.
-      const int64_t q_next = std::clamp<int64_t>(p.seqlen_q - (m0 + R), 0, R);
-      const auto keys_next = SWA_KERNEL_NS::key_range(p.band, m0 + R, m0 + R + q_next);
+      const int64_t q_next = std::clamp<int64_t>(band.seqlen_q - (m0 + R), 0, R);
+      const auto keys_next = SWA_KERNEL_NS::key_range(band, m0 + R, m0 + R + q_next);
       const int64_t k0 = std::max(keys.end, keys_next.begin), k_new = q_next > 0 ? keys_next.end - k0 : 0;
       prefetch_setup<In>({q_next > 0 ? q + R * p.q_stride[2] : q, k_new > 0 ? k + k0 * p.k_stride[2] : k,
                           k_new > 0 ? v + k0 * p.v_stride[2] : v, out},
@@ -407,10 +409,11 @@ struct ForwardKernel {
     int64_t task_begin, task_end;
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
-        const int64_t m_block = task % p.m_blocks;
-        const int64_t h = (task / p.m_blocks) % p.heads_q;
-        const int64_t b = task / (p.m_blocks * p.heads_q);
-        run_tile<In>(b, h, m_block * R);
+        const TaskSpot t = task_spot(task, p.heads_q, p.m_blocks, p.seqs, p.task_begin, R, false);
+        band = sequence_band(p.band, p.seqs, t.seq);
+        q_row0 = t.seq < 0 ? 0 : p.seqs.cu_q[t.seq];
+        k_row0 = t.seq < 0 ? 0 : p.seqs.cu_k[t.seq];
+        run_tile<In>(t.b, t.head, t.block * R);
       }
     }
   }

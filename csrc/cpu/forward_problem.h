@@ -22,6 +22,7 @@
 #endif
 
 #include "cpu/isa.h"
+#include "cpu/packed_sequences.h"
 #include "cpu/parallel.h"
 #include "swa/kernels/band.h"
 
@@ -46,10 +47,15 @@ struct ForwardProblem {
   SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
   double scale, softcap;
   const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null
+  // Packed sequences (cpu/packed_sequences.h): batch 1, rows offset per
+  // sequence, band lengths per sequence; task_begin[s]: first task of s.
+  PackedSequences seqs;
+  const int64_t* task_begin = nullptr;
 };
 
 // One worker: drains the queue of tasks (task = (batch * heads_q + head) *
-// m_blocks + query tile) with the kernel built for one instruction set.
+// m_blocks + query tile, or per sequence when packed: task_spot) with the
+// kernel built for one instruction set.
 void forward_tasks_avx512(const ForwardProblem& p, TaskQueue& queue);
 void forward_tasks_avx2(const ForwardProblem& p, TaskQueue& queue);
 void forward_tasks_baseline(const ForwardProblem& p, TaskQueue& queue);

@@ -64,6 +64,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
                  deterministic, sinks, sink_tokens);
 }
 
+std::tuple<at::Tensor, at::Tensor> varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                                                    int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t window_left,
+                                                    int64_t window_right, std::optional<double> scale,
+                                                    double softcap, const std::optional<at::Tensor>& sinks,
+                                                    int64_t sink_tokens) {
+  static auto op = find_op<decltype(varlen_attention)>("swa::attention", "varlen");
+  return op.call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window_left, window_right, scale,
+                 softcap, sinks, sink_tokens);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap, bool deterministic,
+    const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  static auto op = find_op<decltype(varlen_attention_backward)>("swa::attention_backward", "varlen");
+  return op.call(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                 window_left, window_right, scale, softcap, deterministic, sinks, sink_tokens);
+}
+
 void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,
                   const at::Tensor& v, const at::Tensor& pos) {
   static auto op = find_op<void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&,

@@ -102,6 +102,66 @@ std::tuple<at::Tensor, at::Tensor> attention_sinks_autograd(const at::Tensor& q,
   return {outputs[0], outputs[1]};
 }
 
+// attention.varlen: packed sequences, sinks optional.
+class AttentionVarlenFunction : public torch::autograd::Function<AttentionVarlenFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                               int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t window_left,
+                               int64_t window_right, std::optional<double> scale, double softcap,
+                               const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, lse] = swa::varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                            window_left, window_right, scale, softcap, sinks, sink_tokens);
+    std::vector<at::Tensor> saved{q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k};
+    if (sinks.has_value()) saved.push_back(*sinks);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["max_seqlen_q"] = max_seqlen_q;
+    ctx->saved_data["max_seqlen_k"] = max_seqlen_k;
+    ctx->saved_data["window_left"] = window_left;
+    ctx->saved_data["window_right"] = window_right;
+    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    ctx->saved_data["softcap"] = softcap;
+    ctx->saved_data["sink_tokens"] = sink_tokens;
+    ctx->set_materialize_grads(false);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const std::optional<at::Tensor> sinks = saved.size() > 7 ? std::optional<at::Tensor>(saved[7]) : std::nullopt;
+    at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(out);
+    if (grad_out.stride(-1) != 1) grad_out = grad_out.contiguous();
+    std::optional<at::Tensor> grad_lse;
+    if (grads[1].defined()) grad_lse = grads[1].contiguous();
+    const c10::IValue& scale = ctx->saved_data["scale"];
+    auto [dq, dk, dv, dsinks] = swa::varlen_attention_backward(
+        grad_out, grad_lse, q, k, v, out, lse, saved[5], saved[6], ctx->saved_data["max_seqlen_q"].toInt(),
+        ctx->saved_data["max_seqlen_k"].toInt(), ctx->saved_data["window_left"].toInt(),
+        ctx->saved_data["window_right"].toInt(),
+        scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()),
+        ctx->saved_data["softcap"].toDouble(), at::globalContext().deterministicAlgorithms(), sinks,
+        ctx->saved_data["sink_tokens"].toInt());
+    variable_list result(13);
+    result[0] = dq, result[1] = dk, result[2] = dv;
+    if (sinks.has_value()) result[11] = dsinks;
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> attention_varlen_autograd(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t window_left,
+    int64_t window_right, std::optional<double> scale, double softcap, const std::optional<at::Tensor>& sinks,
+    int64_t sink_tokens) {
+  const std::optional<at::Tensor> sink_logits =
+      sinks.has_value() && sinks->defined() ? sinks : std::optional<at::Tensor>();
+  auto outputs = AttentionVarlenFunction::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                window_left, window_right, scale, softcap, sink_logits, sink_tokens);
+  return {outputs[0], outputs[1]};
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v, int64_t window_left,
                                                       int64_t window_right,
@@ -115,6 +175,7 @@ std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& q, const
 TORCH_LIBRARY_IMPL(swa, Autograd, m) {
   m.impl("attention", &attention_autograd);
   m.impl("attention.sinks", &attention_sinks_autograd);
+  m.impl("attention.varlen", &attention_varlen_autograd);
 }
 
 }  // namespace swa

@@ -30,6 +30,22 @@ TORCH_LIBRARY(swa, m) {
       "Tensor out, Tensor lse, int window_left, int window_right, float? scale, float softcap, "
       "bool deterministic=False, *, Tensor? sinks=None, int sink_tokens=0) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_sinks)");
+  // Packed variable-length sequences (FlashAttention's varlen layout): q
+  // [Tq, Hq, D], k/v [Tk, Hkv, D] hold the tokens of B sequences back to
+  // back; sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 (int32
+  // [B + 1] prefix sums from 0) and keys likewise; each is banded on its own
+  // lengths (bottom-right alignment), nothing crosses a boundary. lse is
+  // float32 [Hq, Tq]. The sink arguments as in attention.sinks.
+  m.def(
+      "attention.varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+      "int max_seqlen_q, int max_seqlen_k, int window_left=-1, int window_right=0, float? scale=None, "
+      "float softcap=0.0, *, Tensor? sinks=None, int sink_tokens=0) -> (Tensor out, Tensor lse)");
+  m.def(
+      "attention_backward.varlen(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
+      "int max_seqlen_k, int window_left, int window_right, float? scale, float softcap, "
+      "bool deterministic=False, *, Tensor? sinks=None, int sink_tokens=0) "
+      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_sinks)");
   // Rolling KV cache; see csrc/include/swa/kernels/ring.h.
   m.def("cache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor pos) -> ()");
   m.def("cache_gather(Tensor k_cache, Tensor v_cache, Tensor pos, int n) -> (Tensor, Tensor)");

@@ -51,6 +51,24 @@ SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bac
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens = 0);
 
+// Packed variable-length sequences (swa::attention.varlen, FlashAttention's
+// layout): q [Tq, Hq, D], k/v [Tk, Hkv, D], cu_seqlens_q/k int32 [B + 1]
+// prefix sums from 0; each sequence is banded on its own lengths. Returns
+// (out [Tq, Hq, D], lse [Hq, Tq] float32). Sinks as in attention above.
+SWA_API std::tuple<at::Tensor, at::Tensor> varlen_attention(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t window_left = -1,
+    int64_t window_right = 0, std::optional<double> scale = std::nullopt, double softcap = 0.0,
+    const std::optional<at::Tensor>& sinks = std::nullopt, int64_t sink_tokens = 0);
+
+// (grad_q, grad_k, grad_v, grad_sinks) of varlen_attention.
+SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic = false, const std::optional<at::Tensor>& sinks = std::nullopt, int64_t sink_tokens = 0);
+
 // Rolling KV cache (ring of capacity C; position p lives in slot p % C).
 // Writes k, v [B, Hkv, T, D] for positions pos .. pos + T - 1 (pos int64 [B]).
 SWA_API void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,
