@@ -281,10 +281,21 @@ struct ForwardKernel {
           lse[(v * L + i) * lse_rs] = float(band2 * kLn2);
           continue;
         }
-        const double lse2 = log2_add_exp2(band2, *sink * kLog2e);
+        const double sink2 = *sink * kLog2e;
+        // Mostly the sink's weight relative to the reference m joins l (one
+        // exp2 per row); where that is not finite (a sink logit ~1000 above
+        // the row's scores, a NaN) the overflow-free form decides.
+        const T total = sum > T(0) ? sum + std::exp2(T(sink2) - m[v][i]) : std::numeric_limits<T>::quiet_NaN();
+        double lse2;
+        if (std::isfinite(total)) {
+          lse2 = double(m[v][i]) + std::log2(double(total));
+          inv[v][i] = T(1) / total;
+        } else {
+          lse2 = log2_add_exp2(band2, sink2);
+          if (sum > T(0)) inv[v][i] = T(std::exp2(double(m[v][i]) - lse2));
+          else if (std::isnan(lse2)) inv[v][i] = std::numeric_limits<T>::quiet_NaN();
+        }
         lse[(v * L + i) * lse_rs] = float(lse2 * kLn2);
-        if (sum > T(0)) inv[v][i] = T(std::exp2(double(m[v][i]) - lse2));
-        else if (std::isnan(lse2)) inv[v][i] = std::numeric_limits<T>::quiet_NaN();
       }
     }
     unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
