@@ -61,6 +61,24 @@ views of *different* tensors: that version's inductor writes back the second
 of two mutated views of one base wrongly (torch 2.14 is fine).
 RollingKVCache allocates its key and value rings apart for this reason.
 
+Sink tokens and sink logits (StreamingLLM, gpt-oss)
+---------------------------------------------------
+
+A cache with ``S`` sink slots is ``[B, Hkv, S + C, D]``: slots ``0 .. S-1``
+keep positions ``0 .. S-1`` forever, the ring is slots ``S .. S + C - 1``
+(position ``p`` in slot ``S + p % C``; positions below ``S`` are in both).
+
+``cache_append.sinks(k_cache, v_cache, k, v, pos, *, sink_tokens)``
+    ``cache_append`` into the ring after ``sink_tokens`` sink slots, and the
+    tokens at positions below ``sink_tokens`` into their sink slots as well.
+
+``cache_attention.sinks(q, k_new, v_new, k_cache, v_cache, pos, window, scale=None, softcap=0.0, *, sinks=None, sink_tokens=0)``
+    ``cache_attention`` whose queries also see positions ``0 .. S-1``
+    (``S = sink_tokens``, read in place from the sink slots) beside their
+    window, and ``sinks``, float32 ``[Hq]`` logits that join every row's
+    softmax without a value (see ``torch.ops.swa.attention.sinks``). The ring
+    after the sink slots needs ``C >= window - 1``.
+
 ``T`` is the same for every sequence of one call; mixing prefill chunks and
 decodes of different lengths in one call (ragged ``T``) is not supported yet
 and will come later.
@@ -105,6 +123,26 @@ def _cache_attention_fake(q, k_new, v_new, k_cache, v_cache, pos, window, scale=
     return out, lse
 
 
+@torch.library.register_fake("swa::cache_append.sinks")
+def _cache_append_sinks_fake(k_cache, v_cache, k, v, pos, *, sink_tokens):
+    torch._check(k_cache.dim() == 4, lambda: "swa::cache_append.sinks: k_cache must have 4 dims [B, Hkv, S + C, D]")
+    torch._check(sink_tokens >= 0, lambda: f"swa::cache_append.sinks: sink_tokens must be >= 0, got {sink_tokens}")
+    check_same_device("swa::cache_append.sinks", "k_cache", k_cache, v_cache=v_cache, k=k, v=v, pos=pos)
+    return None
+
+
+@torch.library.register_fake("swa::cache_attention.sinks")
+def _cache_attention_sinks_fake(q, k_new, v_new, k_cache, v_cache, pos, window, scale=None, softcap=0.0, *,
+                                sinks=None, sink_tokens=0):
+    op = "swa::cache_attention.sinks"
+    torch._check(q.dim() == 4, lambda: f"{op}: q must have 4 dims [B, Hq, T, D]")
+    torch._check(sink_tokens >= 0, lambda: f"{op}: sink_tokens must be >= 0, got {sink_tokens}")
+    check_same_device(op, "q", q, k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache, pos=pos, sinks=sinks)
+    out = torch.empty_like(q)
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse
+
+
 # ---- the cache object ------------------------------------------------------------
 
 
@@ -140,7 +178,10 @@ class RollingKVCache:
     ``window`` is one int or one per layer (``None`` is not allowed: a rolling
     cache needs a window). ``capacity`` (one int or one per layer) must be at
     least each layer's ``window - 1``; more keeps more history for
-    ``gather``. Nothing here syncs with the device, so a decoding step can be
+    ``gather``. ``sink_tokens=S`` keeps positions ``0 .. S-1`` of every layer
+    in ``S`` extra slots before its ring (StreamingLLM: every query sees them
+    beside its window, however long the stream); ``attend(..., sinks=)``
+    takes sink logits (gpt-oss). Nothing here syncs with the device, so a decoding step can be
     captured in a CUDA graph or compiled with ``torch.compile(fullgraph=True)``.
     """
 
@@ -155,6 +196,7 @@ class RollingKVCache:
         capacity: Optional[Union[int, Sequence[int]]] = None,
         dtype: torch.dtype,
         device: Union[str, torch.device],
+        sink_tokens: int = 0,
     ):
         if num_layers < 1:
             raise ValueError(f"RollingKVCache: num_layers must be >= 1, got {num_layers}")
@@ -169,6 +211,9 @@ class RollingKVCache:
             if c < max(1, w - 1):
                 raise ValueError(f"RollingKVCache: capacity of layer {layer} must be >= max(1, window - 1) = "
                                  f"{max(1, w - 1)}, got {c}")
+        if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
+            raise ValueError(f"RollingKVCache: sink_tokens must be an int >= 0, got {sink_tokens!r}")
+        self.sink_tokens = sink_tokens
         self.num_layers = num_layers
         self.batch_size = batch_size
         self.num_kv_heads = num_kv_heads
@@ -182,13 +227,14 @@ class RollingKVCache:
         # torch 2.11's inductor writes the second of two mutated views of the
         # same base back wrongly (torch 2.14 is fine).
         ring = batch_size * num_kv_heads * head_dim
-        total = ring * sum(self.capacities)
+        slots = [sink_tokens + c for c in self.capacities]  # sink slots, then the ring
+        total = ring * sum(slots)
         self._k_storage = torch.zeros(total, dtype=dtype, device=self.device)
         self._v_storage = torch.zeros(total, dtype=dtype, device=self.device)
         self._k: List[Tensor] = []
         self._v: List[Tensor] = []
         offset = 0
-        for c in self.capacities:
+        for c in slots:
             shape = (batch_size, num_kv_heads, c, head_dim)
             self._k.append(self._k_storage[offset:offset + ring * c].view(shape))
             self._v.append(self._v_storage[offset:offset + ring * c].view(shape))
@@ -198,11 +244,12 @@ class RollingKVCache:
     # -- the rings ------------------------------------------------------------
 
     def k_cache(self, layer: int) -> Tensor:
-        """Layer's key ring [B, Hkv, C, D] (a view; slot p % C holds position p)."""
+        """Layer's key buffer [B, Hkv, S + C, D] (a view): S sink slots, then the
+        ring (slot S + p % C holds position p)."""
         return self._k[layer]
 
     def v_cache(self, layer: int) -> Tensor:
-        """Layer's value ring [B, Hkv, C, D]."""
+        """Layer's value buffer [B, Hkv, S + C, D]."""
         return self._v[layer]
 
     @property
@@ -214,28 +261,40 @@ class RollingKVCache:
     # -- one step ---------------------------------------------------------------
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None,
-               softcap: float = 0.0, return_lse: bool = False):
+               softcap: float = 0.0, return_lse: bool = False, sinks: Optional[Tensor] = None):
         """Attention of q [B, Hq, T, D] (the T tokens at positions pos .. pos+T-1)
-        over this layer's ring and k, v [B, Hkv, T, D], with the layer's window;
+        over this layer's ring and k, v [B, Hkv, T, D], with the layer's window
+        (and the sink tokens and `sinks` logits, float32 [Hq], when given);
         then appends k, v to the ring. Returns out [B, Hq, T, D] (and lse
         [B, Hq, T] float32 with return_lse). Call advance(T) after the last layer.
         """
         kc, vc = self._k[layer], self._v[layer]
-        out, lse = torch.ops.swa.cache_attention(q, k, v, kc, vc, self.pos, self.windows[layer], scale, softcap)
+        if self.sink_tokens == 0 and sinks is None:
+            out, lse = torch.ops.swa.cache_attention(q, k, v, kc, vc, self.pos, self.windows[layer], scale, softcap)
+        else:
+            out, lse = torch.ops.swa.cache_attention.sinks(q, k, v, kc, vc, self.pos, self.windows[layer], scale,
+                                                           softcap, sinks=sinks, sink_tokens=self.sink_tokens)
         # After the attention: with T > C - (W - 1) the new tokens overwrite
         # slots that the chunk's first queries still read.
-        torch.ops.swa.cache_append(kc, vc, k, v, self.pos)
+        self.append(layer, k, v)
         return (out, lse) if return_lse else out
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
-        """Writes k, v [B, Hkv, T, D] at positions pos .. pos+T-1 of a layer's ring."""
-        torch.ops.swa.cache_append(self._k[layer], self._v[layer], k, v, self.pos)
+        """Writes k, v [B, Hkv, T, D] at positions pos .. pos+T-1 of a layer's ring
+        (and sink slots)."""
+        if self.sink_tokens == 0:
+            torch.ops.swa.cache_append(self._k[layer], self._v[layer], k, v, self.pos)
+        else:
+            torch.ops.swa.cache_append.sinks(self._k[layer], self._v[layer], k, v, self.pos,
+                                             sink_tokens=self.sink_tokens)
 
     def gather(self, layer: int, n: Optional[int] = None):
         """The n (default C) most recent tokens of a layer before pos, oldest
-        first: (k, v) [B, Hkv, n, D] copies; negative positions are zeros."""
+        first: (k, v) [B, Hkv, n, D] copies; negative positions are zeros.
+        (From the ring: the sink slots are k_cache(layer)[:, :, :S].)"""
         n = self.capacities[layer] if n is None else n
-        return torch.ops.swa.cache_gather(self._k[layer], self._v[layer], self.pos, n)
+        S = self.sink_tokens
+        return torch.ops.swa.cache_gather(self._k[layer][:, :, S:], self._v[layer][:, :, S:], self.pos, n)
 
     def advance(self, num_tokens: int = 1) -> None:
         """Moves every sequence's position by num_tokens (in place, on the device)."""
@@ -254,4 +313,5 @@ class RollingKVCache:
     def __repr__(self) -> str:
         return (f"RollingKVCache(num_layers={self.num_layers}, batch_size={self.batch_size}, "
                 f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, windows={self.windows}, "
-                f"capacities={self.capacities}, dtype={self.dtype}, device={self.device})")
+                f"capacities={self.capacities}, sink_tokens={self.sink_tokens}, dtype={self.dtype}, "
+                f"device={self.device})")

@@ -12,9 +12,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "cpu/attention.h"
 #include "cpu/decode.h"
 #include "ops/cache_checks.h"
+#include "ops/sinks.h"
 #include "swa/kernels/ring.h"
 
 namespace swa::cpu {
@@ -23,11 +26,17 @@ namespace {
 namespace kn = SWA_KERNEL_NS;
 
 // The n ring rows starting at slot, wrapping past C: (Hkv, n, D). A view when
-// they do not wrap, else a copy.
+// they do not wrap, else a copy. (ring: the ring's slots only, after any
+// sink slots.)
 at::Tensor read_ring(const at::Tensor& ring, int64_t slot, int64_t n) {  // ring (Hkv, C, D)
   const int64_t head = std::min(n, ring.size(1) - slot);  // rows before the wrap
   if (head == n) return ring.narrow(1, slot, n);
   return at::cat({ring.narrow(1, slot, head), ring.narrow(1, 0, n - head)}, 1);
+}
+
+// The ring of one sequence's buffer (Hkv, S + C, D): its slots after the S sink slots.
+at::Tensor ring_of(const at::Tensor& buffer, int64_t sinks) {
+  return buffer.narrow(1, sinks, buffer.size(1) - sinks);
 }
 
 // Writes src (Hkv, n, D) into the n ring rows starting at slot, wrapping.
@@ -38,23 +47,46 @@ void write_ring(const at::Tensor& ring, int64_t slot, const at::Tensor& src) {  
   if (n > head) ring.narrow(1, 0, n - head).copy_(src.narrow(1, head, n - head));
 }
 
+// Positions pos .. pos + T - 1 into the ring after `sinks` sink slots (the
+// last C when T > C), and positions below `sinks` into their sink slots too.
+void append_tokens(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& pos, const CacheShape& cache, int64_t sinks) {
+  const int64_t new_len = k.size(2);
+  const int64_t capacity = cache.capacity - sinks;
+  // Only the last C tokens land when T > C (the earlier ones would be
+  // overwritten by them anyway).
+  const int64_t first = kn::append_first_row(new_len, capacity);
+  const int64_t landing = new_len - first;
+  if (landing == 0 || cache.heads_kv == 0) return;
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t b = 0; b < cache.batch; ++b) {
+    const int64_t slot = kn::ring_slot(p[b] + first, capacity);
+    write_ring(ring_of(k_cache.select(0, b), sinks), slot, k.select(0, b).narrow(1, first, landing));
+    write_ring(ring_of(v_cache.select(0, b), sinks), slot, v.select(0, b).narrow(1, first, landing));
+    // Sink positions [pos, min(S, pos + T)) also go to sink slots pos ..
+    const int64_t sink_rows = std::min(sinks, p[b] + new_len) - p[b];
+    if (sink_rows > 0) {
+      k_cache.select(0, b).narrow(1, p[b], sink_rows).copy_(k.select(0, b).narrow(1, 0, sink_rows));
+      v_cache.select(0, b).narrow(1, p[b], sink_rows).copy_(v.select(0, b).narrow(1, 0, sink_rows));
+    }
+  }
+}
+
 void cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& pos) {
   const char* op = "swa::cache_append";
   const CacheShape cache = check_cache_append(op, k_cache, v_cache, k, v, pos);
   check_pos_values(op, pos);
-  const int64_t new_len = k.size(2);
-  // Only the last C tokens land when T > C (the earlier ones would be
-  // overwritten by them anyway).
-  const int64_t first = kn::append_first_row(new_len, cache.capacity);
-  const int64_t landing = new_len - first;
-  if (landing == 0 || cache.heads_kv == 0) return;
-  const int64_t* p = pos.data_ptr<int64_t>();
-  for (int64_t b = 0; b < cache.batch; ++b) {
-    const int64_t slot = kn::ring_slot(p[b] + first, cache.capacity);
-    write_ring(k_cache.select(0, b), slot, k.select(0, b).narrow(1, first, landing));
-    write_ring(v_cache.select(0, b), slot, v.select(0, b).narrow(1, first, landing));
-  }
+  append_tokens(k_cache, v_cache, k, v, pos, cache, 0);
+}
+
+void cache_append_sinks_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& pos, int64_t sink_tokens) {
+  const char* op = "swa::cache_append.sinks";
+  const CacheShape cache = check_cache_append(op, k_cache, v_cache, k, v, pos);
+  check_sink_slots(op, cache, sink_tokens, 0);
+  check_pos_values(op, pos);
+  append_tokens(k_cache, v_cache, k, v, pos, cache, sink_tokens);
 }
 
 std::tuple<at::Tensor, at::Tensor> cache_gather_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -81,38 +113,46 @@ std::tuple<at::Tensor, at::Tensor> cache_gather_cpu(const at::Tensor& k_cache, c
   return {k_out, v_out};
 }
 
-std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, const at::Tensor& k_new,
-                                                       const at::Tensor& v_new, const at::Tensor& k_cache,
-                                                       const at::Tensor& v_cache, const at::Tensor& pos,
-                                                       int64_t window, std::optional<double> scale,
-                                                       double softcap) {
-  const char* op = "swa::cache_attention";
+std::tuple<at::Tensor, at::Tensor> attend_cache(const char* op, const at::Tensor& q, const at::Tensor& k_new,
+                                                const at::Tensor& v_new, const at::Tensor& k_cache,
+                                                const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
+                                                std::optional<double> scale, double softcap, const SinkArgs& sinks) {
   const AttentionShape shape =
       check_cache_attention(op, q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap);
+  const int64_t capacity = check_sink_slots(op, CacheShape{shape.batch, shape.heads_kv, k_cache.size(2),
+                                                           shape.head_dim}, sinks.tokens, window);
   check_pos_values(op, pos);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, q.options().dtype(at::kFloat));
   if (shape.empty()) return {out, lse};
   const double softmax_scale_value = softmax_scale(scale, shape.head_dim);
   if (decode_path_applies(shape.seqlen_q, shape.group())) {
-    cache_decode_into(q, k_new, v_new, k_cache, v_cache, pos, window, softmax_scale_value, softcap, out, lse);
+    cache_decode_into(q, k_new, v_new, k_cache, v_cache, pos, window, softmax_scale_value, softcap, out, lse, sinks);
     return {out, lse};
   }
   const int64_t* p = pos.data_ptr<int64_t>();
   auto attend_sequence = [&](int64_t b) {
     // Sequences sit at different positions, so each has its own virtual key
-    // sequence: ring slots of positions key_start .. pos - 1, then k_new.
-    const kn::RingView view{p[b], shape.seqlen_q, window, k_cache.size(2)};
-    at::Tensor k_b = k_new.narrow(0, b, 1), v_b = v_new.narrow(0, b, 1);  // (1, Hkv, T, D)
-    if (view.ring_len() > 0) {
-      const int64_t slot = view.slot(0);  // slots of virtual keys 0 .. ring_len - 1 follow on
-      k_b = at::cat({read_ring(k_cache.select(0, b), slot, view.ring_len()).unsqueeze(0), k_b}, 2);
-      v_b = at::cat({read_ring(v_cache.select(0, b), slot, view.ring_len()).unsqueeze(0), v_b}, 2);
+    // sequence: the sink slots the window no longer holds, ring slots of
+    // positions key_start .. pos - 1, then k_new.
+    const kn::RingView view{p[b], shape.seqlen_q, window, capacity, sinks.tokens};
+    std::vector<at::Tensor> ks, vs;
+    if (view.sink_len() > 0) {
+      ks.push_back(k_cache.select(0, b).narrow(1, 0, view.sink_len()).unsqueeze(0));
+      vs.push_back(v_cache.select(0, b).narrow(1, 0, view.sink_len()).unsqueeze(0));
     }
+    if (view.ring_len() > 0) {
+      const int64_t slot = view.slot(view.sink_len()) - sinks.tokens;  // in the ring; the rest follow on
+      ks.push_back(read_ring(ring_of(k_cache.select(0, b), sinks.tokens), slot, view.ring_len()).unsqueeze(0));
+      vs.push_back(read_ring(ring_of(v_cache.select(0, b), sinks.tokens), slot, view.ring_len()).unsqueeze(0));
+    }
+    ks.push_back(k_new.narrow(0, b, 1));  // (1, Hkv, T, D)
+    vs.push_back(v_new.narrow(0, b, 1));
+    const at::Tensor k_b = ks.size() == 1 ? ks[0] : at::cat(ks, 2), v_b = vs.size() == 1 ? vs[0] : at::cat(vs, 2);
     // (1, Hkv, seqlen_k, D) keys; the T queries are its last T positions.
     at::Tensor out_b = out.narrow(0, b, 1), lse_b = lse.narrow(0, b, 1);
-    attention_forward_into(q.narrow(0, b, 1), k_b, v_b, window - 1, 0, softmax_scale_value, softcap,
-                           out_b, lse_b);
+    attention_forward_into(q.narrow(0, b, 1), k_b, v_b, window - 1, 0, softmax_scale_value, softcap, out_b, lse_b,
+                           SinkArgs{sinks.logits, sinks.tokens});  // the first S virtual keys (ring.h)
   };
   // One sequence: the kernel parallelises over heads and query tiles. Several:
   // one parallel region over the sequences (the kernel then runs inline).
@@ -126,12 +166,31 @@ std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, cons
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> cache_attention_cpu(const at::Tensor& q, const at::Tensor& k_new,
+                                                       const at::Tensor& v_new, const at::Tensor& k_cache,
+                                                       const at::Tensor& v_cache, const at::Tensor& pos,
+                                                       int64_t window, std::optional<double> scale,
+                                                       double softcap) {
+  return attend_cache("swa::cache_attention", q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap, {});
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_attention_sinks_cpu(
+    const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const at::Tensor& k_cache,
+    const at::Tensor& v_cache, const at::Tensor& pos, int64_t window, std::optional<double> scale, double softcap,
+    const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  const char* op = "swa::cache_attention.sinks";
+  return attend_cache(op, q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap,
+                      check_sinks(op, sinks, sink_tokens, q));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(swa, CPU, m) {
   m.impl("cache_append", &cache_append_cpu);
   m.impl("cache_gather", &cache_gather_cpu);
   m.impl("cache_attention", &cache_attention_cpu);
+  m.impl("cache_append.sinks", &cache_append_sinks_cpu);
+  m.impl("cache_attention.sinks", &cache_attention_sinks_cpu);
 }
 
 }  // namespace swa::cpu

@@ -9,6 +9,7 @@
 #include "cpu/decode_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/row_softmax.h"
 #include "cpu/tensor_rows.h"
 #include "ops/checks.h"
 #include "swa/kernels/ring.h"
@@ -34,7 +35,8 @@ void choose_splits(DecodeProblem& p, int64_t tasks, int64_t max_keys) {
 }
 
 // out, lse from the splits' (m, l, O): with M = max m_s, l = sum l_s 2^(m_s - M),
-// out = sum O_s 2^(m_s - M) / l, lse = (M + log2 l) ln 2 (m in base 2).
+// out = sum O_s 2^(m_s - M) / l, lse = (M + log2 l) ln 2 (m in base 2); the
+// sink logit joins here, once (cpu/row_softmax.h).
 template <class T, class In>
 void merge(const DecodeProblem& p, int64_t batch) {
   const int64_t R = decode_rows(p), D = p.head_dim, stride = decode_partial_stride(p);
@@ -62,12 +64,10 @@ void merge(const DecodeProblem& p, int64_t batch) {
           for (int64_t d = 0; d < D; ++d) o[d] += row[2 + d] * w;
         }
         In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + t * p.out_stride[2];
-        const T inv = nan ? std::numeric_limits<T>::quiet_NaN() : sum > T(0) ? T(1) / sum : T(0);
+        T inv;
+        finish_row(mx, nan ? std::numeric_limits<T>::quiet_NaN() : sum, p.sinks != nullptr ? p.sinks + h : nullptr,
+                   inv, p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]]);
         for (int64_t d = 0; d < D; ++d) out[d] = In(o[d] * inv);
-        p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] =
-            nan          ? NAN
-            : sum > T(0) ? float((double(mx) + std::log2(double(sum))) * 0.6931471805599453)
-                         : -INFINITY;
       }
     }
   }
@@ -79,7 +79,8 @@ bool decode_path_applies(int64_t new_len, int64_t group) { return new_len * grou
 
 void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const at::Tensor& v_new_in,
                        const at::Tensor& k_cache_in, const at::Tensor& v_cache_in, const at::Tensor& pos,
-                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse) {
+                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
+                       const SinkArgs& sinks) {
   if (q_in.numel() == 0) return;
   // The kernel reads and writes rows with unit stride along the head dim.
   const at::Tensor q = unit_last(q_in), k_new = unit_last(k_new_in), v_new = unit_last(v_new_in);
@@ -111,12 +112,18 @@ void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const
   p.new_len = q.size(2);
   p.head_dim = q.size(3);
   p.window = window;
-  p.capacity = k_cache.size(2);
+  p.sink_tokens = sinks.tokens;
+  p.capacity = k_cache.size(2) - sinks.tokens;  // the ring after the sink slots
+  at::Tensor sink_logits;  // [Hq] float64
+  if (sinks.logits.has_value()) {
+    sink_logits = sinks.logits->to(at::kDouble).contiguous();
+    p.sinks = sink_logits.data_ptr<double>();
+  }
   p.scale = scale;
   p.softcap = kernel_softcap(softcap);  // as attention_forward_into: tiny caps stay on
   int64_t max_keys = 1;
   for (int64_t b = 0; b < batch; ++b)
-    max_keys = std::max(max_keys, SWA_KERNEL_NS::RingView{p.pos[b], p.new_len, window, p.capacity}.seqlen_k());
+    max_keys = std::max(max_keys, SWA_KERNEL_NS::RingView{p.pos[b], p.new_len, window, p.capacity, p.sink_tokens}.seqlen_k());
   const int64_t heads = batch * p.heads_kv;
   choose_splits(p, heads, max_keys);
   at::Tensor partial;

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "ops/sinks.h"
+
 namespace swa::cpu {
 
 // Whether cache_attention with T new tokens and `group` query heads per kv
@@ -11,9 +13,11 @@ namespace swa::cpu {
 bool decode_path_applies(int64_t new_len, int64_t group);
 
 // out [B, Hq, T, D] and lse [B, Hq, T] (float32) of cache_attention, written
-// in place; pos is a CPU int64 [B] tensor of non-negative positions.
+// in place; pos is a CPU int64 [B] tensor of non-negative positions. sinks:
+// sink logits, and sinks.tokens sink slots before the ring (ring.h).
 void cache_decode_into(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
                        const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
-                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse);
+                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
+                       const SinkArgs& sinks = {});
 
 }  // namespace swa::cpu

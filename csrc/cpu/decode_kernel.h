@@ -18,6 +18,7 @@
 
 #include "cpu/decode_problem.h"
 #include "cpu/lane_tile.h"  // AlignedBuffer
+#include "cpu/row_softmax.h"
 #include "cpu/simd.h"
 #include "swa/kernels/ring.h"
 
@@ -320,40 +321,63 @@ struct DecodeKernel {
   SWA_INLINE void run_task(int64_t b, int64_t hk, int64_t split) {
     namespace kn = SWA_KERNEL_NS;
     const int64_t T_new = p.new_len, G = p.group;
-    const kn::RingView view{p.pos[b], T_new, p.window, p.capacity};
+    const kn::RingView view{p.pos[b], T_new, p.window, p.capacity, p.sink_tokens};
     const kn::Band band = view.band();
-    const int64_t ring_len = view.ring_len(), seqlen_k = view.seqlen_k();
+    const int64_t sink_len = view.sink_len(), ring_len = view.ring_len(), seqlen_k = view.seqlen_k();
     // Rows r = g * T + t: query head hk * G + g, new token t.
     for (int64_t g = 0; g < G; ++g) {
       const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + (hk * G + g) * p.q_stride[1];
       for (int64_t t = 0; t < T_new; ++t) {
         const int64_t r = g * T_new + t;
         for (int64_t d = 0; d < Dp; ++d) qs[r * Dp + d] = d < D ? T(q[t * p.q_stride[2] + d]) : T(0);
-        key_begin[r] = band.key_begin(t);
-        key_end[r] = band.key_end(t);
         m[r] = -std::numeric_limits<T>::infinity();
         l[r] = T(0);
       }
     }
+    // Each row's keys in the current piece: the sink run [0, sink_end) for
+    // the sink slots, the band for the rest (band.h).
+    auto set_rows = [&](bool sink_run) {
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t t = r % T_new;
+        key_begin[r] = sink_run ? 0 : band.key_begin(t);
+        key_end[r] = sink_run ? band.sink_end(t) : band.key_end(t);
+      }
+    };
     for (int64_t i = 0; i < R * Dp; ++i) ot[i] = T(0);
     const int64_t s0 = std::min(seqlen_k, split * p.split_keys);
     const int64_t s1 = std::min(seqlen_k, s0 + p.split_keys);
-    // The virtual keys in three runs of contiguous rows: ring slots up to the
-    // wrap, ring slots from slot 0, the new keys.
+    // The virtual keys in four runs of contiguous rows: the sink slots, ring
+    // slots up to the wrap, ring slots from the ring's first slot, the new keys.
     const In* kc = static_cast<const In*>(p.k_cache) + b * p.k_cache_stride[0] + hk * p.k_cache_stride[1];
     const In* vc = static_cast<const In*>(p.v_cache) + b * p.v_cache_stride[0] + hk * p.v_cache_stride[1];
     const In* kn_ = static_cast<const In*>(p.k_new) + b * p.k_new_stride[0] + hk * p.k_new_stride[1];
     const In* vn = static_cast<const In*>(p.v_new) + b * p.v_new_stride[0] + hk * p.v_new_stride[1];
-    const int64_t slot0 = ring_len > 0 ? view.slot(0) : 0;
-    const int64_t before_wrap = std::min(ring_len, p.capacity - slot0);
+    const int64_t ring_end = sink_len + ring_len;  // virtual keys below: in the cache buffer
+    const int64_t slot0 = ring_len > 0 ? view.slot(sink_len) : 0;
+    const int64_t before_wrap = std::min(ring_len, p.sink_tokens + p.capacity - slot0);
     const int64_t krs = p.k_cache_stride[2], vrs = p.v_cache_stride[2];
-    auto piece = [&](int64_t a0, int64_t a1, const In* k, int64_t k_rs, const In* v, int64_t v_rs) {
-      const int64_t j0 = std::max(a0, s0), j1 = std::min(a1, s1);
-      if (j0 < j1) run_piece(j0, j1, k + (j0 - a0) * k_rs, k_rs, v + (j0 - a0) * v_rs, v_rs);
+    // The virtual keys [c0, c1) of this split, run by run. A row's keys are
+    // two runs (band.h): the sink run [0, sink_end), whose keys lie in the
+    // sink slots and, early in a stream, in the ring, and the band; each pass
+    // walks one of them with the rows' ranges set to it.
+    auto walk = [&](int64_t c0, int64_t c1) {
+      c0 = std::max(c0, s0), c1 = std::min(c1, s1);
+      auto piece = [&](int64_t a0, int64_t a1, const In* k, int64_t k_rs, const In* v, int64_t v_rs) {
+        const int64_t j0 = std::max(a0, c0), j1 = std::min(a1, c1);
+        if (j0 < j1) run_piece(j0, j1, k + (j0 - a0) * k_rs, k_rs, v + (j0 - a0) * v_rs, v_rs);
+      };
+      piece(0, sink_len, kc, krs, vc, vrs);
+      piece(sink_len, sink_len + before_wrap, kc + slot0 * krs, krs, vc + slot0 * vrs, vrs);
+      piece(sink_len + before_wrap, ring_end, kc + p.sink_tokens * krs, krs, vc + p.sink_tokens * vrs, vrs);
+      piece(ring_end, seqlen_k, kn_, p.k_new_stride[2], vn, p.v_new_stride[2]);
     };
-    piece(0, before_wrap, kc + slot0 * krs, krs, vc + slot0 * vrs, vrs);
-    piece(before_wrap, ring_len, kc, krs, vc, vrs);
-    piece(ring_len, seqlen_k, kn_, p.k_new_stride[2], vn, p.v_new_stride[2]);
+    const int64_t sink_run_end = band.sink_end(T_new - 1);  // the last row's is the longest
+    if (sink_run_end > 0) {
+      set_rows(true);
+      walk(0, sink_run_end);
+    }
+    set_rows(false);
+    walk(band.key_begin(0), seqlen_k);
     if (p.splits > 1) {
       T* part = static_cast<T*>(p.partial) + ((b * p.heads_kv + hk) * p.splits + split) * decode_partial_stride(p);
       for (int64_t r = 0; r < R; ++r) {
@@ -370,12 +394,10 @@ struct DecodeKernel {
       float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1];
       for (int64_t t = 0; t < T_new; ++t) {
         const int64_t r = g * T_new + t;
-        // l = 0: no key seen (out 0, lse -inf); NaN: a NaN score (out, lse NaN).
-        const T inv = l[r] == T(0) ? T(0) : T(1) / l[r];
+        // l = 0: no key seen (out 0, lse -inf or the sink's); NaN: a NaN score.
+        T inv;
+        finish_row(m[r], l[r], p.sinks != nullptr ? p.sinks + h : nullptr, inv, lse[t * p.lse_stride[2]]);
         for (int64_t d = 0; d < D; ++d) out[t * p.out_stride[2] + d] = In(ot[r * Dp + d] * inv);
-        lse[t * p.lse_stride[2]] = l[r] > T(0)    ? float((double(m[r]) + std::log2(double(l[r]))) * decode_detail::kLn2)
-                                   : l[r] == T(0) ? -INFINITY
-                                                  : NAN;
       }
     }
   }

@@ -34,6 +34,10 @@ struct DecodeProblem {
   int64_t q_stride[3], k_new_stride[3], v_new_stride[3], k_cache_stride[3], v_cache_stride[3];
   int64_t out_stride[3], lse_stride[3];
   int64_t heads_kv, group, new_len, head_dim, window, capacity;
+  // Sinks: S sink slots before the ring (capacity = the ring's slots; see
+  // swa/kernels/ring.h) and/or one logit per query head, or null.
+  int64_t sink_tokens = 0;
+  const double* sinks = nullptr;
   double scale, softcap;
   // Window split: task = (b * heads_kv + hk) * splits + split, the split
   // covering virtual keys [split * split_keys, (split + 1) * split_keys).

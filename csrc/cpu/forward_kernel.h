@@ -22,6 +22,7 @@
 
 #include "cpu/forward_problem.h"
 #include "cpu/lane_tile.h"
+#include "cpu/row_softmax.h"
 #include "cpu/simd.h"
 
 // Profiling hook of scratch builds (SWA_PROF(i): time from here on counts
@@ -35,14 +36,6 @@ namespace swa::cpu::SWA_CPU_ISA_NS {
 constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
-// log2(2^a + 2^b) without overflow (the base-2 lse of a row and its sink
-// logit); -inf when both are -inf, NaN when either is NaN.
-inline double log2_add_exp2(double a, double b) {
-  if (std::isnan(a) || std::isnan(b)) return NAN;
-  const double hi = std::max(a, b), lo = std::min(a, b);
-  if (hi == -INFINITY || hi == INFINITY) return hi;
-  return hi + std::log2(1.0 + std::exp2(lo - hi));
-}
 
 // The forward kernel of one instruction set (Cfg) and accumulation type T.
 template <class Cfg, class T>
@@ -260,43 +253,17 @@ struct ForwardKernel {
     }
   }
 
-  // Step 3: out rows = O^T columns / l, lse = m + log l; rows that see no
-  // key (l = 0) get 0 and -inf. A NaN score (a NaN in the row's query or a
-  // key it sees, inf - inf) makes l NaN: out and lse are NaN then, never the
-  // -inf that means "sees no key" (the max skips NaN, so m cannot tell).
-  // With a sink logit s (base 2: s2 = s log2 e) the row's normaliser is
-  // 2^lse2 = l 2^m + 2^s2: out = O^T 2^(m - lse2), and a row that sees no key
-  // gets out 0 and lse s.
+  // Step 3: out rows = O^T columns / l, lse = m + log l, with the sink logit
+  // when there is one (cpu/row_softmax.h). Rows that see no key (l = 0) get 0
+  // and -inf (or the sink's logit). A NaN score (a NaN in the row's query or
+  // a key it sees, inf - inf) makes l NaN: out and lse are NaN then, never
+  // the -inf that means "sees no key" (the max skips NaN, so m cannot tell).
   template <class In>
   SWA_INLINE void store_out(In* out, int64_t out_rs, float* lse, int64_t lse_rs, const double* sink) {
     vec inv[kVecs];
     for (int v = 0; v < tile.nvec; ++v) {
-      inv[v] = S::select(l[v] == S::zero(), S::zero(), S::set1(T(1)) / l[v]);
-      for (int i = 0; i < L && v * L + i < rows; ++i) {
-        const T sum = l[v][i];
-        const double band2 = sum > T(0)    ? double(m[v][i]) + std::log2(double(sum))
-                             : sum == T(0) ? -INFINITY
-                                           : NAN;
-        if (sink == nullptr) {
-          lse[(v * L + i) * lse_rs] = float(band2 * kLn2);
-          continue;
-        }
-        const double sink2 = *sink * kLog2e;
-        // Mostly the sink's weight relative to the reference m joins l (one
-        // exp2 per row); where that is not finite (a sink logit ~1000 above
-        // the row's scores, a NaN) the overflow-free form decides.
-        const T total = sum > T(0) ? sum + std::exp2(T(sink2) - m[v][i]) : std::numeric_limits<T>::quiet_NaN();
-        double lse2;
-        if (std::isfinite(total)) {
-          lse2 = double(m[v][i]) + std::log2(double(total));
-          inv[v][i] = T(1) / total;
-        } else {
-          lse2 = log2_add_exp2(band2, sink2);
-          if (sum > T(0)) inv[v][i] = T(std::exp2(double(m[v][i]) - lse2));
-          else if (std::isnan(lse2)) inv[v][i] = std::numeric_limits<T>::quiet_NaN();
-        }
-        lse[(v * L + i) * lse_rs] = float(lse2 * kLn2);
-      }
+      inv[v] = S::zero();
+      for (int i = 0; i < L && v * L + i < rows; ++i) finish_row(m[v][i], l[v][i], sink, inv[v][i], lse[(v * L + i) * lse_rs]);
     }
     unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
   }

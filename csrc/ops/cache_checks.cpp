@@ -1,5 +1,7 @@
 #include "ops/cache_checks.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -155,6 +157,18 @@ AttentionShape check_cache_attention(const char* op, const at::Tensor& q, const 
               window - 1, " (the ring must hold every earlier key a query sees), got ", cache.capacity);
   check_pos(op, pos, cache, q.device());
   return shape;
+}
+
+int64_t check_sink_slots(const char* op, const CacheShape& cache, int64_t sink_tokens, int64_t window) {
+  TORCH_CHECK(sink_tokens >= 0, op, ": sink_tokens must be >= 0 (sink slots before the ring; 0 = none), got ",
+              sink_tokens);
+  const int64_t ring = cache.capacity - sink_tokens;
+  const int64_t need = std::max<int64_t>(1, window - 1);
+  TORCH_CHECK(ring >= need, op, ": k_cache's ", cache.capacity, " slots (dim 2) must hold sink_tokens = ", sink_tokens,
+              " sink slots and a ring of at least ", need, window > 1 ? " (window - 1)" : "",
+              " slots, i.e. dim 2 >= ", sink_tokens + need,
+              " (a cache without sink slots cannot serve sink tokens: allocate it with them)");
+  return ring;
 }
 
 }  // namespace swa

@@ -61,4 +61,9 @@ AttentionShape check_cache_attention(const char* op, const at::Tensor& q, const 
                                      const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
                                      std::optional<double> scale, double softcap);
 
+// A cache with sink_tokens S sink slots before its ring (swa/kernels/ring.h):
+// S >= 0 and C - S >= max(1, window - 1) ring slots (window 0: any ring).
+// Returns the ring's capacity C - S.
+int64_t check_sink_slots(const char* op, const CacheShape& cache, int64_t sink_tokens, int64_t window);
+
 }  // namespace swa

@@ -128,6 +128,51 @@ void check_gather(int64_t pos, int64_t n, int64_t capacity) {
 
 }  // namespace
 
+// A cache with S sink slots before a ring of C (ring.h): the virtual keys are
+// exactly the positions the queries see (window or sink position, each
+// once), the band over them (sink_tokens = S) gives each query its keys, and
+// each key is read from the slot that a token-by-token simulation put it in.
+void check_sink_view(int64_t pos, int64_t new_len, int64_t window, int64_t capacity, int64_t sinks) {
+  const char* fmt = "pos=%lld T=%lld W=%lld C=%lld S=%lld key=%lld";
+#define SARGS(key) (long long)pos, (long long)new_len, (long long)window, (long long)capacity, (long long)sinks, \
+      (long long)(key)
+  SimulatedRing ring(capacity);
+  std::vector<int64_t> sink_slot(sinks, -1);  // slot s -> position it holds
+  for (int64_t p = 0; p < pos; ++p) {
+    ring.push(p);
+    if (p < sinks) sink_slot[p] = p;
+  }
+  const kn::RingView view{pos, new_len, window, capacity, sinks};
+  const kn::Band band = view.band();
+  EXPECT(band.sink_tokens == sinks, fmt, SARGS(-1));
+  // Positions strictly increase along the virtual keys.
+  for (int64_t j = 1; j < view.seqlen_k(); ++j) EXPECT(view.position(j) > view.position(j - 1), fmt, SARGS(j));
+  for (int64_t t = 0; t < new_len; ++t) {
+    const int64_t q_pos = pos + t;
+    std::vector<int64_t> seen;
+    for (int64_t j = 0; j < view.seqlen_k(); ++j)
+      if (band.visible(t, j)) seen.push_back(view.position(j));
+    std::vector<int64_t> want;
+    for (int64_t p = 0; p <= q_pos; ++p)
+      if (p > q_pos - window || p < sinks) want.push_back(p);
+    EXPECT(seen == want, fmt, SARGS(t));
+  }
+  for (int64_t j = 0; j < view.seqlen_k(); ++j) {
+    const int64_t p = view.position(j);
+    if (!view.in_ring(j)) {
+      EXPECT(p >= pos && view.new_row(j) == p - pos, fmt, SARGS(j));
+      continue;
+    }
+    const int64_t slot = view.slot(j);
+    if (slot < sinks) {
+      EXPECT(sink_slot[slot] == p, fmt, SARGS(j));
+    } else {
+      EXPECT(slot < sinks + capacity && ring.held[slot - sinks] == p, fmt, SARGS(j));
+    }
+  }
+#undef SARGS
+}
+
 int main() {
   // Exhaustive over small sizes (the edges: pos = 0, pos < W, C = W - 1, W = 1, T > C).
   for (int64_t window = 1; window <= 6; ++window)
@@ -150,5 +195,11 @@ int main() {
     check_append(pos, new_len, capacity);
     check_gather(pos, static_cast<int64_t>(rng() % (capacity + 1)), capacity);
   }
+  for (int64_t sinks : {1, 2, 5})
+    for (int64_t window = 1; window <= 6; ++window)
+      for (int64_t capacity = (window > 2 ? window - 1 : 1); capacity <= window + 2; ++capacity)
+        for (int64_t pos = 0; pos <= 3 * capacity + 8; ++pos)
+          for (int64_t new_len = 1; new_len <= capacity + 3; ++new_len)
+            check_sink_view(pos, new_len, window, capacity, sinks);
   return report("test_ring");
 }

@@ -35,7 +35,7 @@ struct RingSource {
   int64_t capacity = 0;       // C: ring slots, after the sink slots
   int64_t window = 0;         // W (window_left = W - 1, window_right = 0)
   int64_t sink_tokens = 0;    // S: sink slots 0 .. S-1 (ring.h); the virtual
-                              // keys' band gets sink_tokens = RingView::sink_len()
+                              // keys' band has sink_tokens = S (RingView::band)
 };
 
 struct AttentionParams {

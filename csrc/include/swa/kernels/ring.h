@@ -20,8 +20,10 @@
 // written to both). The virtual key sequence then starts with the sink
 // positions the window no longer holds, 0 .. sink_len - 1 with
 // sink_len = min(S, key_start), read from their sink slots, followed by the
-// window's keys as above: a band with sink_tokens = sink_len (band.h), whose
-// window never reaches back into the sinks. No CUDA or torch headers.
+// window's keys as above. Either way the sink positions 0 .. S-1 are the
+// first S virtual keys (those at or after key_start are the window's first
+// keys, read from the ring), so the queries' keys are a band with
+// sink_tokens = S (band.h). No CUDA or torch headers.
 #pragma once
 
 #include <cstdint>
@@ -68,7 +70,7 @@ struct RingView {
     const int64_t s = sink_len();
     return key < s ? key : key_start() + key - s;
   }
-  SWA_HOST_DEVICE Band band() const { return {new_len, seqlen_k(), window - 1, 0, sink_len()}; }
+  SWA_HOST_DEVICE Band band() const { return {new_len, seqlen_k(), window - 1, 0, sink_tokens}; }
 };
 
 // cache_append writes positions pos .. pos + T - 1; when T > C only the last C
