@@ -90,13 +90,13 @@ class CountOps:
 
     def __init__(self, monkeypatch):
         self.attention = 0
-        op = swa_hf._op
+        op = swa_hf._attention._op
 
         def counting(*args, **kwargs):
             self.attention += 1
             return op(*args, **kwargs)
 
-        monkeypatch.setattr(swa_hf, "_op", counting)
+        monkeypatch.setattr(swa_hf._attention, "_op", counting)
 
 
 # ---- CPU, fp32 --------------------------------------------------------------------------
@@ -255,14 +255,14 @@ def test_rolling_cache_refusals():
 def test_mask_patterns():
     from transformers import masking_utils as mu
 
-    assert swa_hf._classify_mask_function(mu.causal_mask_function) == (True, None)
-    assert swa_hf._classify_mask_function(mu.sliding_window_causal_mask_function(7)) == (True, 7)
-    assert swa_hf._classify_mask_function(mu.bidirectional_mask_function) == (False, None)
-    assert swa_hf._classify_mask_function(mu.sliding_window_bidirectional_mask_function(3)) == (False, 3)
+    assert swa_hf._mask._classify_mask_function(mu.causal_mask_function) == (True, None)
+    assert swa_hf._mask._classify_mask_function(mu.sliding_window_causal_mask_function(7)) == (True, 7)
+    assert swa_hf._mask._classify_mask_function(mu.bidirectional_mask_function) == (False, None)
+    assert swa_hf._mask._classify_mask_function(mu.sliding_window_bidirectional_mask_function(3)) == (False, 3)
     for unsupported in (mu.chunked_causal_mask_function(4, torch.zeros(1, dtype=torch.long)),
                         mu.or_masks(mu.causal_mask_function, mu.bidirectional_mask_function)):
         with pytest.raises(NotImplementedError, match="not supported"):
-            swa_hf._classify_mask_function(unsupported)
+            swa_hf._mask._classify_mask_function(unsupported)
 
 
 @pytest.mark.parametrize("window", [None, 3])
