@@ -216,8 +216,9 @@ def test_refuses_what_it_does_not_implement():
     attn = model.model.layers[0].self_attn
     q = torch.randn(1, 4, 5, 16)
     k = v = torch.randn(1, 2, 5, 16)
-    with pytest.raises(NotImplementedError, match="sinks"):
-        swa_hf.swa_attention_forward(attn, q, k, v, None, sliding_window=WINDOW, s_aux=torch.zeros(4))
+    # Sink logits are computed (tests/test_transformers_gptoss.py), but must be one per query head.
+    with pytest.raises(ValueError, match=r"s_aux \(attention sinks\) must hold one logit per query head \(4\)"):
+        swa_hf.swa_attention_forward(attn, q, k, v, None, sliding_window=WINDOW, s_aux=torch.zeros(3))
     with pytest.raises(NotImplementedError, match="dropout"):
         swa_hf.swa_attention_forward(attn, q, k, v, None, dropout=0.1)
     with pytest.raises(TypeError, match="SWAMask"):

@@ -13,9 +13,8 @@ from ._mask import SWAMask, _padding_groups
 # ---- the attention function ---------------------------------------------------------
 
 # Keyword arguments that change what attention computes; refused when not None.
+# (Sink logits, gpt-oss's s_aux, are computed: see _sink_logits.)
 _REFUSED_KWARGS = {
-    "s_aux": "attention sinks (gpt-oss's s_aux)",
-    "sinks": "attention sinks",
     "position_bias": "an additive position bias",
     "head_mask": "a head mask",
     "cu_seq_lens_q": "packed (varlen) sequences",
@@ -30,9 +29,28 @@ _REFUSED_KWARGS = {
 _WARNED: Dict[str, bool] = {}
 
 
-def _op(q: Tensor, k: Tensor, v: Tensor, window: Tuple[int, int], scale, softcap: float) -> Tensor:
-    out, _ = torch.ops.swa.attention(q, k, v, window[0], window[1], scale, softcap)
+def _op(q: Tensor, k: Tensor, v: Tensor, window: Tuple[int, int], scale, softcap: float,
+        sinks: Optional[Tensor] = None) -> Tensor:
+    if sinks is None:
+        out, _ = torch.ops.swa.attention(q, k, v, window[0], window[1], scale, softcap)
+    else:
+        out, _ = torch.ops.swa.attention.sinks(q, k, v, window[0], window[1], scale, softcap, sinks=sinks)
     return out
+
+
+def _sink_logits(kwargs, heads_q: int) -> Optional[Tensor]:
+    """gpt-oss's s_aux (its attention module's `sinks` parameter, one logit per
+    query head in the model's dtype) as the op takes it: float32 [Hq]. The
+    cast is differentiable, so the parameter gets its gradient."""
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = kwargs.get("sinks")
+    if sinks is None:
+        return None
+    if sinks.numel() != heads_q:
+        raise ValueError(f"swa_cuda: s_aux (attention sinks) must hold one logit per query head ({heads_q}), "
+                         f"got shape {tuple(sinks.shape)}")
+    return sinks.reshape(heads_q).float()
 
 
 def swa_attention_forward(
@@ -62,6 +80,7 @@ def swa_attention_forward(
         _WARNED["output_attentions"] = True
         warnings.warn("swa_cuda does not materialise attention weights; output_attentions gives None",
                       stacklevel=2)
+    sinks = _sink_logits(kwargs, query.shape[1])
     softcap = float(softcap) if softcap else 0.0
     scale = None if scaling is None else float(scaling)
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
@@ -85,13 +104,14 @@ def swa_attention_forward(
 
     layer = _take_pending(key)
     if layer is not None:
-        out = layer.attend(query, key, value, mask, scale, softcap)
+        out = layer.attend(query, key, value, mask, scale, softcap, sinks)
     else:
-        out = _attend(query, key, value, mask, scale, softcap)
+        out = _attend(query, key, value, mask, scale, softcap, sinks)
     return out.transpose(1, 2), None
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: float) -> Tensor:
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: float,
+            sinks: Optional[Tensor] = None) -> Tensor:
     """Attention over the full keys handed in (no rolling cache)."""
     batch, _, seqlen_q, _ = q.shape
     seqlen_k = k.shape[2]
@@ -99,7 +119,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: floa
     if mask.q_offset is None:  # no positions known: bottom-right alignment, no padding
         if not mask.causal and mask.window is not None and seqlen_q != seqlen_k:
             raise NotImplementedError("swa_cuda: sliding bidirectional attention needs as many queries as keys")
-        return _op(q, k, v, window, scale, softcap)
+        return _op(q, k, v, window, scale, softcap, sinks)
     if mask.q_length != seqlen_q or mask.kv_length != seqlen_k:
         raise ValueError(f"swa_cuda: the mask was built for {mask.q_length} queries x {mask.kv_length} keys but "
                          f"the layer has {seqlen_q} x {seqlen_k}")
@@ -120,9 +140,10 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: floa
         num_keys = seqlen_k
     groups = _padding_groups(mask, seqlen_q, num_keys, batch)
     if groups is None:
-        return _op(q, k, v, window, scale, softcap)
+        return _op(q, k, v, window, scale, softcap, sinks)
     out = q.new_zeros(q.shape)
     for seqs, i0, i1, k0, k1 in groups:
         sel = slice(seqs[0], seqs[0] + 1) if len(seqs) == 1 else torch.tensor(seqs, device=q.device)
-        out[sel, :, i0:i1] = _op(q[sel, :, i0:i1], k[sel, :, k0:k1], v[sel, :, k0:k1], window, scale, softcap)
+        out[sel, :, i0:i1] = _op(q[sel, :, i0:i1], k[sel, :, k0:k1], v[sel, :, k0:k1], window, scale, softcap,
+                                 sinks)
     return out

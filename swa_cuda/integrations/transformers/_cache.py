@@ -195,7 +195,8 @@ class RollingSlidingWindowLayer(CacheLayerMixin):
         mask._memo[memo_key] = starts
         return starts
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: float) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: float,
+               sinks: Optional[Tensor] = None) -> Tensor:
         """Attention of the new tokens over the ring and themselves, then the
         append; called by swa_attention_forward with the keys update() gave."""
         self._drop_pending()
@@ -207,7 +208,7 @@ class RollingSlidingWindowLayer(CacheLayerMixin):
             raise ValueError(f"swa_cuda rolling cache: built for batch {len(self._positions)}, got {batch}")
         starts = self._new_token_starts(mask, num_new, batch)
         if starts is None:
-            out = self.ring.attend(0, q, k, v, scale=scale, softcap=softcap)
+            out = self.ring.attend(0, q, k, v, scale=scale, softcap=softcap, sinks=sinks)
             self.ring.advance(num_new)
             self._positions = [p + num_new for p in self._positions]
             return out
@@ -226,8 +227,12 @@ class RollingSlidingWindowLayer(CacheLayerMixin):
                     "padding must come before a sequence's first token")
             sb = slice(b, b + 1)
             qb, kb, vb = q[sb, :, t0:], k[sb, :, t0:], v[sb, :, t0:]
-            ob, _ = torch.ops.swa.cache_attention(qb, kb, vb, k_ring[sb], v_ring[sb], pos[sb], window, scale,
-                                                  softcap)
+            if sinks is None:
+                ob, _ = torch.ops.swa.cache_attention(qb, kb, vb, k_ring[sb], v_ring[sb], pos[sb], window, scale,
+                                                      softcap)
+            else:
+                ob, _ = torch.ops.swa.cache_attention.sinks(qb, kb, vb, k_ring[sb], v_ring[sb], pos[sb], window,
+                                                            scale, softcap, sinks=sinks)
             torch.ops.swa.cache_append(k_ring[sb], v_ring[sb], kb, vb, pos[sb])
             out[sb, :, t0:] = ob
         pos.add_(torch.tensor(counts, dtype=pos.dtype).to(pos.device))
