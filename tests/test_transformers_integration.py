@@ -230,10 +230,7 @@ def test_refuses_what_it_does_not_implement():
     holes[0, 7] = 0
     with pytest.raises(NotImplementedError, match="between real tokens"):
         logits(model, "swa_cuda", ids, holes)
-    # Packed sequences (position ids restarting inside a row, no mask, no cache).
-    position_ids = torch.cat([torch.arange(10), torch.arange(10)]).unsqueeze(0).expand(3, -1)
-    with pytest.raises(NotImplementedError, match="Packed sequences"):
-        logits(model, "swa_cuda", ids, None, position_ids=position_ids, use_cache=False)
+    # (Packed sequences are computed: tests/test_transformers_packed.py.)
 
 
 def test_rolling_cache_refusals():

@@ -25,7 +25,7 @@ instead of a dense ``[B, 1, Sq, Sk]`` tensor: the band is computed by the
 kernels. It recognises exactly the patterns transformers builds for causal,
 sliding-window causal, bidirectional and sliding-window bidirectional layers,
 checks each one numerically on a probe row, and refuses anything else
-(packed sequences, chunked attention, image-token overlays, ...) with an
+(chunked attention, image-token overlays, ...) with an
 error that names the pattern, rather than computing something else.
 
 Padding. Positions in a transformers mask are indices into the padded batch

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ._cache import _take_pending
-from ._mask import SWAMask, _padding_groups
+from ._mask import SWAMask, _padding_groups, packed_cu_seqlens
 
 # ---- the attention function ---------------------------------------------------------
 
@@ -17,10 +17,6 @@ from ._mask import SWAMask, _padding_groups
 _REFUSED_KWARGS = {
     "position_bias": "an additive position bias",
     "head_mask": "a head mask",
-    "cu_seq_lens_q": "packed (varlen) sequences",
-    "cu_seq_lens_k": "packed (varlen) sequences",
-    "max_length_q": "packed (varlen) sequences",
-    "max_length_k": "packed (varlen) sequences",
     "seq_idx": "packed sequences",
     "attention_chunk_size": "chunked attention",
 }
@@ -103,6 +99,10 @@ def swa_attention_forward(
                              f"window {mask.window}")
 
     layer = _take_pending(key)
+    if kwargs.get("cu_seq_lens_q") is not None or mask.packed is not None:
+        if layer is not None:
+            raise NotImplementedError("swa_cuda: packed sequences with a rolling cache are not supported")
+        return _attend_packed(query, key, value, mask, scale, softcap, sinks, kwargs), None
     if layer is not None:
         out = layer.attend(query, key, value, mask, scale, softcap, sinks)
     else:
@@ -147,3 +147,34 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: floa
         out[sel, :, i0:i1] = _op(q[sel, :, i0:i1], k[sel, :, k0:k1], v[sel, :, k0:k1], window, scale, softcap,
                                  sinks)
     return out
+
+
+def _attend_packed(q: Tensor, k: Tensor, v: Tensor, mask: SWAMask, scale, softcap: float, sinks: Optional[Tensor],
+                   kwargs) -> Tensor:
+    """Documents packed along each row (DataCollatorWithFlattening): the
+    rows' tokens back to back as one attention.varlen batch, each document
+    banded on its own. The documents come from transformers' flash-attention
+    keywords (cu_seq_lens_q/k, max_length_q/k) or from the mask's
+    packed-sequence index (position ids restarting inside a row). Returns
+    out [B, S, Hq, D]."""
+    batch, heads_q, seqlen_q, dim = q.shape
+    if k.shape[2] != seqlen_q or mask.q_offset not in (None, 0):
+        raise NotImplementedError("swa_cuda: packed sequences are supported without a cache only (training and "
+                                  "one-shot forwards: as many queries as keys)")
+    if mask.padding is not None and not bool(mask.padding.all()):
+        raise NotImplementedError("swa_cuda: packed sequences with a padding mask are not supported; pack "
+                                  "without padding (DataCollatorWithFlattening does)")
+    if kwargs.get("cu_seq_lens_q") is not None:
+        cu_q, cu_k = kwargs["cu_seq_lens_q"], kwargs.get("cu_seq_lens_k", kwargs["cu_seq_lens_q"])
+        max_q = int(kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max()))
+        max_k = int(kwargs.get("max_length_k") or int((cu_k[1:] - cu_k[:-1]).max()))
+        cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
+    else:
+        cu_q, max_q = packed_cu_seqlens(mask.packed.to(q.device))
+        cu_k, max_k = cu_q, max_q
+    window = mask.window_size()
+    # [B, H, S, D] -> [B * S, H, D] (a view of the [B, S, H, D] projections).
+    as_tokens = lambda t: t.transpose(1, 2).reshape(batch * seqlen_q, t.shape[1], dim)  # noqa: E731
+    out, _ = torch.ops.swa.attention.varlen(as_tokens(q), as_tokens(k), as_tokens(v), cu_q, cu_k, max_q, max_k,
+                                            window[0], window[1], scale, softcap, sinks=sinks)
+    return out.view(batch, seqlen_q, heads_q, dim)

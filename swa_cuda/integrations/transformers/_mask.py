@@ -25,9 +25,11 @@ class SWAMask:
     sits at position ``q_offset + i``, key slot j holds position
     ``kv_offset + j`` (None: unknown, bottom-right alignment is assumed).
     ``padding`` is the bool 2D mask [B, >= kv_offset + kv_length], True at
-    real tokens, or None. One object serves every layer of its type in one
-    forward, so what it derives from ``padding`` (which needs the host) is
-    computed once and remembered.
+    real tokens, or None. ``packed`` is transformers' packed-sequence index
+    [B, S] (position ids restarting inside a row, DataCollatorWithFlattening:
+    equal values = one document) or None. One object serves every layer of
+    its type in one forward, so what it derives from ``padding`` (which needs
+    the host) is computed once and remembered.
     """
 
     causal: bool
@@ -37,6 +39,7 @@ class SWAMask:
     q_length: Optional[int] = None
     kv_length: Optional[int] = None
     padding: Optional[Tensor] = None
+    packed: Optional[Tensor] = None
     _memo: Dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     # It stands for transformers' [B, 1, Sq, Sk] mask: generate() may build it
@@ -90,6 +93,27 @@ def _probe(fn, causal: bool, window: Optional[int]) -> None:
             f"(tested with transformers {TESTED_TRANSFORMERS})")
 
 
+def _packed_parts(fn) -> Optional[Tuple[Tensor, Any]]:
+    """(packed-sequence index, the per-document mask function) when fn is the
+    mask transformers builds for packed sequences (and_masks of
+    packed_sequence_mask_function and remap_positions_for_packed_sequence),
+    else None."""
+    if not _describe(fn).startswith("and_masks."):
+        return None
+    parts = _closure_vars(fn).get("mask_functions")
+    if not (isinstance(parts, tuple) and len(parts) == 2):
+        return None
+    same_document, remapped = parts
+    if not (_describe(same_document).startswith("packed_sequence_mask_function.")
+            and _describe(remapped).startswith("remap_positions_for_packed_sequence.")):
+        return None
+    index = _closure_vars(same_document).get("packed_sequence_mask")
+    inner = _closure_vars(remapped).get("mask_function")
+    if not isinstance(index, Tensor) or index.dim() != 2 or inner is None:
+        return None
+    return index, inner
+
+
 def _classify_mask_function(fn) -> Tuple[bool, Optional[int]]:
     """(causal, window) of a transformers mask function, or an error for a
     pattern the op cannot express."""
@@ -112,15 +136,17 @@ def _classify_mask_function(fn) -> Tuple[bool, Optional[int]]:
                 return False, window
     raise NotImplementedError(
         f"swa_cuda: attention pattern {_describe(fn)} is not supported: only causal, sliding-window causal, "
-        "bidirectional and sliding-window bidirectional masks (with a 2D padding mask) are. Packed sequences "
-        "(position_ids restarting inside a row), chunked attention and mask overlays (image tokens, blocks) "
-        "need attn_implementation='sdpa' or 'eager'.")
+        "bidirectional and sliding-window bidirectional masks (with a 2D padding mask, or packed sequences) are. "
+        "Chunked attention and mask overlays (image tokens, blocks) need attn_implementation='sdpa' or 'eager'.")
 
 
 def swa_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
              mask_function=causal_mask_function, attention_mask: Optional[Tensor] = None, **kwargs) -> SWAMask:
     """The AttentionMaskInterface entry: returns an :class:`SWAMask` (no dense
     mask is built)."""
+    packed = _packed_parts(mask_function)
+    if packed is not None:  # documents packed in a row: each attends within itself (attention.varlen)
+        packed, mask_function = packed
     causal, window = _classify_mask_function(mask_function)
     if isinstance(attention_mask, SWAMask):
         # A mask prepared by generate() for this step comes back: keep its
@@ -135,7 +161,20 @@ def swa_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offs
         if missing > 0:  # slots past the mask (a static cache's empty tail) are not real tokens
             padding = torch.nn.functional.pad(padding, (0, missing), value=False)
     return SWAMask(causal=causal, window=window, q_offset=int(q_offset), kv_offset=int(kv_offset),
-                   q_length=int(q_length), kv_length=int(kv_length), padding=padding)
+                   q_length=int(q_length), kv_length=int(kv_length), padding=padding, packed=packed)
+
+
+def packed_cu_seqlens(index: Tensor) -> Tuple[Tensor, int]:
+    """(cu_seqlens int32 [N + 1], longest document) of the documents of a
+    packed-sequence index [B, S] (runs of equal values along each row),
+    numbered row by row: the rows' tokens back to back are the packed batch."""
+    batch, length = index.shape
+    starts = torch.ones(batch, length, dtype=torch.bool, device=index.device)
+    starts[:, 1:] = index[:, 1:] != index[:, :-1]
+    flat = starts.reshape(-1).nonzero().reshape(-1)
+    cu = torch.cat([flat, flat.new_tensor([batch * length])]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    return cu, longest
 
 
 
