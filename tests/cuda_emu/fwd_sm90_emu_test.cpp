@@ -3,7 +3,10 @@
 // swizzle, wgmma through its descriptors, per the PTX ISA) and compares out /
 // lse with a float64 reference: windows on both sides, rows that see nothing,
 // GQA, softcap, Sq != Sk, lengths that are not tile multiples, several key
-// tiles (stage reuse and barrier parities), strided [B, S, H, D] views. The
+// tiles (stage reuse and barrier parities), strided [B, S, H, D] views,
+// attention sinks of both kinds (sink tokens S in {1, 4, > W}, sink logits
+// -1e4 / 30 / NaN in one head, the two together, rows that see no key). The
+// reference's visibility is written out here (not band.h's). The
 // tensor maps come from sm90_tma_shape (the host code's shapes). Built and
 // run by run_sm90.sh (g++, C++20; needs no GPU). What it cannot see: timing,
 // asynchrony (wgmma and TMA complete at issue here), register allocation.
@@ -33,6 +36,8 @@ struct Shape {
   float softcap;
   bool bshd;  // [B, S, H, D] storage viewed as [B, H, S, D]
   const char* name;
+  int64_t sink_tokens = 0;
+  const float* sinks = nullptr;  // sink logits [Hq] (nullptr: none)
 };
 
 template <typename T>
@@ -101,6 +106,8 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
   p.window_left = sh.wl, p.window_right = sh.wr;
   p.scale = 1.f / std::sqrt(static_cast<float>(D));
   p.softcap = sh.softcap;
+  p.sinks = sh.sinks;
+  p.sink_tokens = sh.sink_tokens;
 
   const CUtensorMap tq = make_map(q.data.data(), sh.B, sh.Hq, sh.Sq, D, q.bs, q.hs, q.rs, Kt::kBlockM);
   const CUtensorMap tk = make_map(k.data.data(), sh.B, sh.Hkv, sh.Sk, D, k.bs, k.hs, k.rs, Kt::kBlockN);
@@ -131,8 +138,14 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
       ++failures;
     }
 
-  // float64 reference on the 16-bit inputs
-  const kn::Band band{sh.Sq, sh.Sk, sh.wl, sh.wr};
+  // float64 reference on the 16-bit inputs. Row i (key position pos = i +
+  // Sk - Sq) sees key j in its window, or j < S when j <= pos + wr.
+  auto visible = [&](int64_t i, int64_t j) {
+    const int64_t pos = i + sh.Sk - sh.Sq;
+    const bool right = sh.wr < 0 || j <= pos + sh.wr;
+    const bool left = sh.wl < 0 || j >= pos - sh.wl;
+    return j >= 0 && j < sh.Sk && right && (left || j < sh.sink_tokens);
+  };
   const double tol = std::is_same<T, __half>::value ? 4e-3 : 2.5e-2;
   double worst = 0, worst_lse = 0;
   int bad = 0;
@@ -143,7 +156,7 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
         std::vector<double> s(sh.Sk, -INFINITY);
         double mx = -INFINITY;
         for (int64_t j = 0; j < sh.Sk; ++j) {
-          if (!band.visible(i, j)) continue;
+          if (!visible(i, j)) continue;
           double dot = 0;
           for (int d = 0; d < D; ++d) dot += to_d(q.at(bb, h, i, d)) * to_d(k.at(bb, hk, j, d));
           double x = dot * p.scale;
@@ -151,24 +164,39 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
           s[j] = x;
           mx = std::max(mx, x);
         }
-        double sum = 0;
-        for (int64_t j = 0; j < sh.Sk; ++j)
-          if (s[j] > -INFINITY) sum += std::exp(s[j] - mx);
-        const double ref_lse = mx == -INFINITY ? -INFINITY : mx + std::log(sum);
+        // lse = log(sum_j exp(s_j) + exp(sink)), out = sum_j exp(s_j - lse) v_j;
+        // no key: out 0, lse = the sink logit (-inf without one). A NaN sink
+        // makes lse NaN, and out NaN where a key is seen.
+        const bool has_sink = sh.sinks != nullptr;
+        const double sink = has_sink ? sh.sinks[h] : -INFINITY;
+        const double top = has_sink && sink > mx ? sink : mx;
+        double ref_lse;
+        if (top == -INFINITY) {
+          ref_lse = sink;
+        } else {
+          double sum = has_sink ? std::exp(sink - top) : 0.0;
+          for (int64_t j = 0; j < sh.Sk; ++j)
+            if (s[j] > -INFINITY) sum += std::exp(s[j] - top);
+          ref_lse = top + std::log(sum);
+        }
         const float got_lse = lse[(bb * sh.Hq + h) * sh.Sq + i];
-        if (std::isinf(ref_lse) ? !(std::isinf(got_lse) && got_lse < 0) : !(std::fabs(got_lse - ref_lse) <= 1e-3 * (1 + std::fabs(ref_lse)))) {
+        bool lse_ok;
+        if (std::isnan(ref_lse)) lse_ok = std::isnan(got_lse);
+        else if (mx == -INFINITY) lse_ok = got_lse == static_cast<float>(ref_lse);  // exactly the sink / -inf
+        else lse_ok = std::fabs(got_lse - ref_lse) <= 1e-3 * (1 + std::fabs(ref_lse));
+        if (!lse_ok) {
           if (++bad <= 5) std::printf("  lse b%lld h%lld i%lld: got %g want %g\n", (long long)bb, (long long)h, (long long)i, got_lse, ref_lse);
         }
-        if (!std::isinf(ref_lse)) worst_lse = std::max(worst_lse, std::fabs(got_lse - ref_lse));
+        if (std::isfinite(ref_lse)) worst_lse = std::max(worst_lse, std::fabs(got_lse - ref_lse));
         for (int d = 0; d < D; ++d) {
           double o = 0;
           if (mx > -INFINITY)
             for (int64_t j = 0; j < sh.Sk; ++j)
-              if (s[j] > -INFINITY) o += std::exp(s[j] - mx) / sum * to_d(v.at(bb, hk, j, d));
+              if (s[j] > -INFINITY) o += std::exp(s[j] - ref_lse) * to_d(v.at(bb, hk, j, d));
           const double got = to_d(out.at(bb, h, i, d));
           const double err = std::fabs(got - o);
-          worst = std::max(worst, std::isnan(err) ? 1e9 : err);
-          if (!(err <= tol)) {
+          if (!std::isnan(o)) worst = std::max(worst, std::isnan(err) ? 1e9 : err);
+          if (std::isnan(o) ? !std::isnan(got) : !(err <= tol)) {
             if (++bad <= 5) std::printf("  out b%lld h%lld i%lld d%d: got %g want %g\n", (long long)bb, (long long)h, (long long)i, d, got, o);
           }
         }
@@ -184,6 +212,11 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
 
 }  // namespace
 
+// Sink logits per query head.
+const float kSinksMixed[] = {-1e4f, 30.f};         // far below / above every score
+const float kSinksMild[] = {0.5f, -2.f, 1.5f, 0.f};  // comparable to the scores
+const float kSinksNan[] = {NAN, 0.25f};            // NaN in head 0 only
+
 int main(int argc, char** argv) {
   const Shape shapes[] = {
       {1, 2, 1, 300, 300, 0, 63, 0, 0.f, false, "gqa 2/1, W 64, 300 tokens"},
@@ -198,6 +231,19 @@ int main(int argc, char** argv) {
       // tile crosses Sk and must take the masked path (its K/V rows past Sk
       // are TMA zero fill, scores 0, not -inf).
       {1, 2, 2, 200, 333, 0, -1, -1, 0.f, false, "full, Sk 333 (partial last key tile)"},
+      // Attention sinks. Sink tokens: query tiles whose band starts past key
+      // tile 0 walk sink tiles after the band's; S > W = 64 reaches into the
+      // bands of the early rows (a tile holding both runs is the band's).
+      {1, 2, 1, 600, 600, 0, 63, 0, 0.f, false, "sinks: 4 tokens, gqa 2/1, W 64", 4},
+      {1, 1, 1, 300, 300, 0, 63, 0, 0.f, false, "sinks: 1 token, W 64", 1},
+      {1, 2, 2, 700, 700, 0, 63, 0, 0.f, true, "sinks: 200 tokens > W 64 (2 sink tiles), view", 200},
+      {1, 2, 2, 400, 400, 0, 100, 20, 0.f, false, "sinks: 130 tokens, (100, 20)", 130},
+      {1, 2, 1, 300, 300, 0, 63, 0, 0.f, false, "sinks: logits -1e4 / 30, no tokens", 0, kSinksMixed},
+      {1, 2, 2, 260, 130, 0, 31, 5, 5.f, false, "sinks: both, Sq > Sk (empty rows), (31, 5), softcap", 4,
+       kSinksMild},
+      {1, 2, 1, 400, 100, 0, -1, 0, 0.f, false, "sinks: logits -1e4 / 30, empty query tiles", 0, kSinksMixed},
+      {1, 4, 2, 520, 520, 0, 63, 0, 0.f, true, "sinks: both, 160 tokens, gqa 4/2, view", 160, kSinksMild},
+      {1, 2, 1, 300, 300, 0, 63, 0, 0.f, false, "sinks: NaN logit in head 0 only, 4 tokens", 4, kSinksNan},
   };
   const char* only = argc > 1 ? argv[1] : nullptr;
   uint32_t seed = 1;
@@ -207,7 +253,7 @@ int main(int argc, char** argv) {
     // One block per tile, and persistent blocks that each take several tiles.
     run<__nv_bfloat16, 64>(s, seed, 0);
     run<__half, 128>(s, seed + 100, 2);
-    if (s.softcap > 0 || s.bshd) {
+    if (s.softcap > 0 || s.bshd || s.sinks != nullptr) {
       run<__half, 64>(s, seed + 200, 1);
       run<__nv_bfloat16, 128>(s, seed + 300, 3);
     }

@@ -14,8 +14,9 @@
 //     split kernel, which spreads them over the SMs; and no PackGQA (with
 //     Hq > Hkv and 2 Sq <= the portable block_m, the portable kernel packs
 //     the group into one block);
-//   - the queries see every key between them (key_range of all rows is
-//     [0, Sk)): the portable kernel zero-fills keys no query sees, TMA cannot;
+//   - the queries see every key between them (seen_keys of all rows, the
+//     sink run and the band, cover [0, Sk)): the portable kernel zero-fills
+//     keys no query sees, TMA cannot;
 //   - Sk >= 1, the 32-bit index limits of tensor_core_ok, and TMA can describe
 //     q, k, v (16-byte aligned bases, strides multiples of 16 bytes: sm90_tma.h).
 // Not covered (portable): head dims 32, 96, 256; fp32/fp64; cache_attention;
@@ -258,8 +259,11 @@ bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pac
   // that no query of the call sees (before the first row's window, after the
   // last row's) could then reach P V as 0 * NaN. The portable kernel
   // zero-fills those; Hopper takes the calls whose queries see every key.
-  const KeyRange seen = key_range(Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right}, 0, p.seqlen_q);
-  if (seen.begin > 0 || seen.end < p.seqlen_k) return false;
+  // With sink tokens the keys seen are two runs, [0, sink.end) and the band:
+  // together they must cover [0, Sk) (no gap between the sinks and the band).
+  const Band band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
+  const SeenKeys seen = seen_keys(band, 0, p.seqlen_q);
+  if (seen.band.begin > seen.sink.end || seen.band.end < p.seqlen_k) return false;
   return sm90_tma_shape(p.q.ptr, p.batch, p.heads_q, p.seqlen_q, p.head_dim, p.q.batch_stride,
                         p.q.head_stride, p.q.row_stride, kSm90BlockM).ok &&
          sm90_tma_shape(p.k.ptr, p.batch, p.heads_kv, p.seqlen_k, p.head_dim, p.k.batch_stride,

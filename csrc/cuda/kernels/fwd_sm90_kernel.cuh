@@ -2,6 +2,11 @@
 // fp16/bf16, head dims 64 and 128. Same contract as the portable kernel
 // (fwd_kernel.cuh): out = softmax(scale * q k^T (softcap), band mask) v,
 // lse = ln(sum exp) (natural log), rows that see no key: out = 0, lse = -inf.
+// Attention sinks (params.h), both kinds: sink tokens (keys 0 .. S-1 beside
+// the band, Band::sink_tokens) are extra key tiles after the band's
+// (sink_tile_range of band.h); sink logits (params.sinks[h]) enter in the
+// epilogue only: lse = ln(sum exp + exp(sink)), out = O 2^(m - lse2); a row
+// that sees no key gets out 0, lse = sinks[h].
 //
 // Work: query tiles of kBlockM = 128 rows of one (batch, query head), indexed
 // as the 1-D grid of fwd_tiles.h (pack = 1, splits = 1: m_block fastest, from
@@ -31,7 +36,7 @@
 //                    that read stage s completed)  (consumers -> producer)
 //
 // Per consumer warpgroup, key tiles i = 0 .. n - 1 in descending key order
-// (n_block = n_end - 1 - i), the softmax of tile i overlapping the P V wgmma
+// (Sm90Tile::n_block: the band's tiles, then the sink tiles), the softmax of tile i overlapping the P V wgmma
 // of tile i - 1 (in-warpgroup two-stage pipelining, as in FlashAttention-3):
 //   tile 0:   S = Q K0^T; wait; softmax(S) -> P (16-bit registers)
 //   tile i:   issue S = Q Ki^T; issue O += P V(i-1); wait_group 1 (S is done,
@@ -51,7 +56,10 @@
 // unmasked interior, then the left-edge masked tiles (the window's start),
 // decided per tile by the shared band math (rows_unmasked_tile_range of
 // fwd_tiles.h): a warp-uniform branch, masks only on the edge tiles. Tiles
-// outside [n_begin, n_end) (rows_key_tile_range) are never loaded.
+// outside [n_begin, n_end) (rows_key_tile_range) are never loaded. With sink
+// tokens the sink tiles [0, n_sink) below n_begin follow, always masked
+// (their keys past a row's sink run are not its keys); the mask of a band
+// tile keeps a row's sink run too (a tile holding both runs is the band's).
 //
 // Shared memory (every operand tile 1024-byte aligned, 128-byte swizzle, head
 // dim split into 64-wide column blocks of rows x 128 bytes each):
@@ -149,13 +157,17 @@ __device__ __forceinline__ void wgmma_o(float (&d)[64], const uint32_t (&a)[4], 
 }  // namespace sm90
 
 // The work of query tile `index` (fwd_block order: m_block fastest, from the
-// last one down): its rows and the key tiles it visits, n_end - 1 down to
-// n_end - n_tiles (n_tiles = 0: no key visible, out = 0 and lse = -inf).
+// last one down): its rows and the key tiles it visits, n_tiles in all
+// (0: no key visible, out = 0 and lse = -inf or the sink logit): the band's
+// n_end - 1 down to n_end - n_band, then the sink tiles n_sink - 1 down to 0
+// (all below the band's, sink_tile_range of band.h).
 struct Sm90Tile {
   int64_t b, h, hkv;
   int m0, m_end;                     // query rows [m0, m_end)
-  int n_end, n_tiles;
+  int n_end, n_band, n_sink, n_tiles;
   int unmasked_begin, unmasked_end;  // key tiles that need no element mask
+  // The key tile of visit i (0 <= i < n_tiles).
+  __device__ __forceinline__ int n_block(int i) const { return i < n_band ? n_end - 1 - i : n_tiles - 1 - i; }
 };
 
 template <typename Kt>
@@ -171,15 +183,17 @@ __device__ __forceinline__ Sm90Tile sm90_tile(const AttentionParams& p, const Fw
   const KeyRange q_rows = packed_query_rows(blk.m_block, Kt::kBlockM, 1, grid.rows);
   const TileRange tiles = rows_key_tile_range(band, q_rows, Kt::kBlockN);
   t.n_end = static_cast<int>(tiles.n_block_max);
-  t.n_tiles = static_cast<int>(tiles.size());
+  t.n_band = static_cast<int>(tiles.size());
+  t.n_sink = static_cast<int>(sink_tile_range(band, q_rows.begin, q_rows.end, tiles, Kt::kBlockN).size());
+  t.n_tiles = t.n_band + t.n_sink;
   const TileRange unmasked = rows_unmasked_tile_range(band, q_rows, Kt::kBlockN);
   t.unmasked_begin = static_cast<int>(band_min64(unmasked.n_block_min, tiles.n_block_max));
   t.unmasked_end = static_cast<int>(band_min64(unmasked.n_block_max, tiles.n_block_max));
   return t;
 }
 
-// Writes out = 0, lse = -inf for the rows of a tile that sees no key
-// (threads `thread` of `nthreads`).
+// Writes out = 0, lse = -inf (with sink logits: lse = sinks[h]) for the rows
+// of a tile that sees no key (threads `thread` of `nthreads`).
 template <typename Kt>
 __device__ __forceinline__ void sm90_store_empty(const AttentionParams& p, const Sm90Tile& t, int thread,
                                                  int nthreads) {
@@ -190,7 +204,41 @@ __device__ __forceinline__ void sm90_store_empty(const AttentionParams& p, const
     const int m = t.m0 + idx / kD;
     out[static_cast<int64_t>(m) * p.out_row_stride + idx % kD] = from_float<T>(0.f);
   }
-  for (int m = t.m0 + thread; m < t.m_end; m += nthreads) p.lse[(t.b * p.heads_q + t.h) * p.seqlen_q + m] = -INFINITY;
+  const float lse = p.sinks != nullptr ? p.sinks[t.h] : -INFINITY;
+  for (int m = t.m0 + thread; m < t.m_end; m += nthreads) p.lse[(t.b * p.heads_q + t.h) * p.seqlen_q + m] = lse;
+}
+
+// The element mask of a key tile with sink tokens: like mask_outside_window
+// (fwd_score.cuh, same fragment layout), a key n0 + c stays when it is in its
+// row's band [key_begin, key_end) or in its sink run [0, sink_end) (sink_end
+// is 0 without sink tokens).
+template <int kNTiles, typename Score>
+__device__ __forceinline__ void sm90_mask_keys(const int (&row_sink_end)[2], const int (&row_key_begin)[2],
+                                               const int (&row_key_end)[2], int n0, int tig, Score score) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int sink_hi = row_sink_end[i] - n0;  // visible columns [0, sink_hi) and [lo, hi)
+    const int lo = row_key_begin[i] - n0;
+    const int hi = row_key_end[i] - n0;
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = 8 * j + 2 * tig + e;
+        if ((c < lo || c >= hi) && c >= sink_hi) score(j, i, e) = -INFINITY;
+      }
+  }
+}
+
+// log2(2^a + 2^b) without NaN from -inf on either side (NaN in, NaN out; a
+// or b = +inf gives +inf).
+__device__ __forceinline__ float sm90_logaddexp2(float a, float b) {
+  if (a == -INFINITY) return b;
+  if (b == -INFINITY) return a;
+  const float hi = a > b ? a : b;  // a NaN a or b ends up in hi or lo: NaN out
+  const float lo = a > b ? b : a;
+  const float d = lo == hi ? 0.f : lo - hi;  // inf == inf: 0, not NaN
+  return hi + log2f(1.f + exp2f(d));
 }
 
 // Persistent: block x takes query tiles x, x + gridDim.x, ... (the launcher
@@ -226,7 +274,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
 
   const int tid = threadIdx.x;
   const int64_t num_tiles = grid.blocks();
-  const Band band{params.seqlen_q, params.seqlen_k, params.window_left, params.window_right};
+  const Band band{params.seqlen_q, params.seqlen_k, params.window_left, params.window_right, params.sink_tokens};
 
   if (tid == 0) {
     tma_prefetch_desc(&tm_q);
@@ -261,7 +309,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
           tma_load_4d(s_q + cb * kM * 128, &tm_q, q_full, cb * 64, t.m0, hq, bb);
 #pragma unroll 1
         for (int i = 0; i < t.n_tiles; ++i, ++kv_iter) {
-          const int n_block = t.n_end - 1 - i;
+          const int n_block = t.n_block(i);
           const int stage = kv_iter % kStages;
           const uint32_t phase = (kv_iter / kStages) & 1;
           mbar_wait(empty(stage), phase ^ 1);  // the consumers released this stage's previous tile
@@ -307,7 +355,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   float acc_s[kN / 2];
   uint32_t p_frag[Kt::kPSteps][4];
   float row_max[2], row_sum[2];        // running max of s2 (log2 units); sums of this thread's columns
-  int row_key_begin[2], row_key_end[2];  // visible keys of this thread's two rows
+  int row_key_begin[2], row_key_end[2];  // visible keys of this thread's two rows: the band
+  int row_sink_end[2];                   // and the sink run [0, row_sink_end)
 
   auto issue_s = [&](int stage) {
 #pragma unroll
@@ -363,8 +412,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       for (int e = 0; e < kN / 2; ++e) acc_s[e] *= sc.scale_log2;
     }
     if (n_block < t.unmasked_begin || n_block >= t.unmasked_end) {
-      mask_outside_window<Kt::kNTiles>(row_key_begin, row_key_end, n_block * kN, tig,
-                                       [&](int j, int i, int e) -> float& { return acc_s[4 * j + 2 * i + e]; });
+      sm90_mask_keys<Kt::kNTiles>(row_sink_end, row_key_begin, row_key_end, n_block * kN, tig,
+                                  [&](int j, int i, int e) -> float& { return acc_s[4 * j + 2 * i + e]; });
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -439,6 +488,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       const bool valid = m < t.m_end;
       row_key_begin[i] = valid ? static_cast<int>(band.key_begin(m)) : 0;
       row_key_end[i] = valid ? static_cast<int>(band.key_end(m)) : 0;
+      row_sink_end[i] = valid ? static_cast<int>(band.sink_end(m)) : 0;
       row_max[i] = -INFINITY;
       row_sum[i] = 0.f;
     }
@@ -459,7 +509,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
 #pragma unroll
     for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
     if (t.n_tiles == 1) mbar_arrive(q_empty);  // Q no longer read
-    softmax_tile(t, t.n_end - 1, rescale);  // O is still zero: no rescale needed
+    softmax_tile(t, t.n_block(0), rescale);  // O is still zero: no rescale needed
     convert_p();
 
     // ---- key tiles 1 .. n - 1: S of tile i overlaps P V of tile i - 1
@@ -477,7 +527,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < kN / 2; ++e) fence_operand(acc_s[e]);
       if (i == t.n_tiles - 1) mbar_arrive(q_empty);  // the tile's last S: Q no longer read
-      softmax_tile(t, t.n_end - 1 - i, rescale);
+      softmax_tile(t, t.n_block(i), rescale);
       wgmma_wait<0>();  // P V done: P's registers and stage prev are free
       fence_pv_done();
       mbar_arrive(empty(prev));
@@ -485,7 +535,9 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       convert_p();
     }
 
-    // ---- P V of the last tile
+    // ---- P V of the last tile (the sink logit's load overlaps it)
+    const bool has_sink = params.sinks != nullptr;  // uniform
+    const float sink_logit = has_sink ? params.sinks[t.h] : -INFINITY;
     {
       const int last = stage_of(t.n_tiles - 1);
       mbar_wait_watchdog(v_full(last), phase_of(t.n_tiles - 1));
@@ -499,6 +551,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
 
     // ---- normalise and store this thread's two rows
     constexpr float kLn2 = 0.6931471805599453f;
+    constexpr float kLog2e = 1.4426950408889634f;
+    const float sink2 = sink_logit * kLog2e;  // log2 units
     T* const out_head = static_cast<T*>(params.out) + t.b * params.out_batch_stride + t.h * params.out_head_stride;
     float* const lse_head = params.lse + (t.b * params.heads_q + t.h) * params.seqlen_q;
 #pragma unroll
@@ -508,8 +562,15 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       if (m >= t.m_end) continue;
       // sum = 0: the row saw no key (out 0, lse -inf); NaN: a NaN score reached
       // it (out and lse NaN, never the -inf of "no key": the max skips NaN).
-      const float inv = sum == 0.f ? 0.f : 1.f / sum;
-      const float lse = sum == 0.f ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
+      float inv = sum == 0.f ? 0.f : 1.f / sum;
+      float lse = sum == 0.f ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
+      if (has_sink) {
+        // The sink logit joins the sum: lse2 = log2(l 2^m + 2^sink2), out =
+        // O 2^(m - lse2). No key: out 0, lse = the sink logit itself.
+        const float lse2 = sm90_logaddexp2(sum == 0.f ? -INFINITY : row_max[i] + log2f(sum), sink2);
+        inv = sum == 0.f ? 0.f : exp2f(row_max[i] - lse2);
+        lse = sum == 0.f ? sink_logit : lse2 * kLn2;
+      }
       T* const out = out_head + static_cast<int64_t>(m) * params.out_row_stride;
 #pragma unroll
       for (int j = 0; j < Kt::kDTiles; ++j)
