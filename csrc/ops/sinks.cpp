@@ -38,7 +38,7 @@ at::Tensor sink_logits_grad(const at::Tensor& sinks, const at::Tensor& lse, cons
   const auto acc = at::kDouble;  // a sum over B * Sq rows: kept exact enough whatever the inputs
   // P_sink[b, h, i] = exp(sinks[h] - lse[b, h, i]): the weight the sink took.
   const at::Tensor p_sink = at::exp(sinks.to(acc).view({1, -1, 1}) - lse.to(acc));
-  return (p_sink * delta.to(acc)).sum({0, 2}).neg().to(sinks.scalar_type());
+  return (p_sink * delta.to(acc)).sum(at::IntArrayRef{0, 2}).neg().to(sinks.scalar_type());
 }
 
 }  // namespace swa

@@ -208,39 +208,6 @@ __device__ __forceinline__ void sm90_store_empty(const AttentionParams& p, const
   for (int m = t.m0 + thread; m < t.m_end; m += nthreads) p.lse[(t.b * p.heads_q + t.h) * p.seqlen_q + m] = lse;
 }
 
-// The element mask of a key tile with sink tokens: like mask_outside_window
-// (fwd_score.cuh, same fragment layout), a key n0 + c stays when it is in its
-// row's band [key_begin, key_end) or in its sink run [0, sink_end) (sink_end
-// is 0 without sink tokens).
-template <int kNTiles, typename Score>
-__device__ __forceinline__ void sm90_mask_keys(const int (&row_sink_end)[2], const int (&row_key_begin)[2],
-                                               const int (&row_key_end)[2], int n0, int tig, Score score) {
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int sink_hi = row_sink_end[i] - n0;  // visible columns [0, sink_hi) and [lo, hi)
-    const int lo = row_key_begin[i] - n0;
-    const int hi = row_key_end[i] - n0;
-#pragma unroll
-    for (int j = 0; j < kNTiles; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = 8 * j + 2 * tig + e;
-        if ((c < lo || c >= hi) && c >= sink_hi) score(j, i, e) = -INFINITY;
-      }
-  }
-}
-
-// log2(2^a + 2^b) without NaN from -inf on either side (NaN in, NaN out; a
-// or b = +inf gives +inf).
-__device__ __forceinline__ float sm90_logaddexp2(float a, float b) {
-  if (a == -INFINITY) return b;
-  if (b == -INFINITY) return a;
-  const float hi = a > b ? a : b;  // a NaN a or b ends up in hi or lo: NaN out
-  const float lo = a > b ? b : a;
-  const float d = lo == hi ? 0.f : lo - hi;  // inf == inf: 0, not NaN
-  return hi + log2f(1.f + exp2f(d));
-}
-
 // Persistent: block x takes query tiles x, x + gridDim.x, ... (the launcher
 // sizes the grid to the SM count, or to one block per tile). The pipeline
 // runs on across tiles: K/V stages and phases continue (kv_iter counts the
@@ -412,8 +379,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       for (int e = 0; e < kN / 2; ++e) acc_s[e] *= sc.scale_log2;
     }
     if (n_block < t.unmasked_begin || n_block >= t.unmasked_end) {
-      sm90_mask_keys<Kt::kNTiles>(row_sink_end, row_key_begin, row_key_end, n_block * kN, tig,
-                                  [&](int j, int i, int e) -> float& { return acc_s[4 * j + 2 * i + e]; });
+      mask_invisible_keys<Kt::kNTiles>(row_sink_end, row_key_begin, row_key_end, n_block * kN, tig,
+                                       [&](int j, int i, int e) -> float& { return acc_s[4 * j + 2 * i + e]; });
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -550,9 +517,6 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     ++q_iter;
 
     // ---- normalise and store this thread's two rows
-    constexpr float kLn2 = 0.6931471805599453f;
-    constexpr float kLog2e = 1.4426950408889634f;
-    const float sink2 = sink_logit * kLog2e;  // log2 units
     T* const out_head = static_cast<T*>(params.out) + t.b * params.out_batch_stride + t.h * params.out_head_stride;
     float* const lse_head = params.lse + (t.b * params.heads_q + t.h) * params.seqlen_q;
 #pragma unroll
@@ -560,23 +524,13 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       const int m = t.m0 + 64 * consumer + 16 * warp + group + 8 * i;
       const float sum = quad_sum(row_sum[i]);  // all 4 lanes of the group take part
       if (m >= t.m_end) continue;
-      // sum = 0: the row saw no key (out 0, lse -inf); NaN: a NaN score reached
-      // it (out and lse NaN, never the -inf of "no key": the max skips NaN).
-      float inv = sum == 0.f ? 0.f : 1.f / sum;
-      float lse = sum == 0.f ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
-      if (has_sink) {
-        // The sink logit joins the sum: lse2 = log2(l 2^m + 2^sink2), out =
-        // O 2^(m - lse2). No key: out 0, lse = the sink logit itself.
-        const float lse2 = sm90_logaddexp2(sum == 0.f ? -INFINITY : row_max[i] + log2f(sum), sink2);
-        inv = sum == 0.f ? 0.f : exp2f(row_max[i] - lse2);
-        lse = sum == 0.f ? sink_logit : lse2 * kLn2;
-      }
+      const RowFinish fin = finish_row(row_max[i], sum, has_sink, sink_logit);  // fwd_score.cuh
       T* const out = out_head + static_cast<int64_t>(m) * params.out_row_stride;
 #pragma unroll
       for (int j = 0; j < Kt::kDTiles; ++j)
         *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * tig) =
-            pack2<T>(acc_o[4 * j + 2 * i] * inv, acc_o[4 * j + 2 * i + 1] * inv);
-      if (tig == 0) lse_head[m] = lse;
+            pack2<T>(acc_o[4 * j + 2 * i] * fin.out_scale, acc_o[4 * j + 2 * i + 1] * fin.out_scale);
+      if (tig == 0) lse_head[m] = fin.lse;
     }
   }
   if constexpr (Kt::kPingPong) {

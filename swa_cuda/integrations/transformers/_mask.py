@@ -95,20 +95,22 @@ def _probe(fn, causal: bool, window: Optional[int]) -> None:
 
 def _packed_parts(fn) -> Optional[Tuple[Tensor, Any]]:
     """(packed-sequence index, the per-document mask function) when fn is the
-    mask transformers builds for packed sequences (and_masks of
-    packed_sequence_mask_function and remap_positions_for_packed_sequence),
-    else None."""
+    mask transformers builds for packed sequences, else None: and_masks of
+    packed_sequence_mask_function and either remap_positions_for_packed_sequence
+    of the per-document function (transformers >= 5.2x) or that function itself
+    on the row's positions (5.17: within one document the band is the same)."""
     if not _describe(fn).startswith("and_masks."):
         return None
     parts = _closure_vars(fn).get("mask_functions")
     if not (isinstance(parts, tuple) and len(parts) == 2):
         return None
-    same_document, remapped = parts
-    if not (_describe(same_document).startswith("packed_sequence_mask_function.")
-            and _describe(remapped).startswith("remap_positions_for_packed_sequence.")):
+    is_same_document = [_describe(p).startswith("packed_sequence_mask_function.") for p in parts]
+    if is_same_document.count(True) != 1:
         return None
+    same_document, inner = parts if is_same_document[0] else parts[::-1]
+    if _describe(inner).startswith("remap_positions_for_packed_sequence."):
+        inner = _closure_vars(inner).get("mask_function")
     index = _closure_vars(same_document).get("packed_sequence_mask")
-    inner = _closure_vars(remapped).get("mask_function")
     if not isinstance(index, Tensor) or index.dim() != 2 or inner is None:
         return None
     return index, inner
