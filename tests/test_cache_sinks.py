@@ -12,11 +12,14 @@ import pytest
 import torch
 
 import swa_cuda
+from conftest import HAS_CUDA
 from reference import attention_ref
+
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
 def stream(S, window, logits, dtype, heads_q=4, heads_kv=2, dim=16, batch=2, tokens=300, seed=0, capacity=None,
-           chunks=None):
+           chunks=None, device="cpu", with_lowp=False):
     """Streams `tokens` tokens through a one-layer cache in random chunks;
     returns (outputs [B, Hq, N, D], the full-history reference)."""
     g = torch.Generator().manual_seed(seed)
@@ -28,7 +31,9 @@ def stream(S, window, logits, dtype, heads_q=4, heads_kv=2, dim=16, batch=2, tok
         sinks = 2 * torch.randn(heads_q, generator=g)
     elif logits is not None:
         sinks = torch.full((heads_q,), float(logits))
-    cache = swa_cuda.RollingKVCache(1, batch, heads_kv, dim, window, capacity=capacity, dtype=dtype, device="cpu",
+    q, k, v = q.to(device), k.to(device), v.to(device)
+    sinks = sinks.to(device) if sinks is not None else None
+    cache = swa_cuda.RollingKVCache(1, batch, heads_kv, dim, window, capacity=capacity, dtype=dtype, device=device,
                                     sink_tokens=S)
     rng = random.Random(seed)
     outs, done = [], 0
@@ -39,6 +44,9 @@ def stream(S, window, logits, dtype, heads_q=4, heads_kv=2, dim=16, batch=2, tok
         cache.advance(t)
         done += t
     ref, _ = attention_ref(q, k, v, window - 1, 0, sinks=sinks, sink_tokens=S)
+    if with_lowp:  # the same attention evaluated in the input dtype (FlashAttention's rule)
+        ref_lowp, _ = attention_ref(q, k, v, window - 1, 0, upcast=False, sinks=sinks, sink_tokens=S)
+        return torch.cat(outs, 2), ref, ref_lowp
     return torch.cat(outs, 2), ref, cache
 
 
@@ -64,6 +72,23 @@ def test_decode_and_prefill_paths(chunks):
     # Hq / Hkv = 4: T = 1..8 takes the decode path, longer chunks the prefill one.
     out, ref, _ = stream(3, 20, "randn", torch.float32, heads_q=8, heads_kv=2, tokens=260, chunks=chunks)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("chunks", [[1], [5, 1, 64, 2], [200]], ids=str)
+@pytest.mark.parametrize("S, logits", [(4, "randn"), (0, -1e4), (40, None), (2, 30.0)])
+def test_stream_on_cuda(S, logits, chunks, dtype):
+    """CUDA: the sink slots read in place by the decode (split-KV) and prefill
+    kernels, cache_append.sinks filling them; FlashAttention's rule in 16 bit."""
+    out, ref, ref_lowp = stream(S, 48, logits, dtype, heads_q=8, heads_kv=2, dim=64, tokens=260, chunks=chunks,
+                                device="cuda", with_lowp=True)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref.float(), atol=1e-4, rtol=1e-4)
+        return
+    lowp_err = (ref_lowp.double() - ref.double()).abs().max().item()
+    err = (out.double() - ref.double()).abs().max().item()
+    assert err <= 2 * lowp_err + 1e-5, (err, lowp_err)
 
 
 def test_larger_ring_than_window():

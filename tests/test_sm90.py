@@ -31,9 +31,10 @@ def _is_sm90():
 pytestmark = pytest.mark.skipif(not _is_sm90(), reason="needs an sm_90 GPU (H100/H200)")
 
 
-def _case(b, hq, hkv, sq, sk, d, wl, wr, softcap=0.0, layout="bhsd", misalign=False):
+def _case(b, hq, hkv, sq, sk, d, wl, wr, softcap=0.0, layout="bhsd", misalign=False, sink_tokens=0, sinks=None):
     return dict(batch=b, heads_q=hq, heads_kv=hkv, seqlen_q=sq, seqlen_k=sk, head_dim=d, window_left=wl,
-                window_right=wr, softcap=softcap, layout=layout, misalign=misalign)
+                window_right=wr, softcap=softcap, layout=layout, misalign=misalign, sink_tokens=sink_tokens,
+                sinks=sinks)
 
 
 # Shapes aimed at the Hopper kernel's edges: partial tiles (Sq, Sk not
@@ -58,8 +59,20 @@ SM90_CASES = [
     # Unaligned rows (row stride D + 1): TMA cannot take it, the portable kernel must.
     _case(1, 2, 2, 200, 200, 64, 31, 0, misalign=True),
 ]
+# Attention sinks (attention.sinks): sink tokens in one / two key tiles past
+# the band's, logits mild, extreme and NaN, both kinds; Sq < Sk with a gap
+# between the sink run and the band goes to the portable kernel.
+SM90_CASES += [
+    _case(1, 2, 2, 700, 700, 128, 127, 0, sink_tokens=4, sinks="randn"),
+    _case(1, 4, 2, 600, 600, 64, 100, 0, sink_tokens=200),
+    _case(1, 2, 2, 300, 300, 128, 63, 0, sinks=-1e4),
+    _case(1, 2, 1, 400, 400, 64, 31, 0, softcap=5.0, sinks=30.0),
+    _case(1, 3, 3, 300, 300, 128, 50, 0, sink_tokens=1, sinks="nan0"),
+    _case(1, 2, 2, 700, 257, 128, -1, 0, sinks="randn"),       # rows that see nothing: lse = sink
+    _case(1, 2, 2, 257, 900, 64, 127, 0, sink_tokens=16, sinks="randn"),  # gap: portable
+]
 # The random shapes of test_attention.py with a Hopper head dim.
-SM90_CASES += [dict(c, layout="bhsd", misalign=False)
+SM90_CASES += [dict(c, layout="bhsd", misalign=False, sink_tokens=0, sinks=None)
                for c in random_cases(48, seed=1) if c["head_dim"] in (64, 128)][:16]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -76,6 +89,38 @@ def _inputs(c, dtype, device, seed=0):
     return q, k, v
 
 
+def _sinks(c, device):
+    """The case's sink logits [Hq] (float32) or None."""
+    kind, hq = c["sinks"], c["heads_q"]
+    if kind is None:
+        return None
+    if kind in ("randn", "nan0"):
+        logits = 2 * torch.randn(hq, generator=torch.Generator().manual_seed(7))
+        if kind == "nan0":
+            logits[0] = float("nan")
+        return logits.to(device)
+    return torch.full((hq,), float(kind), device=device)
+
+
+def _attention(c, q, k, v):
+    args = (c["window_left"], c["window_right"], None, c["softcap"])
+    if c["sink_tokens"] or c["sinks"] is not None:
+        return torch.ops.swa.attention.sinks(q, k, v, *args, sinks=_sinks(c, q.device), sink_tokens=c["sink_tokens"])
+    return torch.ops.swa.attention(q, k, v, *args)
+
+
+def _sees_every_key(c):
+    """forward_dispatch.cu's condition for TMA: the keys the queries see
+    between them (the band, and the sink run before it) cover [0, Sk)."""
+    sq, sk, wl, wr, S = c["seqlen_q"], c["seqlen_k"], c["window_left"], c["window_right"], c["sink_tokens"]
+    band_begin = 0 if wl < 0 else max(0, sk - sq - wl)  # the first row's
+    last = sk - 1  # the last row's key position
+    key_begin = 0 if wl < 0 else max(0, last - wl)
+    key_end = sk if wr < 0 else min(sk, last + wr + 1)
+    sink_end = max(0, min(S, key_end, key_begin))
+    return band_begin <= sink_end
+
+
 def _expected_paths(c, sm90):
     """The path forward_dispatch.cu takes for case c with split-KV off
     (SWA_DISABLE_SPLIT_KV=1 in the children; the portable block_m is 128 for
@@ -85,8 +130,7 @@ def _expected_paths(c, sm90):
     packed = c["heads_q"] != c["heads_kv"] and 2 * c["seqlen_q"] <= 128
     # Keys before the first row's window (Sq < Sk): TMA cannot zero them, so
     # the portable kernel runs (a key no query sees must not reach P V).
-    sees_every_key = c["window_left"] < 0 or c["seqlen_k"] - c["seqlen_q"] - c["window_left"] <= 0
-    return {"sm90"} if sm90 and not packed and sees_every_key else {"sm80"}
+    return {"sm90"} if sm90 and not packed and _sees_every_key(c) else {"sm80"}
 
 
 # ---- the child: every case on one path ------------------------------------------
@@ -100,14 +144,16 @@ def _child(spec_path, out_path):
         q, k, v = _inputs(c, DTYPES[dtype_name], "cuda")
         sys.stderr.write(f"case {name}\n")
         sys.stderr.flush()
-        out, lse = torch.ops.swa.attention(q, k, v, c["window_left"], c["window_right"], None, c["softcap"])
+        out, lse = _attention(c, q, k, v)
         torch.cuda.synchronize()
         results[name] = (out.cpu(), lse.cpu())
     torch.save(results, out_path)
 
 
 def _run_path(disable_sm90, persistent=True):
-    spec = [(f"{dt}-{case_id(c)}-{c['layout']}{'-mis' if c['misalign'] else ''}", dt, c)
+    spec = [(f"{dt}-{case_id(c)}-{c['layout']}{'-mis' if c['misalign'] else ''}"
+             f"{'-S%dL%s' % (c['sink_tokens'], c['sinks']) if c['sink_tokens'] or c['sinks'] is not None else ''}",
+             dt, c)
             for dt in DTYPES for c in SM90_CASES]
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.pt")
@@ -160,16 +206,22 @@ def _reference(name, dt, c):
 
         q, k, v = _inputs(c, DTYPES[dt], "cpu")
         args = (c["window_left"], c["window_right"], None, c["softcap"])
-        ref, ref_lse = attention_ref(q, k, v, *args)
-        ref_lowp, _ = attention_ref(q, k, v, *args, upcast=False)
-        _REFERENCES[name] = (ref, ref_lse, _max_err(ref_lowp, ref))
+        sinks = dict(sinks=_sinks(c, "cpu"), sink_tokens=c["sink_tokens"])
+        ref, ref_lse = attention_ref(q, k, v, *args, **sinks)
+        ref_lowp, _ = attention_ref(q, k, v, *args, upcast=False, **sinks)
+        ok = ~torch.isnan(ref)
+        _REFERENCES[name] = (ref, ref_lse, _max_err(ref_lowp[ok], ref[ok]))
     return _REFERENCES[name]
 
 
 def _check_reference(name, res):
     (out, lse), _, dt, c = res
     ref, ref_lse, err_pt = _reference(name, dt, c)
-    err = _max_err(out, ref)
+    # A NaN sink logit makes its head's rows NaN (out and lse), the others not.
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse)), f"{name}: NaN rows differ"
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{name}: NaN in out differs"
+    finite_out = ~torch.isnan(ref)
+    err = _max_err(out[finite_out], ref[finite_out])
     assert err <= 2 * err_pt + 1e-5, f"{name}: out error {err:.3g} > 2 x {err_pt:.3g}"
     assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), f"{name}: -inf rows differ"
     finite = torch.isfinite(ref_lse)
@@ -199,7 +251,10 @@ def test_paths_agree(sm90_results, sm80_results):
         (out90, lse90), _, dt, c = res
         (out80, lse80), _, _, _ = sm80_results[name]
         ref, err_pt = _check_reference(name, res)
-        assert _max_err(out90, out80) <= 2 * err_pt + 1e-5, f"{name}: paths differ by {_max_err(out90, out80):.3g}"
+        ok = ~torch.isnan(out80)
+        assert torch.equal(ok, ~torch.isnan(out90)), f"{name}: NaN in out differs between the paths"
+        err = _max_err(out90[ok], out80[ok])
+        assert err <= 2 * err_pt + 1e-5, f"{name}: paths differ by {err:.3g}"
         assert torch.equal(torch.isneginf(lse90), torch.isneginf(lse80)), name
         finite = torch.isfinite(lse80)
         torch.testing.assert_close(lse90[finite], lse80[finite], rtol=1e-4, atol=1e-4)

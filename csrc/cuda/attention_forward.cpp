@@ -1,4 +1,5 @@
-// CUDA backend of swa::attention: checks, params, launch on the current stream.
+// CUDA backend of swa::attention and attention.sinks: checks, params, launch
+// on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -8,30 +9,55 @@
 namespace swa::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                  const at::Tensor& v, int64_t window_left,
-                                                  int64_t window_right, std::optional<double> scale,
-                                                  double softcap) {
-  const char* op = "swa::attention";
+// Both overloads: no sink arguments is SinkArgs{}.
+std::tuple<at::Tensor, at::Tensor> run_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, int64_t window_left, int64_t window_right,
+                                                 std::optional<double> scale, double softcap,
+                                                 const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
   const AttentionShape shape = check_attention(op, q, k, v, window_left, window_right, scale, softcap);
+  const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q);
   check_cuda_head_dim(op, q);
   c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({shape.batch, shape.heads_q, shape.seqlen_q}, q.options().dtype(at::kFloat));
   if (shape.empty()) return {out, lse};
-  if (shape.seqlen_k == 0) {  // no keys: every row is empty
+  if (shape.seqlen_k == 0) {  // no keys: every row is empty (lse: the sink logit, if any)
     out.zero_();
-    lse.fill_(-INFINITY);
+    if (sink_args.logits.has_value()) {
+      lse.copy_(sink_args.logits->to(at::kFloat).view({1, shape.heads_q, 1}).expand_as(lse));
+    } else {
+      lse.fill_(-INFINITY);
+    }
     return {out, lse};
   }
   kn::AttentionParams params =
       attention_params(q, k, v, out, lse, shape, window_left, window_right, scale, softcap);
+  const std::vector<at::Tensor> sink_memory = set_sinks(params, sink_args, q);
   launch_forward(params, q);
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, int64_t window_left,
+                                                  int64_t window_right, std::optional<double> scale,
+                                                  double softcap) {
+  return run_attention("swa::attention", q, k, v, window_left, window_right, scale, softcap, std::nullopt, 0);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_sinks_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v, int64_t window_left,
+                                                        int64_t window_right, std::optional<double> scale,
+                                                        double softcap, const std::optional<at::Tensor>& sinks,
+                                                        int64_t sink_tokens) {
+  return run_attention("swa::attention.sinks", q, k, v, window_left, window_right, scale, softcap, sinks,
+                       sink_tokens);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swa, CUDA, m) { m.impl("attention", &attention_cuda); }
+TORCH_LIBRARY_IMPL(swa, CUDA, m) {
+  m.impl("attention", &attention_cuda);
+  m.impl("attention.sinks", &attention_sinks_cuda);
+}
 
 }  // namespace swa::cuda

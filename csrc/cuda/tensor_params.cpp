@@ -65,6 +65,22 @@ kn::AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, c
   return p;
 }
 
+std::vector<at::Tensor> set_sinks(kn::AttentionParams& params, const SinkArgs& sinks, const at::Tensor& q) {
+  std::vector<at::Tensor> keep;
+  params.sink_tokens = sinks.tokens;
+  if (sinks.logits.has_value()) {
+    at::Tensor f32 = sinks.logits->to(at::kFloat).contiguous();
+    params.sinks = f32.data_ptr<float>();
+    keep.push_back(f32);
+    if (q.scalar_type() == at::kDouble) {
+      at::Tensor f64 = sinks.logits->to(at::kDouble).contiguous();
+      params.sinks_f64 = f64.data_ptr<double>();
+      keep.push_back(f64);
+    }
+  }
+  return keep;
+}
+
 void launch_forward(kn::AttentionParams& params, const at::Tensor& q) {
   at::Tensor out_accum, lse_accum;
   params.num_splits = kn::attention_num_splits(params, params.device_sm_count);

@@ -7,8 +7,10 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <optional>
+#include <vector>
 
 #include "ops/checks.h"
+#include "ops/sinks.h"
 #include "swa/kernels/launch.h"
 
 namespace swa::cuda {
@@ -34,6 +36,12 @@ kn::AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, c
                                      const AttentionShape& shape, int64_t window_left,
                                      int64_t window_right, std::optional<double> scale,
                                      double softcap);
+
+// Points params at checked sink arguments (ops/sinks.h): sink_tokens, and the
+// logits as contiguous float32 (and float64 for the float64 kernels). The
+// returned tensors own that memory; keep them until the launch is queued (the
+// caching allocator then keeps it valid for the stream's work).
+std::vector<at::Tensor> set_sinks(kn::AttentionParams& params, const SinkArgs& sinks, const at::Tensor& q);
 
 // Chooses split-KV for small problems, allocates its workspaces from the
 // caching allocator and launches the forward on the current stream.

@@ -286,7 +286,29 @@ struct Case {
   char expect_kernel = 't';
   int expect_split = -1;
   double scale = 0;  // 0: the default 1 / sqrt(D)
+  // Attention sinks: sink tokens S (keys 0 .. S-1; with a ring, S sink slots
+  // before the C ring slots) and sink logits (SinkLogits below).
+  int64_t sink_tokens = 0;
+  int sink_logits = 0;
 };
+
+// Sink logits per query head h: none; N(0, 2); an extreme set cycling over
+// the heads (-1e4: the sink vanishes, 30: it takes the whole row, then mild
+// ones); NaN in head 0 only (that head's rows are NaN, the others unharmed).
+enum SinkLogits { kNoSinkLogits = 0, kMildSinks = 1, kExtremeSinks = 2, kNanSinkHead0 = 3 };
+
+double sink_logit(int mode, int64_t h, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(0.0, 2.0);
+  switch (mode) {
+    case kMildSinks: return normal(rng);
+    case kExtremeSinks: {
+      const double fixed[] = {-1e4, 30.0, 0.75, -2.5};
+      return fixed[h % 4];
+    }
+    case kNanSinkHead0: return h == 0 ? NAN : normal(rng);
+    default: return -INFINITY;
+  }
+}
 
 int cases_run = 0, cases_failed = 0;
 
@@ -314,13 +336,14 @@ void run_attention_case(const Case& c, uint64_t seed) {
   q.randomize(rng, 1.0);
   k.randomize(rng, 1.0);
   v.randomize(rng, 1.0);
+  const int64_t S = c.sink_tokens;
   if (!ring) {
     // Keys that no query of the call sees hold NaN: they must never reach an
     // output (the loader zero-fills them; 0 * NaN would be NaN in P V).
-    const kn::Band band{Sq, Sk, c.wl, c.wr};
-    const kn::KeyRange seen = kn::key_range(band, 0, Sq);
+    const kn::Band band{Sq, Sk, c.wl, c.wr, S};
+    const kn::SeenKeys seen = kn::seen_keys(band, 0, Sq);
     for (int64_t j = 0; j < Sk; ++j) {
-      if (j >= seen.begin && j < seen.end) continue;
+      if (seen.contains(j)) continue;
       for (int64_t b = 0; b < B; ++b)
         for (int64_t h = 0; h < Hkv; ++h)
           for (int64_t d = 0; d < D; ++d) k.at(b, h, j, d) = v.at(b, h, j, d) = nan_value<T>();
@@ -330,21 +353,37 @@ void run_attention_case(const Case& c, uint64_t seed) {
   for (int64_t i = 0; i < B * Hq * Sq; ++i) lse[i] = canary_value<float>();
   int64_t* pos = nullptr;
   if (ring) {
-    kc.init("k_cache", B, Hkv, c.capacity, D, c.layout, false);
-    vc.init("v_cache", B, Hkv, c.capacity, D, c.layout, false);
+    // S sink slots (positions 0 .. S-1), then the C ring slots.
+    kc.init("k_cache", B, Hkv, S + c.capacity, D, c.layout, false);
+    vc.init("v_cache", B, Hkv, S + c.capacity, D, c.layout, false);
     pos = static_cast<int64_t*>(guarded_alloc(static_cast<size_t>(B) * 8, "pos"));
     std::normal_distribution<double> normal(0.0, 1.0);
     for (int64_t b = 0; b < B; ++b) {
       pos[b] = c.pos[b];
-      // Only the slots of positions key_start .. pos - 1 hold keys a query may
-      // see; every other slot stays NaN.
+      // Only the ring slots of positions key_start .. pos - 1 and the sink
+      // slots of positions below min(S, pos) hold keys a query may see (as
+      // cache_append leaves them: a sink position in the window is in both);
+      // every other slot stays NaN.
       const int64_t key_start = std::max<int64_t>(0, pos[b] - (c.window - 1));
-      for (int64_t x = key_start; x < pos[b]; ++x)
+      for (int64_t x = 0; x < pos[b]; ++x) {
+        if (x < key_start && x >= S) continue;
         for (int64_t h = 0; h < Hkv; ++h)
           for (int64_t d = 0; d < D; ++d) {
-            kc.at(b, h, x % c.capacity, d) = from_d<T>(normal(rng));
-            vc.at(b, h, x % c.capacity, d) = from_d<T>(normal(rng));
+            const T kx = from_d<T>(normal(rng)), vx = from_d<T>(normal(rng));
+            if (x >= key_start) kc.at(b, h, S + x % c.capacity, d) = kx, vc.at(b, h, S + x % c.capacity, d) = vx;
+            if (x < S) kc.at(b, h, x, d) = kx, vc.at(b, h, x, d) = vx;
           }
+      }
+    }
+  }
+  float* sinks = nullptr;
+  double* sinks_f64 = nullptr;
+  if (c.sink_logits != kNoSinkLogits) {
+    sinks = static_cast<float*>(guarded_alloc(static_cast<size_t>(Hq) * 4, "sinks"));
+    sinks_f64 = static_cast<double*>(guarded_alloc(static_cast<size_t>(Hq) * 8, "sinks_f64"));
+    for (int64_t h = 0; h < Hq; ++h) {
+      sinks[h] = static_cast<float>(sink_logit(c.sink_logits, h, rng));
+      sinks_f64[h] = sinks[h];
     }
   }
 
@@ -360,13 +399,17 @@ void run_attention_case(const Case& c, uint64_t seed) {
   p.scale = static_cast<float>(c.scale > 0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(D)));
   p.softcap = c.softcap;
   p.device_sm_count = c.sm_count;
+  p.sinks = sinks;
+  if (std::is_same<T, double>::value) p.sinks_f64 = sinks_f64;  // as attention_params fills it
+  p.sink_tokens = ring ? 0 : S;
   if (ring) {
     p.ring.k_cache = kc.ref();
     p.ring.v_cache = vc.ref();
     p.ring.pos = pos;
     p.ring.capacity = c.capacity;
     p.ring.window = c.window;
-    p.seqlen_k = (c.window - 1) + Sq;
+    p.ring.sink_tokens = S;
+    p.seqlen_k = S + (c.window - 1) + Sq;
   }
   // The emulated device: an H100/H200-like sm_90 by default (the Hopper
   // kernel is not built here, so the portable kernels must serve it), an
@@ -432,7 +475,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
   // Reference, per query row.
   const double scale = p.scale;  // the float the kernel gets
   double err_out = 0, err_lowp = 0, err_lse = 0, max_ref = 0;
-  int64_t empty_rows = 0, bad_empty = 0, nan_out = 0;
+  int64_t empty_rows = 0, bad_empty = 0, nan_out = 0, nan_rows = 0, bad_nan_rows = 0;
   std::vector<KeyRef> keys;
   std::vector<double> s, s_low, pr, o(static_cast<size_t>(D)), o_low(static_cast<size_t>(D));
   for (int64_t b = 0; b < B; ++b)
@@ -440,15 +483,24 @@ void run_attention_case(const Case& c, uint64_t seed) {
       for (int64_t i = 0; i < Sq; ++i) {
         const int64_t hk = h / G;
         keys.clear();
-        if (ring) {  // query i at position pos + i sees positions pos + i - (W - 1) .. pos + i
+        if (ring) {  // query i at position pos + i sees positions pos + i - (W - 1) .. pos + i,
+                     // and the sink positions x < S, x <= pos + i
           const int64_t P = pos[b] + i;
-          for (int64_t x = std::max<int64_t>(0, P - (c.window - 1)); x <= P; ++x)
-            keys.push_back(x < pos[b] ? KeyRef{1, x % c.capacity} : KeyRef{0, x - pos[b]});
-        } else {  // row i at key position i + Sk - Sq sees [p - wl, p + wr]
+          const int64_t first_window = std::max<int64_t>(0, pos[b] - (c.window - 1));  // of the call
+          for (int64_t x = 0; x <= P; ++x) {
+            if (x < P - (c.window - 1) && x >= S) continue;
+            keys.push_back(x >= pos[b]         ? KeyRef{0, x - pos[b]}
+                           : x >= first_window ? KeyRef{1, S + x % c.capacity}
+                                               : KeyRef{1, x});  // a sink slot
+          }
+        } else {  // row i at key position i + Sk - Sq sees [p - wl, p + wr], and j < S if j <= p + wr
           const int64_t P = i + Sk - Sq;
-          for (int64_t j = 0; j < Sk; ++j)
-            if ((c.wl < 0 || j >= P - c.wl) && (c.wr < 0 || j <= P + c.wr)) keys.push_back({0, j});
+          for (int64_t j = 0; j < Sk; ++j) {
+            const bool right = c.wr < 0 || j <= P + c.wr;
+            if (((c.wl < 0 || j >= P - c.wl) && right) || (j < S && right)) keys.push_back({0, j});
+          }
         }
+        const double sink = sinks ? static_cast<double>(sinks[h]) : -INFINITY;  // the float the kernel gets
         auto kv = [&](const KeyRef& kr, bool value, int64_t d) {
           if (kr.kind == 1) return to_d(value ? vc.at(b, hk, kr.row, d) : kc.at(b, hk, kr.row, d));
           return to_d(value ? v.at(b, hk, kr.row, d) : k.at(b, hk, kr.row, d));
@@ -456,7 +508,8 @@ void run_attention_case(const Case& c, uint64_t seed) {
         const float got_lse = lse[(b * Hq + h) * Sq + i];
         if (keys.empty()) {
           ++empty_rows;
-          bool ok = got_lse == -INFINITY;
+          // No key: out 0 and lse the sink logit (-inf without; NaN stays NaN).
+          bool ok = std::isnan(sink) ? std::isnan(got_lse) : static_cast<double>(got_lse) == sink;
           for (int64_t d = 0; d < D; ++d) ok = ok && to_d(out.at(b, h, i, d)) == 0.0;
           if (!ok) ++bad_empty;
           continue;
@@ -479,7 +532,18 @@ void run_attention_case(const Case& c, uint64_t seed) {
           s[t] = x, s_low[t] = xl;
           m = std::max(m, x), m_low = std::max(m_low, xl);
         }
-        double l = 0, l_low = 0;
+        if (std::isnan(sink)) {  // the whole row is NaN: out and lse
+          ++nan_rows;
+          bool all_nan = std::isnan(got_lse);
+          for (int64_t d = 0; d < D; ++d) all_nan = all_nan && std::isnan(to_d(out.at(b, h, i, d)));
+          if (!all_nan) ++bad_nan_rows;
+          continue;
+        }
+        // The sink logit joins the softmax without a value (in the low-
+        // precision evaluation too, rounded to T as the scores are).
+        const double sink_low = sinks ? round_t<T>(sink) : -INFINITY;
+        m = std::max(m, sink), m_low = std::max(m_low, sink_low);
+        double l = std::exp(sink - m), l_low = std::exp(sink_low - m_low);
         for (size_t t = 0; t < n; ++t) l += std::exp(s[t] - m), l_low += std::exp(s_low[t] - m_low);
         const double ref_lse = m + std::log(l);
         std::fill(o.begin(), o.end(), 0.0);
@@ -516,8 +580,13 @@ void run_attention_case(const Case& c, uint64_t seed) {
     ++bad;
   }
   if (bad_empty) {
-    std::printf("  %lld of %lld rows that see no key do not have out = 0, lse = -inf\n",
+    std::printf("  %lld of %lld rows that see no key do not have out = 0, lse = -inf (or the sink logit)\n",
                 static_cast<long long>(bad_empty), static_cast<long long>(empty_rows));
+    ++bad;
+  }
+  if (bad_nan_rows) {
+    std::printf("  %lld of %lld rows with a NaN sink logit are not NaN in out and lse\n",
+                static_cast<long long>(bad_nan_rows), static_cast<long long>(nan_rows));
     ++bad;
   }
   bad += check_written("out", out);
@@ -546,6 +615,7 @@ struct CacheCase {
   int64_t B, Hkv, C, T, D;  // T: rows appended; gather n = T (<= C) or C
   std::vector<int64_t> pos;
   int layout;
+  int64_t S = 0;  // sink slots before the C ring slots
 };
 
 template <typename T>
@@ -555,29 +625,34 @@ void run_cache_case(const CacheCase& c, uint64_t seed) {
   int bad = 0;
   std::mt19937_64 rng(seed);
   Tensor4<T> kc, vc, k, v;
-  kc.init("k_cache", c.B, c.Hkv, c.C, c.D, c.layout, false);
-  vc.init("v_cache", c.B, c.Hkv, c.C, c.D, c.layout, false);
+  kc.init("k_cache", c.B, c.Hkv, c.S + c.C, c.D, c.layout, false);
+  vc.init("v_cache", c.B, c.Hkv, c.S + c.C, c.D, c.layout, false);
   k.init("k", c.B, c.Hkv, c.T, c.D, c.layout, false);
   v.init("v", c.B, c.Hkv, c.T, c.D, c.layout, false);
   kc.randomize(rng, 1.0), vc.randomize(rng, 1.0), k.randomize(rng, 1.0), v.randomize(rng, 1.0);
   int64_t* pos = static_cast<int64_t*>(guarded_alloc(static_cast<size_t>(c.B) * 8, "pos"));
   for (int64_t b = 0; b < c.B; ++b) pos[b] = c.pos[b];
-  // Expected caches after the append: row t lands in slot (pos + t) % C, only
-  // the last min(T, C) rows.
+  // Expected caches after the append: row t lands in slot S + (pos + t) % C,
+  // only the last min(T, C) rows; rows of positions below S also in slot
+  // pos + t (any row, even one that does not land in the ring).
   std::vector<T> k_exp(kc.data, kc.data + kc.elems), v_exp(vc.data, vc.data + vc.elems);
   for (int64_t b = 0; b < c.B; ++b)
     for (int64_t h = 0; h < c.Hkv; ++h)
-      for (int64_t t = std::max<int64_t>(0, c.T - c.C); t < c.T; ++t)
+      for (int64_t t = 0; t < c.T; ++t)
         for (int64_t d = 0; d < c.D; ++d) {
-          const int64_t slot = (pos[b] + t) % c.C;
-          k_exp[b * kc.bs + h * kc.hs + slot * kc.rs + d] = k.at(b, h, t, d);
-          v_exp[b * vc.bs + h * vc.hs + slot * vc.rs + d] = v.at(b, h, t, d);
+          auto put = [&](int64_t slot) {
+            k_exp[b * kc.bs + h * kc.hs + slot * kc.rs + d] = k.at(b, h, t, d);
+            v_exp[b * vc.bs + h * vc.hs + slot * vc.rs + d] = v.at(b, h, t, d);
+          };
+          if (t >= c.T - c.C) put(c.S + (pos[b] + t) % c.C);
+          if (pos[b] + t < c.S) put(pos[b] + t);
         }
   kn::CacheAppendParams ap;
   ap.dtype = dtype_of<T>();
   ap.k_cache = kc.ref(), ap.v_cache = vc.ref(), ap.k = k.ref(), ap.v = v.ref();
   ap.pos = pos;
   ap.batch = c.B, ap.heads_kv = c.Hkv, ap.capacity = c.C, ap.new_len = c.T, ap.head_dim = c.D;
+  ap.sink_tokens = c.S;
   emu::device().launches.clear();
   if (kn::cache_append(ap, nullptr) != cudaSuccess) ++bad, std::printf("  cache_append failed\n");
   if (std::memcmp(k_exp.data(), kc.data, kc.elems * sizeof(T)) != 0 ||
@@ -593,7 +668,9 @@ void run_cache_case(const CacheCase& c, uint64_t seed) {
   for (int64_t i = 0; i < c.B * c.Hkv * n * c.D; ++i) k_out[i] = canary_value<T>(), v_out[i] = canary_value<T>();
   kn::CacheGatherParams gp;
   gp.dtype = dtype_of<T>();
+  // The ring part (as RollingKVCache gathers it: a view past the sink slots).
   gp.k_cache = kc.ref(), gp.v_cache = vc.ref();
+  gp.k_cache.ptr = kc.data + c.S * kc.rs, gp.v_cache.ptr = vc.data + c.S * vc.rs;
   gp.k_out = k_out, gp.v_out = v_out;
   gp.pos = pos;
   gp.batch = c.B, gp.heads_kv = c.Hkv, gp.capacity = c.C, gp.n = n, gp.head_dim = c.D;
@@ -604,8 +681,8 @@ void run_cache_case(const CacheCase& c, uint64_t seed) {
       for (int64_t r = 0; r < n; ++r)
         for (int64_t d = 0; d < c.D; ++d) {
           const int64_t x = pos[b] - n + r;
-          const T want = x < 0 ? from_d<T>(0.0) : kc.at(b, h, x % c.C, d);
-          const T want_v = x < 0 ? from_d<T>(0.0) : vc.at(b, h, x % c.C, d);
+          const T want = x < 0 ? from_d<T>(0.0) : kc.at(b, h, c.S + x % c.C, d);
+          const T want_v = x < 0 ? from_d<T>(0.0) : vc.at(b, h, c.S + x % c.C, d);
           const size_t o = static_cast<size_t>(((b * c.Hkv + h) * n + r) * c.D + d);
           if (std::memcmp(&want, k_out + o, sizeof(T)) || std::memcmp(&want_v, v_out + o, sizeof(T))) ++wrong;
         }
@@ -845,6 +922,70 @@ int main(int argc, char** argv) {
     if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
     ++seed;
   }
+  // Attention sinks (both kinds): sink tokens below, inside and past a key
+  // tile, logits mild / extreme / NaN, split-KV (the combine adds the sink
+  // logit), PackGQA, rows and tiles that see no key, the ring's sink slots.
+  auto run_sinks = [&](Case c, int64_t tokens, int logits, auto tag) {
+    using T = decltype(tag);
+    c.sink_tokens = tokens, c.sink_logits = logits;
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<T>(c, seed); });
+    ++seed;
+  };
+  run_sinks({"sinks d64 4 tokens swa mild", 1, 2, 1, 200, 200, 64, 37, 0, 0.f, kBHSD}, 4, kMildSinks, H{});
+  run_sinks({"sinks d128 130 tokens two-sided gqa", 1, 4, 2, 300, 300, 128, 40, 5, 0.f, kBSHD}, 130,
+            kExtremeSinks, BF{});
+  run_sinks({"sinks d64 1 token sq<sk no logits", 2, 2, 2, 100, 250, 64, 30, 0, 0.f, kBHSD}, 1, kNoSinkLogits, H{});
+  run_sinks({"sinks d64 logits empty query tile", 1, 4, 1, 300, 50, 64, -1, 0, 0.f, kBHSD}, 0, kExtremeSinks, BF{});
+  run_sinks({"sinks d64 NaN logit head 0", 1, 3, 3, 90, 90, 64, 20, 0, 0.f, kBHSD}, 3, kNanSinkHead0, H{});
+  run_sinks({"sinks d32 packgqa softcap", 1, 8, 2, 20, 150, 32, 50, 0, 5.f, kBHSD}, 16, kMildSinks, BF{});
+  run_sinks({"sinks d96 sink run meets band", 1, 2, 1, 80, 80, 96, 10, 0, 0.f, kBSHD}, 75, kMildSinks, H{});
+  {
+    Case c{"sinks d64 decode split packgqa", 1, 8, 2, 1, 1000, 64, 200, 0, 0.f, kBHSD};
+    c.expect_split = 1;
+    run_sinks(c, 4, kMildSinks, H{});
+  }
+  {
+    Case c{"sinks d128 forced splits empty rows", 1, 4, 2, 40, 150, 128, 10, -1, 0.f, kBHSD};
+    c.forced_splits = 3;
+    run_sinks(c, 70, kExtremeSinks, BF{});
+  }
+  {
+    Case c{"sinks d64 forced splits logits only", 1, 2, 2, 3, 300, 64, -1, 0, 0.f, kBSHD};
+    c.forced_splits = 7;
+    run_sinks(c, 0, kNanSinkHead0, H{});
+  }
+  {
+    Case c{"sinks ring decode d64 pos<S", 4, 4, 1, 1, 0, 64, 0, 0, 0.f, kBHSD};
+    c.window = 100, c.capacity = 128, c.pos = {2, 3, 5, 300};
+    run_sinks(c, 4, kMildSinks, H{});
+  }
+  {
+    Case c{"sinks ring prefill d128 chunk>W", 3, 2, 1, 40, 0, 128, 0, 0, 0.f, kBSHD};
+    c.window = 16, c.capacity = 20, c.pos = {0, 2, 100};
+    run_sinks(c, 4, kExtremeSinks, BF{});
+  }
+  {
+    Case c{"sinks ring decode d128 split", 2, 2, 2, 1, 0, 128, 0, 0, 0.f, kBHSD};
+    c.window = 400, c.capacity = 450, c.pos = {1000, 37};
+    c.expect_split = 1;
+    run_sinks(c, 8, kMildSinks, BF{});
+  }
+  {
+    Case c{"sinks exact f32 d40 tokens logits", 1, 4, 2, 37, 53, 40, 9, 3, 15.f, kBSHD};
+    c.expect_kernel = 'x';
+    run_sinks(c, 5, kExtremeSinks, float{});
+  }
+  {
+    Case c{"sinks exact f64 d19 causal", 2, 2, 1, 33, 25, 19, 4, 0, 0.f, kBHSD};
+    c.expect_kernel = 'x';
+    run_sinks(c, 3, kMildSinks, double{});
+  }
+  {
+    Case c{"sinks exact f32 ring d24", 2, 2, 1, 5, 0, 24, 0, 0, 0.f, kBHSD};
+    c.window = 20, c.capacity = 24, c.pos = {50, 3};
+    c.expect_kernel = 'x';
+    run_sinks(c, 6, kNanSinkHead0, float{});
+  }
   // The exact kernel: fp32 / fp64, and 16-bit rows that are not 16-byte aligned.
   {
     Case c{"exact f32 d40 gqa softcap strided", 1, 4, 2, 37, 53, 40, 9, 3, 15.f, kBSHD};
@@ -881,6 +1022,11 @@ int main(int argc, char** argv) {
     ++seed;
     const CacheCase cc3{"cache bf16 d5 odd rows", 1, 3, 10, 4, 5, {23}, kBHSD};
     if (want(cc3.name)) run_isolated(cc3.name, [&] { run_cache_case<BF>(cc3, seed); });
+    ++seed;
+    // Sink slots: a chunk that starts in the sinks and is longer than the ring
+    // (its first rows reach the sink slots only), one past them, one inside.
+    const CacheCase cc4{"cache sinks d64 T>C from pos 1", 3, 2, 8, 11, 64, {1, 9, 2}, kBHSD, 4};
+    if (want(cc4.name)) run_isolated(cc4.name, [&] { run_cache_case<H>(cc4, seed); });
     ++seed;
   }
 #undef RUN

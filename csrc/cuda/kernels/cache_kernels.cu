@@ -1,14 +1,16 @@
 // Copy kernels of the rolling KV cache (see swa/kernels/ring.h):
-//   cache_append: row t of the new keys/values -> ring slot (pos + t) % C,
-//                 for the last min(T, C) rows only;
+//   cache_append: row t of the new keys/values -> ring slot S + (pos + t) % C,
+//                 for the last min(T, C) rows only; with S sink slots, the
+//                 rows of positions below S also to slot pos + t;
 //   cache_gather: ring slot (pos - n + r) % C -> row r of a contiguous output,
 //                 zeros where pos - n + r < 0.
 // Both are memory bound: each thread moves one vector (up to 16 bytes) of one
 // row, keys in blockIdx.y = 0 and values in blockIdx.y = 1, with a grid-stride
 // loop over (row, vector). pos stays on the device (read here, never by the
 // host), so both can be captured in a CUDA graph. The landing rows of one
-// append hit distinct slots (at most C consecutive positions), so threads
-// never write the same element. No torch headers.
+// append hit distinct slots (at most C consecutive positions, the sink slots
+// apart from the ring's), so threads never write the same element. No torch
+// headers.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -55,28 +57,35 @@ __device__ __forceinline__ char* row_bytes(const TensorRef& t, int64_t b, int64_
   return static_cast<char*>(t.ptr) + (b * t.batch_stride + h * t.head_stride + row * t.row_stride) * elem_bytes;
 }
 
-// Writes rows first .. T - 1 of k (v) to ring slots (pos[b] + t) % C.
+// Writes rows first .. T - 1 of k (v) to ring slots S + (pos[b] + t) % C, and
+// rows t < sink_rows whose position is below S to sink slot pos[b] + t. The
+// work is (b, h, r) with r < landing + sink_rows: ring rows, then sink rows.
 template <typename Vec>
 __global__ void __launch_bounds__(kCopyThreads)
-cache_append_kernel(CacheAppendParams params, int64_t first, int64_t vecs_per_row, int64_t elem_bytes) {
+cache_append_kernel(CacheAppendParams params, int64_t first, int64_t sink_rows, int64_t vecs_per_row,
+                    int64_t elem_bytes) {
   const bool values = blockIdx.y == 1;
   const TensorRef src = values ? params.v : params.k;              // [B, Hkv, T, D]
-  const TensorRef dst = values ? params.v_cache : params.k_cache;  // [B, Hkv, C, D]
-  const int64_t landing = params.new_len - first;                  // rows that land, <= C
-  const int64_t total = params.batch * params.heads_kv * landing * vecs_per_row;
+  const TensorRef dst = values ? params.v_cache : params.k_cache;  // [B, Hkv, S + C, D]
+  const int64_t landing = params.new_len - first;                  // rows that land in the ring, <= C
+  const int64_t per_head = landing + sink_rows;
+  const int64_t total = params.batch * params.heads_kv * per_head * vecs_per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int64_t vec = i % vecs_per_row;
-    int64_t row = i / vecs_per_row;        // (b, h, t - first) flattened
-    const int64_t t = first + row % landing;
-    row /= landing;
+    int64_t row = i / vecs_per_row;        // (b, h, r) flattened
+    const int64_t r = row % per_head;
+    const bool to_sink = r >= landing;
+    const int64_t t = to_sink ? r - landing : first + r;
+    row /= per_head;
     const int64_t h = row % params.heads_kv;
     const int64_t b = row / params.heads_kv;
     const int64_t position = __ldg(params.pos + b) + t;
     // pos < 0 is the caller's error on CUDA (never read by the host): write
     // nothing rather than out of bounds.
     if (position < 0) continue;
-    const int64_t slot = ring_slot(position, params.capacity);
+    if (to_sink && position >= params.sink_tokens) continue;  // not a sink position
+    const int64_t slot = to_sink ? position : cache_slot(position, params.capacity, params.sink_tokens);
     const Vec* from = reinterpret_cast<const Vec*>(row_bytes(src, b, h, t, elem_bytes));
     Vec* to = reinterpret_cast<Vec*>(row_bytes(dst, b, h, slot, elem_bytes));
     to[vec] = from[vec];
@@ -132,8 +141,9 @@ cudaError_t launch_copy(int64_t width, int64_t rows, int64_t row_bytes_total, cu
 template <typename Vec>
 struct AppendLaunch {
   static void run(dim3 grid, cudaStream_t stream, int64_t vecs_per_row, const CacheAppendParams& params,
-                  int64_t first, int64_t elem_bytes) {
-    cache_append_kernel<Vec><<<grid, kCopyThreads, 0, stream>>>(params, first, vecs_per_row, elem_bytes);
+                  int64_t first, int64_t sink_rows, int64_t elem_bytes) {
+    cache_append_kernel<Vec><<<grid, kCopyThreads, 0, stream>>>(params, first, sink_rows, vecs_per_row,
+                                                                 elem_bytes);
   }
 };
 
@@ -149,15 +159,19 @@ struct GatherLaunch {
 
 cudaError_t cache_append(const CacheAppendParams& params, cudaStream_t stream) {
   using namespace cuda_detail;
-  if (params.capacity <= 0) return cudaErrorInvalidValue;
+  if (params.capacity <= 0 || params.sink_tokens < 0) return cudaErrorInvalidValue;
   const int64_t elem_bytes = dtype_bytes(params.dtype);
   const int64_t first = append_first_row(params.new_len, params.capacity);
+  // Rows that may hold a sink position (pos is on the device: the kernel
+  // skips those at or past S).
+  const int64_t sink_rows = params.new_len < params.sink_tokens ? params.new_len : params.sink_tokens;
   const int64_t row_bytes_total = params.head_dim * elem_bytes;
   VectorWidth width;
   width.fit(row_bytes_total);
   for (const TensorRef* t : {&params.k_cache, &params.v_cache, &params.k, &params.v}) width.fit(*t, elem_bytes);
-  const int64_t rows = params.batch * params.heads_kv * (params.new_len - first);
-  return launch_copy<AppendLaunch>(width.bytes, rows, row_bytes_total, stream, params, first, elem_bytes);
+  const int64_t rows = params.batch * params.heads_kv * (params.new_len - first + sink_rows);
+  return launch_copy<AppendLaunch>(width.bytes, rows, row_bytes_total, stream, params, first, sink_rows,
+                                   elem_bytes);
 }
 
 cudaError_t cache_gather(const CacheGatherParams& params, cudaStream_t stream) {

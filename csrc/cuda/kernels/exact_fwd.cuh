@@ -6,7 +6,9 @@
 // aligned (the tensor-core kernel's cp.async needs that).
 // Same conventions as the tensor-core kernel: window (band.h), GQA, strides,
 // softcap, lse = natural-log logsumexp of the scaled (capped) scores, empty
-// row -> out = 0, lse = -inf, and cache_attention's ring key source.
+// row -> out = 0, lse = -inf, and cache_attention's ring key source; attention
+// sinks (params.h): the sink run [0, sink_end) walked before the band, the
+// sink logit added to the sum at the end (in Acc: sinks_f64 for doubles).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -77,10 +79,13 @@ __global__ void __launch_bounds__(kExactWarps * 32)
       acc[c] = Acc(0);
     }
 
-    // Online softmax over the row's visible keys [key_begin, key_end).
+    // Online softmax over the row's visible keys: the sink run [0, sink_end)
+    // (empty without sink tokens), then the band [key_begin, key_end).
     Acc row_max = -INFINITY, row_sum = 0;
+    const int64_t sink_end = band.sink_end(i);
+    const int64_t key_begin = band.key_begin(i);
     const int64_t key_end = band.key_end(i);
-    for (int64_t j = band.key_begin(i); j < key_end; ++j) {
+    for (int64_t j = sink_end > 0 ? 0 : key_begin; j < key_end; j = j + 1 == sink_end ? key_begin : j + 1) {
       const T* k = keys.k_row(j);
       const T* v = keys.v_row(j);
       Acc dot = 0;
@@ -105,7 +110,22 @@ __global__ void __launch_bounds__(kExactWarps * 32)
 
     // row_sum = 0: no key seen (out 0, lse -inf); NaN: a NaN score reached the
     // row (out and lse NaN).
-    const Acc inv = row_sum == Acc(0) ? Acc(0) : Acc(1) / row_sum;
+    Acc inv = row_sum == Acc(0) ? Acc(0) : Acc(1) / row_sum;
+    Acc lse = row_sum == Acc(0) ? Acc(-INFINITY) : row_max + log(row_sum);
+    if (p.sinks != nullptr) {
+      // The value-less sink logit joins the sum: lse = log(sum e^(s - max) e^max
+      // + e^sink), out = acc e^(max - lse); no key: out 0, lse = the sink.
+      const Acc sink = sizeof(Acc) == 8 && p.sinks_f64 != nullptr ? static_cast<Acc>(p.sinks_f64[h])
+                                                                  : static_cast<Acc>(p.sinks[h]);
+      if (row_sum == Acc(0)) {
+        lse = sink;
+      } else {
+        const Acc hi = lse > sink ? lse : sink;  // NaN on either side: NaN below
+        const Acc lo = lse > sink ? sink : lse;
+        lse = hi + log1p(exp(lo == hi ? Acc(0) : lo - hi));
+        inv = exp(row_max - lse);
+      }
+    }
     T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + h * p.out_head_stride +
              i * p.out_row_stride;
 #pragma unroll
@@ -113,8 +133,7 @@ __global__ void __launch_bounds__(kExactWarps * 32)
       const int d = lane + 32 * c;
       if (d < dim) out[d] = narrow<T>(acc[c] * inv);
     }
-    if (lane == 0)
-      p.lse[row] = row_sum == Acc(0) ? -INFINITY : static_cast<float>(row_max + log(row_sum));
+    if (lane == 0) p.lse[row] = static_cast<float>(lse);
   }
 }
 

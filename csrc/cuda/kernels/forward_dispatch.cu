@@ -151,10 +151,13 @@ bool rows_aligned(const void* ptr, std::initializer_list<std::pair<int64_t, int6
 }
 
 // The longest key sequence any batch entry can have: plain seqlen_k, or for
-// the ring (pos unknown on the host) the full window: W - 1 ring keys + Sq.
+// the ring (pos unknown on the host) the full window: S sink keys, W - 1 ring
+// keys and Sq new ones.
 Band host_band(const AttentionParams& p) {
-  if (p.ring.pos == nullptr) return Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
-  return RingView{p.ring.window - 1, p.seqlen_q, p.ring.window, p.ring.capacity}.band();
+  if (p.ring.pos == nullptr) return Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
+  // pos = W - 1 + S: the window full and every sink slot seen beside it.
+  const RingSource& r = p.ring;
+  return RingView{r.window - 1 + r.sink_tokens, p.seqlen_q, r.window, r.capacity, r.sink_tokens}.band();
 }
 
 // Can the tensor-core kernel take this problem? Alignment, and the 32-bit
@@ -177,8 +180,8 @@ bool tensor_core_ok(const AttentionParams& p, const TileDims& dims, int64_t pack
   if (p.ring.pos != nullptr) {
     const RingSource& r = p.ring;
     if (r.capacity < 1 || r.capacity > kInt32Limit || r.window < 1 || r.window - 1 > r.capacity) return false;
-    if (!rows_aligned(r.k_cache.ptr, {{r.k_cache.batch_stride, p.batch}, {r.k_cache.head_stride, p.heads_kv}, {r.k_cache.row_stride, r.capacity}}) ||
-        !rows_aligned(r.v_cache.ptr, {{r.v_cache.batch_stride, p.batch}, {r.v_cache.head_stride, p.heads_kv}, {r.v_cache.row_stride, r.capacity}}))
+    if (!rows_aligned(r.k_cache.ptr, {{r.k_cache.batch_stride, p.batch}, {r.k_cache.head_stride, p.heads_kv}, {r.k_cache.row_stride, r.sink_tokens + r.capacity}}) ||
+        !rows_aligned(r.v_cache.ptr, {{r.v_cache.batch_stride, p.batch}, {r.v_cache.head_stride, p.heads_kv}, {r.v_cache.row_stride, r.sink_tokens + r.capacity}}))
       return false;
   }
   return true;
@@ -372,12 +375,13 @@ int attention_num_splits(const AttentionParams& p, int sm_count) {
   const int64_t blocks = grid.blocks();
   const int64_t slots = static_cast<int64_t>(sm_count) * dims.blocks_per_sm;
   if (blocks == 0 || blocks * 5 >= slots * 4) return 1;  // the grid fills the device already
-  // The most key tiles one block walks (m_blocks < slots here: a short loop).
+  // The most key tiles one block walks, sink tiles included (m_blocks < slots
+  // here: a short loop).
   const Band band = host_band(p);
   int64_t tiles = 0;
   for (int64_t m_block = 0; m_block < grid.m_blocks; ++m_block) {
     const KeyRange rows = packed_query_rows(m_block, dims.block_m, pack, grid.rows);
-    const int64_t n = rows_key_tile_range(band, rows, dims.block_n).size();
+    const int64_t n = rows_block_key_tiles(band, rows, dims.block_n).size();
     tiles = n > tiles ? n : tiles;
   }
   return choose_num_splits(blocks, tiles, slots, kMaxSplits);

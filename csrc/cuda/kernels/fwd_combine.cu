@@ -2,7 +2,9 @@
 // and its logsumexp lse_s over its share of the keys (lse_s = -inf when the
 // share had no visible key). The row's results are
 //     lse = log(sum_s exp(lse_s)),   O = sum_s exp(lse_s - lse) O_s,
-// with lse = -inf and O = 0 when no split saw a key. One warp per row (b, h, i);
+// with lse = -inf and O = 0 when no split saw a key. A sink logit (params.h)
+// joins once, here: lse = log(sum_s exp(lse_s) + exp(sinks[h])), and a row no
+// split saw a key of gets lse = sinks[h]. One warp per row (b, h, i);
 // partials are [splits, B, Hq, Sq, (D)] float32, contiguous.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -12,6 +14,7 @@
 #include <cstdint>
 
 #include "fwd_api.cuh"
+#include "fwd_score.cuh"
 #include "primitives.cuh"
 
 namespace SWA_KERNEL_NS {
@@ -63,13 +66,18 @@ __global__ void __launch_bounds__(kCombineWarps * 32) fwd_combine_kernel(const A
       for (int s = lane; s < splits; s += 32) sum += expf(p.lse_accum[int64_t{s} * rows + row] - lse_max);
       lse = lse_max + logf(warp_sum_f(sum));
     }
+    const int i = row % seqlen_q;
+    const int h = (row / seqlen_q) % heads_q;
+    const int b = row / (seqlen_q * heads_q);
+    if (p.sinks != nullptr) {
+      constexpr float kLog2e = 1.4426950408889634f;
+      constexpr float kLn2 = 0.6931471805599453f;
+      lse = logaddexp2f(lse * kLog2e, p.sinks[h] * kLog2e) * kLn2;  // -inf lse: the sink itself
+    }
     for (int s = lane; s < splits; s += 32)
       weights[warp][s] = lse == -INFINITY ? 0.f : expf(p.lse_accum[int64_t{s} * rows + row] - lse);
     __syncwarp();
 
-    const int i = row % seqlen_q;
-    const int h = (row / seqlen_q) % heads_q;
-    const int b = row / (seqlen_q * heads_q);
     T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + h * p.out_head_stride + i * p.out_row_stride;
     for (int d = lane; d < dim; d += 32) {
       float o = 0.f;

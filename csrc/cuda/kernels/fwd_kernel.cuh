@@ -2,8 +2,10 @@
 //
 // One block = one (batch, grid head, key split, query tile of kBlockM packed
 // rows). Algorithm, per block:
-//   1. tiles = the key tiles the block's query rows see (band skipping), cut
-//      to this split's share; none -> write out = 0, lse = -inf and stop.
+//   1. tiles = the key tiles the block's query rows see (band skipping; with
+//      sink tokens the sink run's tiles first, BlockKeyTiles of fwd_tiles.h),
+//      cut to this split's share; none -> write out = 0, lse = -inf (or the
+//      sink logit) and stop.
 //   2. Q tile -> shared (cp.async) -> registers (ldmatrix); K/V tile of the
 //      first key tile -> shared stage 0.
 //   3. for each key tile n (ascending): start loading tile n + 1 into the other
@@ -11,8 +13,9 @@
 //      softcap); mask only if the tile needs it; online softmax in the log2
 //      domain (exp2); P -> 16 bit in registers = the A operand of O += P V
 //      (V via ldmatrix.trans).
-//   4. O /= rowsum, lse = ln(sum) + max: stored to out/lse, or (split-KV) to
-//      the fp32 partials reduced by fwd_combine.
+//   4. O /= rowsum, lse = ln(sum) + max (with a sink logit: finish_row of
+//      fwd_score.cuh): stored to out/lse, or (split-KV) to the fp32 partials
+//      reduced by fwd_combine, which adds the sink logit once.
 //
 // Fragment layout (primitives.cuh), lane = 4 * group + tig:
 //   S / O accumulators of a warp's 16 rows, per 8-column tile j:
@@ -62,37 +65,30 @@ __device__ __forceinline__ void copy_q_tile(typename Kt::Element* s_q, const Att
 }
 
 // K and V tiles (kBlockN, kHeadDim) of key tile n_block into one stage; keys
-// outside [seen.begin, seen.end), the keys some row of the block sees, are
+// outside `seen` (the band run and sink run that some row of the block sees) are
 // zero-filled: past seqlen_k nothing undefined reaches P V, and a key no row
 // sees (a ring slot before the window, a masked position) cannot reach an
 // output even if it holds NaN or inf (0 * NaN is NaN in P V). A tile may
 // straddle the ring's wrap and the ring/new-keys boundary: each row finds its
-// own source.
+// own source (KeySource::k_row).
 template <typename Kt>
 __device__ __forceinline__ void copy_kv_tile(typename Kt::Element* s_k, typename Kt::Element* s_v,
                                              const KeySource<typename Kt::Element>& keys,
-                                             int n_block, KeyRange seen, int tid) {
+                                             int n_block, SeenKeys seen, int tid) {
   using T = typename Kt::Element;
   const int64_t n0 = static_cast<int64_t>(n_block) * Kt::kBlockN;
-  const int64_t slot0 = keys.tile_slot0(n0);
 #pragma unroll
   for (int it = 0; it < Kt::kKvCopies; ++it) {
     const int chunk_id = tid + it * Kt::kThreads;
     const int r = chunk_id / Kt::kChunksPerRow;
     const int c = chunk_id % Kt::kChunksPerRow;
     const int64_t j = n0 + r;
-    const bool valid = j >= seen.begin && j < seen.end;
+    const bool valid = seen.contains(j);
     const T* k_src = keys.k;
     const T* v_src = keys.v;
     if (valid) {
-      if (j < keys.ring_len) {
-        const int64_t slot = keys.tile_slot(slot0, r);
-        k_src = keys.k_ring + slot * keys.k_ring_row_stride + c * 8;
-        v_src = keys.v_ring + slot * keys.v_ring_row_stride + c * 8;
-      } else {
-        k_src = keys.k + (j - keys.ring_len) * keys.k_row_stride + c * 8;
-        v_src = keys.v + (j - keys.ring_len) * keys.v_row_stride + c * 8;
-      }
+      k_src = keys.k_row(j) + c * 8;
+      v_src = keys.v_row(j) + c * 8;
     }
     const int dst = Swizzle<Kt::kHeadDim>::template offset<Kt::kBlockN>(r, c * 8);
     cp_async_16(s_k + dst, k_src, valid);
@@ -102,7 +98,9 @@ __device__ __forceinline__ void copy_kv_tile(typename Kt::Element* s_k, typename
 
 // ---- results of the block's rows ----------------------------------------------
 
-// Write out = 0, lse = -inf for every valid row (no key tile to visit).
+// Write out = 0, lse = -inf for every valid row (no key tile to visit); with
+// sink logits the final lse of such a row is its head's sink logit (a split's
+// partial stays -inf: fwd_combine adds the sink).
 template <typename Kt>
 __device__ __forceinline__ void store_empty_rows(const AttentionParams& p, const PackedRows& rows,
                                                  int m0, int valid_rows, int64_t split,
@@ -124,7 +122,7 @@ __device__ __forceinline__ void store_empty_rows(const AttentionParams& p, const
     if (to_accum) {
       p.lse_accum[rows.lse_index(m, p, split)] = -INFINITY;
     } else {
-      p.lse[rows.lse_index(m, p)] = -INFINITY;
+      p.lse[rows.lse_index(m, p)] = p.sinks != nullptr ? p.sinks[rows.head(m)] : -INFINITY;
     }
   }
 }
@@ -135,7 +133,7 @@ template <typename T>
 struct FwdBlockState {
   KeySource<T> keys;
   PackedRows rows;
-  KeyRange keys_seen;  // the keys some row of the block sees
+  SeenKeys keys_seen;  // the keys some row of the block sees
   int m0, m_end;  // the block's packed rows [m0, m_end)
   int64_t split;
 };
@@ -166,9 +164,13 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   const bool to_accum = grid.splits > 1;
 
   // ---- 1. the block's rows and key tiles
-  int n_begin, n_end;                  // key tiles [n_begin, n_end) of this block and split
+  // The block's key tiles (BlockKeyTiles): visit v is tile v below n_sink
+  // (the sink run), tile band_first + v - n_sink after.
+  int n_sink, band_first;
+  int v_begin, v_end;                  // visits [v_begin, v_end) of this split
   int unmasked_begin, unmasked_end;    // the tiles among them that need no element mask
-  int row_key_begin[2], row_key_end[2];  // visible keys of this thread's two rows
+  int row_key_begin[2], row_key_end[2];  // visible keys of this thread's two rows: the band
+  int row_sink_end[2];                   // and the sink run [0, row_sink_end)
   bool warp_active;
   {
     const FwdBlock blk = fwd_block(grid, blockIdx.x);
@@ -180,17 +182,22 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     const int m_end = static_cast<int>(band_min64(m0 + kM, grid.rows));
     const int valid_rows = m_end - m0;  // 1 .. kM
     const KeyRange q_rows = packed_query_rows(blk.m_block, kM, grid.pack, grid.rows);
-    const TileRange tiles =
-        split_tile_range(rows_key_tile_range(band, q_rows, kN), blk.split, grid.splits);
-    if (tiles.empty()) {
+    const BlockKeyTiles tiles = rows_block_key_tiles(band, q_rows, kN);
+    n_sink = static_cast<int>(tiles.n_sink);
+    band_first = static_cast<int>(tiles.band.n_block_min);
+    const KeyRange visits = split_visit_range(tiles, blk.split, grid.splits);
+    if (visits.empty()) {
       store_empty_rows<Kt>(params, rows, m0, valid_rows, blk.split, to_accum, tid);
       return;
     }
-    n_begin = static_cast<int>(tiles.n_block_min);
-    n_end = static_cast<int>(tiles.n_block_max);
+    v_begin = static_cast<int>(visits.begin);
+    v_end = static_cast<int>(visits.end);
+    // Only band tiles can be unmasked (a sink tile holds keys past some row's
+    // sink run, or past Sk): unmasked_begin >= the band's first tile.
+    const int band_end = static_cast<int>(tiles.band.n_block_max);
     const TileRange unmasked = rows_unmasked_tile_range(band, q_rows, kN);
-    unmasked_begin = static_cast<int>(band_min64(unmasked.n_block_min, n_end));
-    unmasked_end = static_cast<int>(band_min64(unmasked.n_block_max, n_end));
+    unmasked_begin = static_cast<int>(band_min64(unmasked.n_block_min, band_end));
+    unmasked_end = static_cast<int>(band_min64(unmasked.n_block_max, band_end));
     // Warps whose 16 rows are all past the last row skip the math (decoding:
     // Sq * pack is often far below kBlockM) but still copy and synchronise.
     warp_active = warp * 16 < valid_rows;
@@ -200,14 +207,15 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
       const bool valid = m < m_end;  // rows past the end see nothing
       row_key_begin[i] = valid ? static_cast<int>(band.key_begin(rows.query_row(m))) : 0;
       row_key_end[i] = valid ? static_cast<int>(band.key_end(rows.query_row(m))) : 0;
+      row_sink_end[i] = valid ? static_cast<int>(band.sink_end(rows.query_row(m))) : 0;
     }
 
     // ---- 2. Q -> shared, first K/V tile -> stage 0, block state -> shared
     const KeySource<T> keys = make_key_source<T>(params, blk.batch, hkv);
     copy_q_tile<Kt>(s_q, params, rows, m0, m_end, tid);
     cp_async_commit();  // group: Q
-    const KeyRange keys_seen = key_range(band, q_rows.begin, q_rows.end);
-    copy_kv_tile<Kt>(smem, smem + Kt::kKvElems, keys, n_begin, keys_seen, tid);
+    const SeenKeys keys_seen = seen_keys(band, q_rows.begin, q_rows.end);
+    copy_kv_tile<Kt>(smem, smem + Kt::kKvElems, keys, static_cast<int>(tiles.tile(v_begin)), keys_seen, tid);
     cp_async_commit();  // group: K/V of the first tile
     if (tid == 0) {
       state.keys = keys;
@@ -260,15 +268,17 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   const uint32_t v_lane_offset = Sw::lane_address(0, lane % 16, (lane / 16) * 8);
 
 #pragma unroll 1
-  for (int n_block = n_begin; n_block < n_end; ++n_block) {
-    const int stage = (n_block - n_begin) & 1;
+  for (int v = v_begin; v < v_end; ++v) {
+    const int n_block = v < n_sink ? v : band_first + v - n_sink;
+    const int stage = (v - v_begin) & 1;
 
     // 3a. prefetch the next tile into the other stage (its readers finished at
     // the __syncthreads ending the previous iteration), then wait for this one:
     // at most the group just committed may still be in flight.
-    if (n_block + 1 < n_end) {
+    if (v + 1 < v_end) {
       T* const s_k_next = smem + (stage ^ 1) * Kt::kStageElems;
-      copy_kv_tile<Kt>(s_k_next, s_k_next + Kt::kKvElems, state.keys, n_block + 1, state.keys_seen, tid);
+      const int next = v + 1 < n_sink ? v + 1 : band_first + v + 1 - n_sink;
+      copy_kv_tile<Kt>(s_k_next, s_k_next + Kt::kKvElems, state.keys, next, state.keys_seen, tid);
     }
     cp_async_commit();  // possibly empty: keeps one group per iteration
     cp_async_wait<1>();
@@ -322,7 +332,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
 
       // 3d. element mask, only on tiles with an invisible (row, key) pair.
       if (n_block < unmasked_begin || n_block >= unmasked_end) {
-        mask_outside_window<Kt::kNTiles>(row_key_begin, row_key_end, n_block * kN, tig,
+        mask_invisible_keys<Kt::kNTiles>(row_sink_end, row_key_begin, row_key_end, n_block * kN, tig,
                                          [&](int j, int i, int e) -> float& { return acc_s[j][2 * i + e]; });
       }
 
@@ -390,16 +400,16 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   const int m0 = state.m0;
   const int m_end = state.m_end;
   const int64_t split = state.split;
-  constexpr float kLn2 = 0.6931471805599453f;
+  // A split's partial leaves the sink logit out: fwd_combine adds it once.
+  const bool has_sink = params.sinks != nullptr && !to_accum;  // uniform
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int m = m0 + warp * 16 + group + 8 * i;
     const float sum = quad_sum(row_sum[i]);  // all 4 lanes of the group take part
     if (m >= m_end) continue;
-    // sum = 0: the row saw no key (out 0, lse -inf); NaN: a NaN score reached
-    // it (out and lse NaN, never the -inf of "no key": the max skips NaN).
-    const float inv = sum == 0.f ? 0.f : 1.f / sum;
-    const float lse = sum == 0.f ? -INFINITY : (row_max[i] + log2f(sum)) * kLn2;
+    const RowFinish fin = finish_row(row_max[i], sum, has_sink, has_sink ? params.sinks[rows.head(m)] : 0.f);
+    const float inv = fin.out_scale;
+    const float lse = fin.lse;
     if (to_accum) {
       const int64_t row_index = rows.lse_index(m, params, split);
       float* out = params.out_accum + row_index * kD;

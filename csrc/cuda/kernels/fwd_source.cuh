@@ -18,19 +18,21 @@ namespace cuda_detail {
 // The virtual key sequence of batch entry b in cache_attention; pos[b] is read
 // on the device (ring.pos != nullptr only).
 __device__ __forceinline__ RingView ring_view(const AttentionParams& p, int64_t b) {
-  return RingView{p.ring.pos[b], p.seqlen_q, p.ring.window, p.ring.capacity};
+  return RingView{p.ring.pos[b], p.seqlen_q, p.ring.window, p.ring.capacity, p.ring.sink_tokens};
 }
 
-// The band of batch entry b: the plain window, or the ring's virtual sequence
-// (seqlen_k and window from the view).
+// The band of batch entry b: the plain window (with its sink tokens), or the
+// ring's virtual sequence (seqlen_k, window and sink run from the view).
 __device__ __forceinline__ Band batch_band(const AttentionParams& p, int64_t b) {
-  if (p.ring.pos == nullptr) return Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
+  if (p.ring.pos == nullptr) return Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
   return ring_view(p, b).band();
 }
 
-// Key/value rows of one (batch, kv head). Virtual key j lives in the ring at
-// slot (key_start + j) % capacity when j < ring_len, else in row j - ring_len
-// of params.k / params.v. Plain attention is ring_len = 0.
+// Key/value rows of one (batch, kv head). With a rolling cache (ring.h) the
+// virtual keys are, in order: the sink positions seen, j < sink_len, in cache
+// slot j; the window's cached positions, sink_len <= j < cached, in slot
+// sink_slots + (start_slot + j - sink_len) mod capacity; the new keys, row
+// j - cached of params.k / params.v. Plain attention is cached = 0.
 template <typename T>
 struct KeySource {
   const T* k;       // params.k at (b, hkv, row 0)
@@ -39,34 +41,25 @@ struct KeySource {
   const T* k_ring;  // ring.k_cache at (b, hkv, slot 0); == k without a ring
   const T* v_ring;
   int64_t k_ring_row_stride, v_ring_row_stride;
-  int64_t ring_len;   // keys [0, ring_len) are in the ring
-  int64_t key_start;  // absolute position of virtual key 0
-  int64_t capacity;   // ring slots (1 without a ring, never used then)
-  int64_t start_slot; // slot of virtual key 0: key_start % capacity
+  int64_t sink_len;    // virtual keys [0, sink_len) are sink slots
+  int64_t cached;      // virtual keys [0, cached) are in the cache buffer
+  int64_t sink_slots;  // S: the ring's slots start after the sink slots
+  int64_t capacity;    // C: ring slots (1 without a ring, never used then)
+  int64_t start_slot;  // ring slot (before the sink offset) of virtual key sink_len
 
-  __device__ __forceinline__ int64_t slot(int64_t j) const { return ring_slot(key_start + j, capacity); }
-
-  // Row pointers of key j (any j in [0, seqlen_k)); one 64-bit modulo for
-  // ring keys: fine for the exact kernel, the tiled loader uses ring_row.
+  // Cache-buffer slot of virtual key j < cached. No modulo (a 64-bit one is a
+  // slow call): start_slot < C and j - sink_len < ring_len <= W - 1 <= C, so
+  // the sum wraps at most once.
+  __device__ __forceinline__ int64_t slot(int64_t j) const {
+    if (j < sink_len) return j;
+    const int64_t s = start_slot + (j - sink_len);
+    return sink_slots + (s >= capacity ? s - capacity : s);
+  }
   __device__ __forceinline__ const T* k_row(int64_t j) const {
-    return j < ring_len ? k_ring + slot(j) * k_ring_row_stride : k + (j - ring_len) * k_row_stride;
+    return j < cached ? k_ring + slot(j) * k_ring_row_stride : k + (j - cached) * k_row_stride;
   }
   __device__ __forceinline__ const T* v_row(int64_t j) const {
-    return j < ring_len ? v_ring + slot(j) * v_ring_row_stride : v + (j - ring_len) * v_row_stride;
-  }
-
-  // Slot of key n0 (a tile's first key), 0 when n0 is past the ring. 32-bit
-  // math (a 64-bit modulo is a slow call): start_slot < capacity < 2^31 and
-  // n0 < ring_len < 2^31. Keys n0 + r of the same tile that are still in the
-  // ring sit at slot0 + r, wrapped at most once: r < ring_len - n0 <= window - 1
-  // <= capacity.
-  __device__ __forceinline__ int64_t tile_slot0(int64_t n0) const {
-    if (n0 >= ring_len) return 0;
-    return static_cast<uint32_t>(start_slot + n0) % static_cast<uint32_t>(capacity);
-  }
-  __device__ __forceinline__ int64_t tile_slot(int64_t slot0, int r) const {
-    const int64_t s = slot0 + r;
-    return s >= capacity ? s - capacity : s;
+    return j < cached ? v_ring + slot(j) * v_ring_row_stride : v + (j - cached) * v_row_stride;
   }
 };
 
@@ -83,8 +76,9 @@ __device__ __forceinline__ KeySource<T> make_key_source(const AttentionParams& p
     s.v_ring = s.v;
     s.k_ring_row_stride = s.k_row_stride;
     s.v_ring_row_stride = s.v_row_stride;
-    s.ring_len = 0;
-    s.key_start = 0;
+    s.sink_len = 0;
+    s.cached = 0;
+    s.sink_slots = 0;
     s.capacity = 1;
     s.start_slot = 0;
   } else {
@@ -94,10 +88,11 @@ __device__ __forceinline__ KeySource<T> make_key_source(const AttentionParams& p
     s.v_ring = static_cast<const T*>(r.v_cache.ptr) + b * r.v_cache.batch_stride + hkv * r.v_cache.head_stride;
     s.k_ring_row_stride = r.k_cache.row_stride;
     s.v_ring_row_stride = r.v_cache.row_stride;
-    s.ring_len = view.ring_len();
-    s.key_start = view.key_start();
+    s.sink_len = view.sink_len();
+    s.cached = view.sink_len() + view.ring_len();
+    s.sink_slots = r.sink_tokens;
     s.capacity = r.capacity;
-    s.start_slot = ring_slot(s.key_start, r.capacity);
+    s.start_slot = ring_slot(view.key_start(), r.capacity);
   }
   return s;
 }

@@ -123,6 +123,33 @@ SWA_HOST_DEVICE TileRange split_tile_range(TileRange tiles, int64_t split, int64
   return {begin, end};
 }
 
+// Every key tile a block of query rows walks, in ascending key order: the
+// sink run's tiles [0, n_sink) (sink_tile_range of band.h, all below the
+// band's), then the band's tiles. Visit v = 0 .. size() - 1 is tile tile(v);
+// split-KV cuts the visits (not the tile indices) into contiguous shares.
+struct BlockKeyTiles {
+  int64_t n_sink;  // sink tiles [0, n_sink)
+  TileRange band;  // then the band's tiles
+  SWA_HOST_DEVICE int64_t size() const { return n_sink + band.size(); }
+  SWA_HOST_DEVICE int64_t tile(int64_t v) const { return v < n_sink ? v : band.n_block_min + (v - n_sink); }
+};
+
+SWA_HOST_DEVICE BlockKeyTiles rows_block_key_tiles(const Band& band, KeyRange rows, int64_t block_n) {
+  const TileRange band_tiles = rows_key_tile_range(band, rows, block_n);
+  const int64_t n_sink = rows.empty() ? 0 : sink_tile_range(band, rows.begin, rows.end, band_tiles, block_n).size();
+  return {n_sink, band_tiles};
+}
+
+// Split s of `splits` takes a contiguous share of the visits [0, size()) of
+// `tiles` (as split_tile_range does for the band alone): visits [begin, end).
+SWA_HOST_DEVICE KeyRange split_visit_range(const BlockKeyTiles& tiles, int64_t split, int64_t splits) {
+  const int64_t n = tiles.size();
+  if (splits <= 1) return {0, n};
+  const int64_t per = ceil_div64(n, splits);
+  const int64_t begin = band_min64(split * per, n);
+  return {begin, band_min64(begin + per, n)};
+}
+
 // Fraction of the device's slots busy over all the waves that `work` blocks
 // take (1 = every wave full).
 SWA_HOST_DEVICE double wave_efficiency(int64_t work, int64_t slots) {

@@ -62,6 +62,9 @@ struct AttentionParams {
   // sees no key gets out 0 and lse sinks[h]. sink_tokens: keys 0 .. S-1 seen
   // beside the band (Band::sink_tokens in band.h).
   const float* sinks = nullptr;  // [Hq] float32, device memory; nullptr: none
+  // The same logits in float64 for the float64 kernels (CUDA exact kernels:
+  // a float64 check must not see them rounded to float32); nullptr: use sinks.
+  const double* sinks_f64 = nullptr;
   int64_t sink_tokens = 0;
 
   // Optional rolling-cache key source (cache_attention); ring.pos == nullptr
@@ -102,10 +105,11 @@ struct AttentionBackwardParams {
 
 struct CacheAppendParams {
   DType dtype = DType::kBFloat16;
-  TensorRef k_cache, v_cache;    // [B, Hkv, C, D] (written)
+  TensorRef k_cache, v_cache;    // [B, Hkv, S + C, D] (written)
   TensorRef k, v;                // [B, Hkv, T, D]
   const int64_t* pos = nullptr;  // [B]
   int64_t batch = 0, heads_kv = 0, capacity = 0, new_len = 0, head_dim = 0;
+  int64_t sink_tokens = 0;       // S: sink slots before the C ring slots (ring.h)
 };
 
 struct CacheGatherParams {
