@@ -1,30 +1,53 @@
-// CUDA backend of swa::attention_backward: checks, workspaces, launch.
+// CUDA backend of swa::attention_backward and attention_backward.sinks:
+// checks, workspaces, launch, and the gradient of the sink logits.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "cuda/tensor_params.h"
+#include "ops/sinks.h"
 
 namespace swa::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
-    bool deterministic) {
-  const char* op = "swa::attention_backward";
+struct BackwardResult {
+  at::Tensor dq, dk, dv;
+  at::Tensor dsinks;  // [Hq] like the sink logits; empty [0] without them
+};
+
+// Both ops: the plain one is the sinks one without sinks (sinks = None,
+// sink_tokens = 0 are checked the same and change nothing).
+BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out,
+                                      const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                      const at::Tensor& lse, int64_t window_left, int64_t window_right,
+                                      std::optional<double> scale, double softcap, bool deterministic,
+                                      const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
   const AttentionShape shape = check_attention_backward(op, grad_out, grad_lse, q, k, v, out, lse,
                                                         window_left, window_right, scale, softcap);
+  const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q);
   check_cuda_head_dim(op, q);
   c10::cuda::CUDAGuard guard(q.device());
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  at::Tensor dsinks = sink_args.logits.has_value() ? at::zeros_like(*sink_args.logits)
+                                                   : at::empty({0}, q.options().dtype(at::kFloat));
   if (q.numel() == 0 || k.numel() == 0) {
     dq.zero_(), dk.zero_(), dv.zero_();
-    return {dq, dk, dv};
+    // No key: every row's weight is the sink's (exp(sink - lse) = 1).
+    if (sink_args.logits.has_value() && q.numel() > 0)
+      dsinks = sink_logits_grad(*sink_args.logits, lse, softmax_delta(grad_out, out, grad_lse, at::kDouble));
+    return {dq, dk, dv, dsinks};
   }
   kn::AttentionBackwardParams params;
   params.fwd = attention_params(q, k, v, out, lse, shape, window_left, window_right, scale, softcap);
+  // Sink tokens change which keys a row sees; the sink logits are already in
+  // lse, and only the fp64 path (which recomputes lse in float64) reads them.
+  params.fwd.sink_tokens = sink_args.tokens;
+  at::Tensor sink_logits;  // float32 [Hq], contiguous: what the kernels read
+  if (sink_args.logits.has_value()) {
+    sink_logits = sink_args.logits->to(at::kFloat).contiguous();
+    params.fwd.sinks = sink_logits.data_ptr<float>();
+  }
   params.dout = tensor_ref(grad_out);
   at::Tensor dlse;
   if (grad_lse.has_value() && grad_lse->defined()) {
@@ -51,11 +74,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   }
   params.deterministic = deterministic;
   C10_CUDA_CHECK(kn::attention_backward(params, c10::cuda::getCurrentCUDAStream()));
-  return {dq, dk, dv};
+  // d sinks from the row statistics the backward has just stored (queued
+  // after it on the same stream): D = rowsum(dO * O) - dlse, and the lse the
+  // kernels used (fp64: recomputed in float64, sink logit included).
+  if (sink_args.logits.has_value()) {
+    if (softmax_stats_f64.defined()) {
+      dsinks = sink_logits_grad(*sink_args.logits, softmax_stats_f64[0], softmax_stats_f64[1]);
+    } else {
+      dsinks = sink_logits_grad(*sink_args.logits, lse, softmax_d);
+    }
+  }
+  return {dq, dk, dv, dsinks};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic) {
+  BackwardResult r = attention_backward_run("swa::attention_backward", grad_out, grad_lse, q, k, v, out, lse,
+                                            window_left, window_right, scale, softcap, deterministic,
+                                            std::nullopt, 0);
+  return {r.dq, r.dk, r.dv};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_sinks_cuda(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
+    bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  BackwardResult r = attention_backward_run("swa::attention_backward.sinks", grad_out, grad_lse, q, k, v, out,
+                                            lse, window_left, window_right, scale, softcap, deterministic, sinks,
+                                            sink_tokens);
+  return {r.dq, r.dk, r.dv, r.dsinks};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swa, CUDA, m) { m.impl("attention_backward", &attention_backward_cuda); }
+TORCH_LIBRARY_IMPL(swa, CUDA, m) {
+  m.impl("attention_backward", &attention_backward_cuda);
+  m.impl("attention_backward.sinks", &attention_backward_sinks_cuda);
+}
 
 }  // namespace swa::cuda

@@ -3,7 +3,13 @@
 // reference computed from the definitions: banded windows, GQA, softcap,
 // dlse, strided layouts, lengths that are not tile multiples, both dQ modes
 // (atomics + convert, deterministic dQ kernel), and the exact kernels for
-// fp32 / fp64. Built and run by run.sh (g++, C++20; needs no GPU).
+// fp32 / fp64 (and 16 bit). Attention sinks, both kinds: sink tokens (keys
+// 0 .. S-1 seen beside the band, from 1 key to more than a key tile of either
+// kernel) and sink logits (a value-less logit per head in every row's
+// softmax: in the forward's lse, recomputed by the fp64 path); d sinks from
+// the kernels' row statistics as the op computes it (ops/sinks.h). The
+// reference's visibility is written out here, not taken from band.h.
+// Built and run by run.sh (g++, C++20; needs no GPU).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -37,7 +43,40 @@ struct Shape {
   int layout;  // 0: [B, H, S, D] contiguous; 1: [B, S, H, D] with padded rows
   bool deterministic;
   const char* name;
+  int64_t sink_tokens = 0;  // keys 0 .. S-1 seen beside the band
+  int sink_logits = 0;      // a SinkLogits value
 };
+
+// Sink logits of a case, per query head h (natural units, not scaled).
+enum SinkLogits : int {
+  kNoSinkLogits = 0,
+  kModerate = 1,      // 1 + 0.5 N(0, 1): comparable to the scores
+  kVeryNegative = 2,  // -1e4: exp(sink - lse) = 0, as without sinks
+  kLarge = 3,         // 30 on even heads (the sink takes almost all weight), moderate on odd
+};
+
+double sink_logit(int mode, int64_t h, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const double moderate = 1.0 + 0.5 * normal(rng);
+  switch (mode) {
+    case kModerate: return moderate;
+    case kVeryNegative: return -1e4;
+    case kLarge: return h % 2 == 0 ? 30.0 : moderate;
+    default: return -INFINITY;
+  }
+}
+
+// Does query row i see key j? The op contract (band.h's header, pinned by
+// tests/reference.py), written out: the band p - wl <= j <= p + wr around
+// the row's key position p = i + Sk - Sq (-1: unbounded), and the sink keys
+// j < S whose position the row's right edge reaches.
+bool sees(const Shape& s, int64_t i, int64_t j) {
+  if (j < 0 || j >= s.Sk) return false;
+  const int64_t p = i + s.Sk - s.Sq;
+  const bool right_ok = s.wr < 0 || j <= p + s.wr;
+  const bool in_band = right_ok && (s.wl < 0 || j >= p - s.wl);
+  return in_band || (j < s.sink_tokens && right_ok);
+}
 
 
 // A [B, H, S, D] operand with its strides (elements).
@@ -94,6 +133,34 @@ void compare(const char* what, Operand<T>& got, const std::vector<double>& ref, 
   }
 }
 
+// compare() for plain vectors (no layout): NaN fails, infinities must match.
+void compare_values(const char* what, const std::vector<double>& got, const std::vector<double>& ref, double tol,
+                    const Shape& s) {
+  const double scale = [&] {
+    double m = 0;
+    for (double x : ref)
+      if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+    return m + 1e-6;
+  }();
+  double worst = 0;
+  size_t worst_idx = 0;
+  bool bad = false;
+  for (size_t idx = 0; idx < ref.size(); ++idx) {
+    if (std::isnan(got[idx]) || std::isinf(got[idx]) != std::isinf(ref[idx])) bad = true;
+    if (std::isinf(ref[idx])) {
+      if (got[idx] != ref[idx]) bad = true;
+      continue;
+    }
+    const double e = std::fabs(got[idx] - ref[idx]);
+    if (!(e <= worst)) worst = e, worst_idx = idx;
+  }
+  if (bad || !(worst <= tol * scale)) {
+    ++failures;
+    std::printf("FAIL %-28s %s: max err %.3g (tol %.3g x max|ref| %.3g) at %zu%s\n", s.name, what, worst, tol, scale,
+                worst_idx, bad ? " [NaN or inf mismatch]" : "");
+  }
+}
+
 template <typename T, bool kExactPath, int kHeadDim>
 void run_case(const Shape& s, uint64_t seed) {
   const int failures_before = failures;
@@ -121,12 +188,18 @@ void run_case(const Shape& s, uint64_t seed) {
   std::vector<float> lse(static_cast<size_t>(rows)), dlse(static_cast<size_t>(rows));
   std::vector<double> lse_d(static_cast<size_t>(rows));
   for (auto& x : dlse) x = static_cast<float>(0.3 * normal(rng));
-  const kn::Band band{Sq, Sk, s.wl, s.wr};
+  // Sink logits: float32 as the kernels read them; the reference uses the
+  // same rounded values.
+  std::vector<float> sinks(static_cast<size_t>(Hq));
+  for (int64_t h = 0; h < Hq; ++h) sinks[h] = static_cast<float>(sink_logit(s.sink_logits, h, rng));
+  const bool has_sink_logits = s.sink_logits != kNoSinkLogits;
   // Keys that no query sees hold NaN: their dK, dV must come out 0 and they
-  // must not reach dQ (the loaders zero-fill them; 0 * NaN is NaN).
-  const kn::KeyRange seen = kn::key_range(band, 0, Sq);
+  // must not reach dQ (the loaders zero-fill them; 0 * NaN is NaN). With
+  // sink tokens that includes the gap between the sink run and the band.
   for (int64_t j = 0; j < Sk; ++j) {
-    if (j >= seen.begin && j < seen.end) continue;
+    bool seen = false;
+    for (int64_t i = 0; i < Sq && !seen; ++i) seen = sees(s, i, j);
+    if (seen) continue;
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < Hkv; ++h)
         for (int64_t d = 0; d < D; ++d) k.at(b, h, j, d) = v.at(b, h, j, d) = from_d<T>(NAN);
@@ -143,28 +216,40 @@ void run_case(const Shape& s, uint64_t seed) {
     t = 0;
     return x;
   };
-  // Forward in float64; out rounded to T, lse to float (what the forward stores).
+  // The keys row i sees, ascending (every key of the row, counted once).
+  std::vector<std::vector<int64_t>> row_keys(static_cast<size_t>(Sq));
+  for (int64_t i = 0; i < Sq; ++i)
+    for (int64_t j = 0; j < Sk; ++j)
+      if (sees(s, i, j)) row_keys[i].push_back(j);
+  // Forward in float64; out rounded to T, lse to float (what the forward
+  // stores). The sink logit joins the softmax without a value: lse =
+  // log(sum_j exp(s_ij) + exp(sink)); a row that sees no key has out 0 and
+  // lse = sink (-inf without sink logits).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hq; ++h)
       for (int64_t i = 0; i < Sq; ++i) {
         const int64_t row = (b * Hq + h) * Sq + i;
+        const double sink = has_sink_logits ? sinks[h] : -INFINITY;
         double m = -INFINITY, l = 0, t;
-        for (int64_t j = band.key_begin(i); j < band.key_end(i); ++j) m = std::max(m, score(b, h, i, j, t));
+        for (int64_t j : row_keys[i]) m = std::max(m, score(b, h, i, j, t));
         std::vector<double> o(static_cast<size_t>(D), 0.0);
-        for (int64_t j = band.key_begin(i); j < band.key_end(i); ++j) {
+        for (int64_t j : row_keys[i]) {
           const double p = std::exp(score(b, h, i, j, t) - m);
           l += p;
           for (int64_t d = 0; d < D; ++d) o[d] += p * to_d(v.at(b, h / G, j, d));
         }
-        lse_d[row] = l > 0 ? m + std::log(l) : -INFINITY;
+        double total = l;  // sum exp(s - m) with the sink's weight
+        if (l > 0 && has_sink_logits) total += std::exp(sink - m);
+        lse_d[row] = l > 0 ? m + std::log(total) : sink;
         lse[row] = static_cast<float>(lse_d[row]);
-        for (int64_t d = 0; d < D; ++d) out.at(b, h, i, d) = from_d<T>(l > 0 ? o[d] / l : 0.0);
+        for (int64_t d = 0; d < D; ++d) out.at(b, h, i, d) = from_d<T>(l > 0 ? o[d] / total : 0.0);
       }
   // Backward reference in float64 from the stored (rounded) tensors.
   Reference ref;
   ref.dq.assign(static_cast<size_t>(rows * D), 0.0);
   ref.dk.assign(static_cast<size_t>(B * Hkv * Sk * D), 0.0);
   ref.dv.assign(static_cast<size_t>(B * Hkv * Sk * D), 0.0);
+  std::vector<double> ref_dsinks(static_cast<size_t>(Hq), 0.0);  // -sum exp(sink - lse) D
   const bool f64 = std::is_same<T, double>::value;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hq; ++h)
@@ -174,7 +259,8 @@ void run_case(const Shape& s, uint64_t seed) {
         for (int64_t d = 0; d < D; ++d) dd += to_d(dout.at(b, h, i, d)) * to_d(out.at(b, h, i, d));
         if (s.dlse) dd -= dlse[row];
         const double l = f64 ? lse_d[row] : static_cast<double>(lse[row]);
-        for (int64_t j = band.key_begin(i); j < band.key_end(i); ++j) {
+        if (has_sink_logits) ref_dsinks[h] -= std::exp(sinks[h] - l) * dd;
+        for (int64_t j : row_keys[i]) {
           double t;
           const double sc = score(b, h, i, j, t);
           const double p = std::exp(sc - l);
@@ -204,6 +290,8 @@ void run_case(const Shape& s, uint64_t seed) {
   f.window_left = s.wl, f.window_right = s.wr;
   f.scale = static_cast<float>(scale);
   f.softcap = s.softcap;
+  f.sinks = has_sink_logits ? sinks.data() : nullptr;
+  f.sink_tokens = s.sink_tokens;
   p.dout = dout.ref();
   p.dlse = s.dlse ? dlse.data() : nullptr;
   p.dq = dq.ref(), p.dk = dk.ref(), p.dv = dv.ref();
@@ -248,9 +336,84 @@ void run_case(const Shape& s, uint64_t seed) {
   compare("dq", dq, ref.dq, tol, s);
   compare("dk", dk, ref.dk, tol, s);
   compare("dv", dv, ref.dv, tol, s);
+  if (has_sink_logits) {
+    // d sinks as the op computes it (sink_logits_grad) from the backward's
+    // row statistics: lse and D of softmax_d, or for fp64 the recomputed
+    // float64 lse and D of softmax_stats_f64 (whose lse must hold the sink).
+    std::vector<double> dsinks(static_cast<size_t>(Hq), 0.0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hq; ++h)
+        for (int64_t i = 0; i < Sq; ++i) {
+          const int64_t row = (b * Hq + h) * Sq + i;
+          const double l = f64 ? stats[row] : static_cast<double>(lse[row]);
+          const double dd = f64 ? stats[rows + row] : static_cast<double>(softmax_d[row]);
+          dsinks[h] -= std::exp(static_cast<double>(sinks[h]) - l) * dd;
+        }
+    compare_values("dsinks", dsinks, ref_dsinks, tol, s);
+    if (f64) {
+      std::vector<double> got_lse(stats.begin(), stats.begin() + rows);
+      compare_values("f64 lse", got_lse, lse_d, tol, s);
+    }
+  }
   ++cases_run;
   if (failures > failures_before) ++cases_failed;
   std::printf("%s %-28s\n", failures > failures_before ? "FAIL" : "ok  ", s.name);
+}
+
+// Attention sinks. Tiles (bwd_kernel_traits.cuh): d <= 128 dK/dV key tiles of
+// 128 keys and dQ key tiles of 64 (query tiles of 64 / 128 rows); d = 256:
+// 64 and 32. So 70 sink tokens are two dQ key tiles (the second also holding
+// band keys of later rows) and 130 are two dK/dV key tiles.
+template <typename Want>
+void run_sink_cases(const Want& want) {
+  constexpr int64_t kHuge = int64_t{1} << 40;  // sink_tokens > Sk: every key a row reaches
+  //             B  Hq Hkv  Sq   Sk   D   wl  wr  softcap dlse layout det   name                     S     logits
+  const Shape cases_d64[] = {
+      {1, 2, 1, 150, 300, 64, 40, 0, 0.f, false, 0, false, "sink1 d64 swa gqa", 1, kNoSinkLogits},
+      {1, 2, 1, 150, 300, 64, 40, 0, 0.f, true, 1, true, "sink4 d64 det logits", 4, kModerate},
+      {1, 4, 2, 260, 260, 64, 30, 10, 0.f, true, 1, false, "sink70 d64 two-sided gqa", 70, kNoSinkLogits},
+      {1, 4, 2, 260, 260, 64, 30, 10, 0.f, false, 0, true, "sink70 d64 det two-sided", 70, kModerate},
+      {2, 2, 2, 97, 97, 64, 10, 0, 30.f, true, 0, false, "sinkhuge d64 softcap b2", kHuge, kModerate},
+      {1, 2, 1, 150, 200, 64, 40, 0, 0.f, true, 0, false, "sinklogits d64 moderate", 0, kModerate},
+      {1, 2, 1, 150, 200, 64, 40, 0, 0.f, false, 1, true, "sinklogits d64 det -1e4", 0, kVeryNegative},
+      {1, 2, 1, 150, 200, 64, 40, 0, 0.f, true, 0, false, "sinklogits d64 large", 0, kLarge},
+  };
+  for (size_t c = 0; c < sizeof(cases_d64) / sizeof(cases_d64[0]); ++c) {
+    const Shape& s = cases_d64[c];
+    if (!want(s.name)) continue;
+    if (c % 2 == 0) run_case<__nv_bfloat16, false, 64>(s, 100 + c);
+    else run_case<__half, false, 64>(s, 100 + c);
+  }
+  const Shape s128{1, 2, 1, 200, 330, 128, 50, 0, 20.f, true, 0, false, "sink130 d128 softcap", 130, kLarge};
+  const Shape s128d{1, 2, 1, 200, 330, 128, 50, 0, 20.f, false, 1, true, "sink130 d128 det softcap", 130,
+                    kVeryNegative};
+  const Shape s256{1, 2, 1, 100, 240, 256, 30, 0, 0.f, true, 0, false, "sink70 d256 split warps", 70, kModerate};
+  const Shape s256d{1, 2, 1, 100, 240, 256, 30, 0, 15.f, true, 1, true, "sink70 d256 det softcap", 70, kLarge};
+  // Sq > Sk: rows 0 .. 107 see no key (not even the sinks: their right edge
+  // is before key 0), whole query tiles of them.
+  const Shape s96{1, 1, 1, 200, 90, 96, 33, 2, 0.f, true, 0, false, "sink4 d96 sq>sk empty rows", 4, kModerate};
+  const Shape s96d{1, 2, 1, 200, 90, 96, 33, 2, 0.f, false, 0, true, "sink40 d96 det sq>sk", 40, kLarge};
+  // Full attention: every sink key is in every band (counted once).
+  const Shape s32{1, 3, 1, 70, 260, 32, -1, -1, 0.f, true, 1, false, "sink10 d32 full gqa3", 10, kLarge};
+  if (want(s128.name)) run_case<__nv_bfloat16, false, 128>(s128, 120);
+  if (want(s128d.name)) run_case<__half, false, 128>(s128d, 121);
+  if (want(s256.name)) run_case<__half, false, 256>(s256, 122);
+  if (want(s256d.name)) run_case<__nv_bfloat16, false, 256>(s256d, 123);
+  if (want(s96.name)) run_case<__half, false, 96>(s96, 124);
+  if (want(s96d.name)) run_case<__half, false, 96>(s96d, 125);
+  if (want(s32.name)) run_case<__half, false, 32>(s32, 126);
+  // The exact kernels (fp32, fp64 with its float64 lse, and 16 bit as the
+  // fallback of shapes the tensor cores cannot take).
+  const Shape sx32{1, 4, 2, 37, 53, 40, 9, 3, 15.f, true, 1, true, "sink5 exact f32 d40", 5, kModerate};
+  const Shape sx64{1, 2, 1, 33, 45, 19, 5, 0, 0.f, true, 0, true, "sink7 exact f64 d19", 7, kModerate};
+  const Shape sx64e{1, 2, 1, 60, 25, 19, 4, 1, 5.f, false, 0, true, "sink3 exact f64 sq>sk", 3, kLarge};
+  const Shape sx64n{1, 2, 1, 33, 45, 19, -1, 0, 0.f, true, 0, true, "sinklogits exact f64 -1e4", 0, kVeryNegative};
+  const Shape sx16{1, 2, 2, 50, 70, 40, 12, 0, 0.f, true, 0, true, "sink6 exact f16 d40", 6, kModerate};
+  if (want(sx32.name)) run_case<float, true, 0>(sx32, 130);
+  if (want(sx64.name)) run_case<double, true, 0>(sx64, 131);
+  if (want(sx64e.name)) run_case<double, true, 0>(sx64e, 132);
+  if (want(sx64n.name)) run_case<double, true, 0>(sx64n, 133);
+  if (want(sx16.name)) run_case<__half, true, 0>(sx16, 134);
 }
 
 }  // namespace
@@ -285,6 +448,7 @@ int main(int argc, char** argv) {
   if (want(sempty.name)) run_case<__half, false, 64>(sempty, 11);
   if (want(sx32.name)) run_case<float, true, 0>(sx32, 12);
   if (want(sx64.name)) run_case<double, true, 0>(sx64, 13);
+  run_sink_cases(want);
   std::printf("%d passed, %d failed\n", cases_run - cases_failed, cases_failed);
   return failures == 0 ? 0 : 1;
 }

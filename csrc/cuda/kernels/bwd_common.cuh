@@ -10,6 +10,7 @@
 
 #include "bwd_kernel_traits.cuh"
 #include "primitives.cuh"
+#include "swa/kernels/band.h"
 
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
@@ -18,7 +19,10 @@ namespace cuda_detail {
 
 // A (kRows, kCols) tile from global rows src + r * row_stride (src: the tile's
 // first row); rows r >= valid_rows and r < first_row are zero-filled and not
-// read (first_row: a key tile's keys before any row of the call sees one). Chunk
+// read (first_row: a key tile's keys before any row of the call sees one),
+// except rows r < sink_rows, which are read (a key tile's sink keys: with
+// sink tokens the seen keys are two runs, [0, sink_rows) and
+// [first_row, valid_rows), and the gap between them is zero-filled). Chunk
 // L = tid + it * kThreads is row L / kChunksPerRow, 16-byte chunk
 // L % kChunksPerRow: consecutive threads read consecutive 16 B of a row.
 // When kThreads is a multiple of kChunksPerRow a thread keeps its chunk and
@@ -27,7 +31,8 @@ namespace cuda_detail {
 // main loops. Needs 16-byte aligned rows (checked by the launcher).
 template <typename Tile, int kThreads, typename T>
 __device__ __forceinline__ void copy_tile_async(T* tile, const T* src, int64_t row_stride,
-                                                int valid_rows, int tid, int first_row = 0) {
+                                                int valid_rows, int tid, int first_row = 0,
+                                                int sink_rows = 0) {
   constexpr int kChunksPerRow = Tile::kCols / 8;
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
   if constexpr (kThreads % kChunksPerRow == 0 && (kThreads / kChunksPerRow) % 8 == 0) {
@@ -40,7 +45,7 @@ __device__ __forceinline__ void copy_tile_async(T* tile, const T* src, int64_t r
     for (int it = 0; it < (Tile::kRows + kRowStep - 1) / kRowStep; ++it) {
       const int r = r0 + it * kRowStep;
       if (Tile::kRows % kRowStep == 0 || r < Tile::kRows) {
-        const bool valid = r >= first_row && r < valid_rows;
+        const bool valid = (r >= first_row && r < valid_rows) || r < sink_rows;
         cp_async_16(dst + it * kRowStep * Tile::kBlockCols, valid ? g : src, valid);
       }
       g += kRowStep * row_stride;
@@ -52,7 +57,7 @@ __device__ __forceinline__ void copy_tile_async(T* tile, const T* src, int64_t r
       if (kChunks % kThreads == 0 || chunk_id < kChunks) {
         const int r = chunk_id / kChunksPerRow;
         const int c = chunk_id % kChunksPerRow;
-        const bool valid = r >= first_row && r < valid_rows;
+        const bool valid = (r >= first_row && r < valid_rows) || r < sink_rows;
         const T* g = valid ? src + r * row_stride + c * 8 : src;
         cp_async_16(tile + Tile::offset(r, c * 8), g, valid);
       }
@@ -73,6 +78,34 @@ __device__ __forceinline__ void copy_row_values_async(float* dst, const float* s
       cp_async_4(dst + r, valid ? src + r : src, valid);
     }
   }
+}
+
+// The rows of a key tile [n0, n0 + kRows) that copy_tile_async reads, from
+// the keys that the tile's readers see between them (SeenKeys of band.h: the
+// sink run and the band run); every other key of the tile is zero-filled, so
+// that a key no row sees (NaN or inf included) cannot reach dQ through
+// 0 * NaN in dS K. seen.band.end <= seqlen_k, so no row past Sk is read.
+struct KeyTileRows {
+  int first;  // copy_tile_async's first_row
+  int valid;  // valid_rows
+  int sink;   // sink_rows
+};
+template <int kRows>
+__device__ __forceinline__ KeyTileRows key_tile_rows(const SeenKeys& seen, int64_t n0) {
+  KeyTileRows r;
+  r.valid = static_cast<int>(band_min64(kRows, seen.band.end - n0));
+  r.first = static_cast<int>(band_max64(0, seen.band.begin - n0));
+  r.sink = static_cast<int>(band_max64(0, band_min64(kRows, seen.sink.end - n0)));
+  return r;
+}
+
+// Element mask of the backward's score tiles, the rule of mask_invisible_keys
+// (fwd_score.cuh) for the P / dX fragments: column c of a tile (key n0 + c) is
+// visible to a row with band columns [lo, hi) and sink columns [0, sink_hi)
+// (all relative to n0; sink_hi <= 0 without sink tokens). A tile can hold
+// both runs (band.h: a tile with sink and band keys is walked with the band).
+__device__ __forceinline__ bool column_visible(int c, int sink_hi, int lo, int hi) {
+  return (c >= lo && c < hi) || c < sink_hi;
 }
 
 // ---- score gradient of one element ------------------------------------------------

@@ -7,6 +7,12 @@
 //   contiguous last dim; fwd.lse, dlse (optional): [B, Hq, Sq] float32,
 //   contiguous. Outputs dq, dk, dv (fully written, zeros where nothing is
 //   visible): q's / k's / v's dtype and strides. fwd.ring must be unset.
+//   Sinks: fwd.sink_tokens >= 0 (keys seen beside the band, band.h);
+//   fwd.sinks (float32 [Hq] device logits or nullptr) is read by the fp64
+//   path only, whose recomputed lse must include it: every other path takes
+//   P = exp(s - lse) with the forward's lse, which already does. The
+//   gradient of the logits is not computed here (ops/sinks.h:
+//   sink_logits_grad from lse and D, e.g. softmax_d after the call).
 //   Workspaces (caller-owned, contiguous, 16-byte aligned, NONE needs to be
 //   initialised or zero-filled; each may be nullptr where unused):
 //     softmax_d          float32 [B, Hq, Sq]         fp16, bf16, fp32: required
@@ -177,6 +183,7 @@ cudaError_t attention_backward(const AttentionBackwardParams& params, cudaStream
   if (f.batch * f.heads_q * f.seqlen_q == 0 && f.batch * f.heads_kv * f.seqlen_k == 0) return cudaSuccess;
   if (f.heads_kv <= 0 || f.heads_q % f.heads_kv != 0) return cudaErrorInvalidValue;
   if (f.head_dim < 1 || f.head_dim > 256 || f.ring.pos != nullptr) return cudaErrorInvalidValue;
+  if (f.sink_tokens < 0) return cudaErrorInvalidValue;
   switch (f.dtype) {
     case DType::kFloat32: return cuda_detail::run_exact_bwd<float>(params, stream);
     case DType::kFloat64: return cuda_detail::run_exact_bwd<double>(params, stream);

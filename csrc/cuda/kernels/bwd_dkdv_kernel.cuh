@@ -16,6 +16,14 @@
 //      dQ kernel recomputes it)
 // At the end dK *= scale and dK, dV are written in k/v's dtype, rows < Sk.
 //
+// Attention sinks (params.h): the sink logits need nothing here (lse, the
+// forward's, holds them). Sink tokens: a key tile holding sink keys is seen by
+// every query tile from its keys' first row on (query_tile_range: row_range
+// of band.h reaches the last row), and the element mask of a key is the
+// contiguous rows that see it (key_query_rows: band or sink run), so the walk
+// and the masks cover them as they are; only the zero-fill of unseen keys
+// must keep the sink run (two runs of seen keys, key_tile_rows).
+//
 // The five MMAs (m16n8k16, A row major (M, K), B "col major" = stored [n][k]):
 //   MMA   M        N        K        A from                         B from
 //   S^T   keys     queries  dims     sK  [key][dim]  ldsm           sQ  [query][dim] ldsm      (stored [n][k])
@@ -126,7 +134,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   // where they meet 64-bit strides: fewer registers across the main loop.
   const int batch = static_cast<int>(blk.batch);
   const int head_kv = static_cast<int>(blk.head_kv);
-  const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right};
+  const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
   const int group_size = static_cast<int>(fp.heads_q / fp.heads_kv);
   const BwdQueryWalk walk = make_bwd_query_walk(band, blk.n_block, kN, kM, group_size);
   const int m_block_min = static_cast<int>(walk.m_block_min);
@@ -199,18 +207,18 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   // K, V tiles (resident) and the first query tile: one cp.async group.
   if (num_steps > 0) {
     // Keys that no query of the call sees are zero-filled: their dK, dV are 0
-    // and, NaN or inf as they may be, they cannot reach dQ through dS K.
-    const KeyRange seen = key_range(band, 0, fp.seqlen_q);  // contiguous: key_begin/key_end are monotone
-    const int valid_keys = static_cast<int>(band_min64(kN, seen.end - n0));  // seen.end <= seqlen_k
-    const int first_key = static_cast<int>(band_max64(0, seen.begin - n0));
+    // and, NaN or inf as they may be, they cannot reach dQ through dS K. The
+    // seen keys are the sink run and the band run (each contiguous:
+    // key_begin, key_end and sink_end are monotone in the row).
+    const KeyTileRows seen = key_tile_rows<kN>(seen_keys(band, 0, fp.seqlen_q), n0);
     const T* k = static_cast<const T*>(fp.k.ptr) + static_cast<int64_t>(batch) * fp.k.batch_stride +
                  static_cast<int64_t>(head_kv) * fp.k.head_stride +
                  static_cast<int64_t>(n0) * fp.k.row_stride;
     const T* v = static_cast<const T*>(fp.v.ptr) + static_cast<int64_t>(batch) * fp.v.batch_stride +
                  static_cast<int64_t>(head_kv) * fp.v.head_stride +
                  static_cast<int64_t>(n0) * fp.v.row_stride;
-    copy_tile_async<KvTile, kThreads>(s_k, k, fp.k.row_stride, valid_keys, tid, first_key);
-    copy_tile_async<KvTile, kThreads>(s_v, v, fp.v.row_stride, valid_keys, tid, first_key);
+    copy_tile_async<KvTile, kThreads>(s_k, k, fp.k.row_stride, seen.valid, tid, seen.first, seen.sink);
+    copy_tile_async<KvTile, kThreads>(s_v, v, fp.v.row_stride, seen.valid, tid, seen.first, seen.sink);
     load_query_tile(0, 0);
     cp_async_commit();
   }
@@ -279,7 +287,8 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     {
       const bool need_mask = bwd_tile_needs_mask(band, m_block, kM, blk.n_block, kN);
       // Key row i (key n0 + key0 + group + 8 i) is seen by the query rows
-      // key_query_rows(key) (empty for keys past Sk); relative to the warp's
+      // key_query_rows(key) (empty for keys past Sk; for a sink key its band
+      // rows and sink rows, one contiguous range); relative to the warp's
       // first query here. Recomputed per step (cheap) rather than kept in
       // registers across the loop.
       const int q_first = m0 + query0;

@@ -3,14 +3,18 @@
 // results are bit-identical run to run.
 //
 // One block = one (query tile of kBlockM rows, batch, query head); warp w owns
-// rows [16 w, 16 w + 16). Q and dO stay in shared memory; the key tiles of the
-// band (key_tile_range, ascending) stream through two K/V stages. Per key tile:
+// rows [16 w, 16 w + 16). Q and dO stay in shared memory; the key tiles stream
+// through two K/V stages in ascending order: with sink tokens first the sink
+// tiles [0, n_sink) (sink_tile_range of band.h, all below the band's), then
+// the band's tiles (key_tile_range). Per key tile:
 //   1. S  = Q K^T, dP = dO V^T      (16 rows x kBlockN keys per warp, fp32)
 //   2. P = exp(s - lse), dX = P (dP - D) [* (1 - tanh^2)]; masks only when
-//      bwd_tile_needs_mask
+//      bwd_tile_needs_mask or on a sink tile (whose keys past a row's sink run
+//      are not the row's); a mask keeps each row's sink run and band
 //   3. dQ += dX K                   (dX straight from registers as the A operand)
 // and at the end dq = scale * dQ in q's dtype. P and dP are recomputed here
 // (the dK/dV kernel computed them too): the price of determinism.
+// The sink logits need nothing here: lse (the forward's) already holds them.
 //
 // MMAs (m16n8k16): S (M = rows, N = keys, K = dims): A = sQ [row][dim] ldsm,
 // B = sK [key][dim] = [n][k] ldsm; dP: sdO, sV alike; dQ (M = rows, N = dims,
@@ -37,11 +41,11 @@ namespace cuda_detail {
 // Step 2 on a warp's (16 rows, kKeys) tile: acc_s (raw q.k) becomes P, acc_dp
 // becomes dX. Row i (accumulator rows group + 8 i) has lse2[i] (log2 units),
 // d[i], and sees the keys whose column c (relative to the tile's first key)
-// satisfies key_lo[i] <= c < key_hi[i].
+// satisfies key_lo[i] <= c < key_hi[i] (band) or c < sink_hi[i] (sink run).
 template <bool kSoftcap, int kKeys>
 __device__ __forceinline__ void dq_score_grads(float (&acc_s)[kKeys / 8][4], float (&acc_dp)[kKeys / 8][4],
                                                const float (&lse2)[2], const float (&d)[2],
-                                               const BwdScoreScale& sc, bool need_mask,
+                                               const BwdScoreScale& sc, bool need_mask, const int (&sink_hi)[2],
                                                const int (&key_lo)[2], const int (&key_hi)[2], int tig) {
 #pragma unroll
   for (int j = 0; j < kKeys / 8; ++j)
@@ -52,7 +56,7 @@ __device__ __forceinline__ void dq_score_grads(float (&acc_s)[kKeys / 8][4], flo
         const int c = 8 * j + 2 * tig + e;
         float p, dx;
         score_grad<kSoftcap>(acc_s[j][2 * i + e], acc_dp[j][2 * i + e], lse2[i], d[i], sc, p, dx);
-        if (need_mask && (c < key_lo[i] || c >= key_hi[i])) p = dx = 0.f;
+        if (need_mask && !column_visible(c, sink_hi[i], key_lo[i], key_hi[i])) p = dx = 0.f;
         acc_s[j][2 * i + e] = p;
         acc_dp[j][2 * i + e] = dx;
       }
@@ -84,42 +88,48 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   const int64_t batch = blk.batch;
   const int64_t head = blk.head;
   const int64_t head_kv = head / (fp.heads_q / fp.heads_kv);
-  const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right};
+  const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
   const int m0 = static_cast<int>(blk.m_block) * kM;
   const int seqlen_q = static_cast<int>(fp.seqlen_q);
   const TileRange tiles = key_tile_range(band, blk.m_block, kM, kN);
   const int n_begin = static_cast<int>(tiles.n_block_min);
-  const int n_end = tiles.empty() ? n_begin : static_cast<int>(tiles.n_block_max);
+  const int n_band = static_cast<int>(tiles.size());
+  // Sink tiles [0, n_sink), all below n_begin (0 without sink tokens).
+  const int n_sink = static_cast<int>(sink_tile_range(band, m0, m0 + kM, tiles, kN).size());
+  const int n_tiles = n_sink + n_band;
+  // Visit it (0 .. n_tiles - 1) -> key tile: the sink tiles, then the band's.
+  auto tile_of_visit = [&](int it) { return it < n_sink ? it : n_begin + (it - n_sink); };
 
   // This thread's rows m0 + 16 warp + group + 8 i: visible keys, lse, D. Rows
   // past Sq see no key and get lse = +inf (P = 0).
-  int row_key_begin[2], row_key_end[2];
+  int row_sink_end[2], row_key_begin[2], row_key_end[2];
   float lse2[2], d[2];
   const int64_t row_index0 = (batch * fp.heads_q + head) * fp.seqlen_q;  // of lse, D
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int row = m0 + 16 * warp + group + 8 * i;
     const bool valid = row < seqlen_q;
+    row_sink_end[i] = valid ? static_cast<int>(band.sink_end(row)) : 0;
     row_key_begin[i] = valid ? static_cast<int>(band.key_begin(row)) : 0;
     row_key_end[i] = valid ? static_cast<int>(band.key_end(row)) : 0;
     lse2[i] = valid ? lse_to_log2(fp.lse[row_index0 + row]) : INFINITY;
     d[i] = valid ? params.softmax_d[row_index0 + row] : 0.f;
   }
 
-  // Keys outside what the block's rows see are zero-filled: a key no row sees
-  // (NaN or inf included) must not reach dQ through 0 * NaN in dS K.
-  const KeyRange seen = key_range(band, m0, m0 + kM);
+  // Keys outside what the block's rows see (sink run, band) are zero-filled: a
+  // key no row sees (NaN or inf included) must not reach dQ through 0 * NaN
+  // in dS K.
+  const SeenKeys seen = seen_keys(band, m0, m0 + kM);
   const T* k_head = static_cast<const T*>(fp.k.ptr) + batch * fp.k.batch_stride + head_kv * fp.k.head_stride;
   const T* v_head = static_cast<const T*>(fp.v.ptr) + batch * fp.v.batch_stride + head_kv * fp.v.head_stride;
   auto load_kv_tile = [&](int n_block, int stage) {
     const int n0 = n_block * kN;
-    const int valid = static_cast<int>(band_min64(kN, seen.end - n0));  // seen.end <= seqlen_k
-    const int first = static_cast<int>(band_max64(0, seen.begin - n0));
+    const KeyTileRows r = key_tile_rows<kN>(seen, n0);
     T* s_k = reinterpret_cast<T*>(bwd_smem + Kt::kOffStages + stage * Kt::kStageBytes);
     copy_tile_async<KvTile, kThreads>(s_k, k_head + static_cast<int64_t>(n0) * fp.k.row_stride,
-                                      fp.k.row_stride, valid, tid, first);
+                                      fp.k.row_stride, r.valid, tid, r.first, r.sink);
     copy_tile_async<KvTile, kThreads>(s_k + KvTile::kElems, v_head + static_cast<int64_t>(n0) * fp.v.row_stride,
-                                      fp.v.row_stride, valid, tid, first);
+                                      fp.v.row_stride, r.valid, tid, r.first, r.sink);
   };
 
   // Per-lane ldmatrix addresses. Q, dO: A of S / dP (rows = M, cols = dims = K):
@@ -141,7 +151,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     for (int e = 0; e < 4; ++e) acc_dq[j][e] = 0.f;
 
   // Q, dO (resident) and the first K/V tile: one cp.async group.
-  if (n_begin < n_end) {
+  if (n_tiles > 0) {
     const int valid = min(kM, seqlen_q - m0);
     const T* q = static_cast<const T*>(fp.q.ptr) + batch * fp.q.batch_stride + head * fp.q.head_stride +
                  static_cast<int64_t>(m0) * fp.q.row_stride;
@@ -149,21 +159,22 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
                     head * params.dout.head_stride + static_cast<int64_t>(m0) * params.dout.row_stride;
     copy_tile_async<QTile, kThreads>(s_q, q, fp.q.row_stride, valid, tid);
     copy_tile_async<QTile, kThreads>(s_do, dout, params.dout.row_stride, valid, tid);
-    load_kv_tile(n_begin, 0);
+    load_kv_tile(tile_of_visit(0), 0);
     cp_async_commit();
   }
 
 #pragma unroll 1
-  for (int n_block = n_begin; n_block < n_end; ++n_block) {
-    const int stage = (n_block - n_begin) & 1;
+  for (int it = 0; it < n_tiles; ++it) {
+    const int n_block = tile_of_visit(it);
+    const int stage = it & 1;
     const uint32_t stage_bytes = static_cast<uint32_t>(stage * Kt::kStageBytes);
 
     // This tile's group is the only one in flight; the barrier also ends the
     // previous iteration's reads of the other stage.
     cp_async_wait<0>();
     __syncthreads();
-    if (n_block + 1 < n_end) {
-      load_kv_tile(n_block + 1, stage ^ 1);
+    if (it + 1 < n_tiles) {
+      load_kv_tile(tile_of_visit(it + 1), stage ^ 1);
       cp_async_commit();
     }
 
@@ -197,13 +208,16 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     // 2. P and dX in place of S and dP.
     {
       const int n0 = n_block * kN;
-      const bool need_mask = bwd_tile_needs_mask(band, blk.m_block, kM, n_block, kN);
+      // (A sink tile lies below every row's band: bwd_tile_needs_mask is true
+      // for it anyway; it < n_sink says so without relying on that.)
+      const bool need_mask = it < n_sink || bwd_tile_needs_mask(band, blk.m_block, kM, n_block, kN);
+      const int sink_hi[2] = {row_sink_end[0] - n0, row_sink_end[1] - n0};
       const int lo[2] = {row_key_begin[0] - n0, row_key_begin[1] - n0};
       const int hi[2] = {row_key_end[0] - n0, row_key_end[1] - n0};
       if (sc.use_softcap) {
-        dq_score_grads<true, kN>(acc_s, acc_dp, lse2, d, sc, need_mask, lo, hi, tig);
+        dq_score_grads<true, kN>(acc_s, acc_dp, lse2, d, sc, need_mask, sink_hi, lo, hi, tig);
       } else {
-        dq_score_grads<false, kN>(acc_s, acc_dp, lse2, d, sc, need_mask, lo, hi, tig);
+        dq_score_grads<false, kN>(acc_s, acc_dp, lse2, d, sc, need_mask, sink_hi, lo, hi, tig);
       }
     }
 

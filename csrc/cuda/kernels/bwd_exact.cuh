@@ -7,12 +7,14 @@
 //   exact_bwd_dq_kernel    one warp per query row (b, h, i):
 //       D = dO.O - dlse; lse = the forward's lse (Acc = float) or recomputed
 //       in float64 (Acc = double: float64 gradients need more than the
-//       float32 lse output); both stored for the second kernel; then over the
-//       row's visible keys j: P = exp(s - lse), dP = dO.v_j,
+//       float32 lse output; it includes the sink logit, as the forward's
+//       does); both stored for the second kernel; then over the row's
+//       visible keys j (its sink run, then its band): P = exp(s - lse), dP = dO.v_j,
 //       dX = P (dP - D) [* (1 - tanh^2)], dq += dX k_j; dq *= scale.
 //   exact_bwd_dkdv_kernel  one warp per key row (b, hkv, j), after the first:
 //       over the query heads of the group and the rows that see j
-//       (key_query_rows): dv += P dO_i, dk += dX q_i; dk *= scale.
+//       (key_query_rows, contiguous with sink tokens too): dv += P dO_i,
+//       dk += dX q_i; dk *= scale.
 // Lane l owns head dims l, l + 32, ...; dot products are warp sums, identical
 // in every lane (xor butterfly).
 #pragma once
@@ -111,7 +113,7 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
   const int64_t group_size = f.heads_q / f.heads_kv;
   const int dim = static_cast<int>(f.head_dim);
   const ExactScore<Acc> sc{static_cast<Acc>(f.scale), static_cast<Acc>(f.softcap)};
-  const Band band{f.seqlen_q, f.seqlen_k, f.window_left, f.window_right};
+  const Band band{f.seqlen_q, f.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
 
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kExactBwdWarps + threadIdx.x / 32; row < total_rows;
        row += static_cast<int64_t>(gridDim.x) * kExactBwdWarps) {
@@ -138,16 +140,20 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
       for (int c = 0; c < kExactBwdDimsPerLane; ++c) dq[c] = o_reg[c];
     }
     const Acc d = exact_dot(do_reg, dq) - (p.dlse != nullptr ? static_cast<Acc>(p.dlse[row]) : Acc(0));
+    // The row's keys: the sink run [0, sink_end) and the band [key_begin,
+    // key_end), disjoint (band.h); visit v of the two as one loop.
+    const int64_t sink_end = band.sink_end(i);
     const int64_t key_begin = band.key_begin(i);
-    const int64_t key_end = band.key_end(i);
+    const int64_t visits = sink_end + band_max64(0, band.key_end(i) - key_begin);
+    auto key_of_visit = [&](int64_t v) { return v < sink_end ? v : key_begin + (v - sink_end); };
 
     Acc lse;
     if constexpr (std::is_same<Acc, double>::value) {
       // lse recomputed in float64 (online logsumexp over the visible keys).
       Acc m = -static_cast<Acc>(INFINITY), l = 0;
-      for (int64_t j = key_begin; j < key_end; ++j) {
+      for (int64_t v = 0; v < visits; ++v) {
         Acc k_reg[kExactBwdDimsPerLane];
-        exact_load_row<T, Acc>(k_reg, k_head + j * f.k.row_stride, dim, lane);
+        exact_load_row<T, Acc>(k_reg, k_head + key_of_visit(v) * f.k.row_stride, dim, lane);
         Acc t;
         const Acc s = sc.score(exact_dot(q_reg, k_reg), t);
         const Acc m_new = s > m ? s : m;
@@ -155,6 +161,19 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
         m = m_new;
       }
       lse = l == 0 ? -static_cast<Acc>(INFINITY) : m + log(l);  // NaN stays NaN
+      // The sink logit joins the softmax as one more (value-less) logit, as in
+      // the forward: lse = log(exp(lse) + exp(sink)); a row without keys gets
+      // the sink itself (also keeps -inf - -inf out of the log-add-exp).
+      if (f.sinks != nullptr) {
+        const Acc sink = static_cast<Acc>(f.sinks[h]);
+        if (l == 0) {
+          lse = sink;
+        } else {
+          const Acc hi = sink > lse ? sink : lse;  // a NaN lse or sink: NaN below
+          const Acc inf = static_cast<Acc>(INFINITY);
+          lse = hi == inf ? inf : hi + log(exp(lse - hi) + exp(sink - hi));
+        }
+      }
       if (lane == 0) {
         p.softmax_stats_f64[row] = lse;
         p.softmax_stats_f64[total_rows + row] = d;
@@ -167,7 +186,8 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
 
 #pragma unroll
     for (int c = 0; c < kExactBwdDimsPerLane; ++c) dq[c] = 0;
-    for (int64_t j = key_begin; j < key_end; ++j) {
+    for (int64_t v = 0; v < visits; ++v) {
+      const int64_t j = key_of_visit(v);
       Acc k_reg[kExactBwdDimsPerLane], v_reg[kExactBwdDimsPerLane];
       exact_load_row<T, Acc>(k_reg, k_head + j * f.k.row_stride, dim, lane);
       exact_load_row<T, Acc>(v_reg, v_head + j * f.v.row_stride, dim, lane);
@@ -194,7 +214,7 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dkdv_kernel(con
   const int64_t group_size = f.heads_q / f.heads_kv;
   const int dim = static_cast<int>(f.head_dim);
   const ExactScore<Acc> sc{static_cast<Acc>(f.scale), static_cast<Acc>(f.softcap)};
-  const Band band{f.seqlen_q, f.seqlen_k, f.window_left, f.window_right};
+  const Band band{f.seqlen_q, f.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
 
   for (int64_t key = static_cast<int64_t>(blockIdx.x) * kExactBwdWarps + threadIdx.x / 32; key < total_keys;
        key += static_cast<int64_t>(gridDim.x) * kExactBwdWarps) {
