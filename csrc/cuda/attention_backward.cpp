@@ -42,12 +42,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   params.fwd = attention_params(q, k, v, out, lse, shape, window_left, window_right, scale, softcap);
   // Sink tokens change which keys a row sees; the sink logits are already in
   // lse, and only the fp64 path (which recomputes lse in float64) reads them.
-  params.fwd.sink_tokens = sink_args.tokens;
-  at::Tensor sink_logits;  // float32 [Hq], contiguous: what the kernels read
-  if (sink_args.logits.has_value()) {
-    sink_logits = sink_args.logits->to(at::kFloat).contiguous();
-    params.fwd.sinks = sink_logits.data_ptr<float>();
-  }
+  const std::vector<at::Tensor> sink_memory = set_sinks(params.fwd, sink_args, q);
   params.dout = tensor_ref(grad_out);
   at::Tensor dlse;
   if (grad_lse.has_value() && grad_lse->defined()) {
