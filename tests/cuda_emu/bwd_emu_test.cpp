@@ -189,10 +189,18 @@ void run_case(const Shape& s, uint64_t seed) {
   std::vector<double> lse_d(static_cast<size_t>(rows));
   for (auto& x : dlse) x = static_cast<float>(0.3 * normal(rng));
   // Sink logits: float32 as the kernels read them; the reference uses the
-  // same rounded values.
+  // same rounded values. The float64 path reads its own float64 copy
+  // (AttentionParams::sinks_f64), which here is off the float32 value by more
+  // than the fp64 tolerance: a kernel that read the float32 one would fail.
+  const bool f64 = std::is_same<T, double>::value;
   std::vector<float> sinks(static_cast<size_t>(Hq));
-  for (int64_t h = 0; h < Hq; ++h) sinks[h] = static_cast<float>(sink_logit(s.sink_logits, h, rng));
+  std::vector<double> sinks_f64(static_cast<size_t>(Hq));
+  for (int64_t h = 0; h < Hq; ++h) {
+    sinks[h] = static_cast<float>(sink_logit(s.sink_logits, h, rng));
+    sinks_f64[h] = static_cast<double>(sinks[h]) + (std::isfinite(sinks[h]) ? 3e-6 : 0.0);
+  }
   const bool has_sink_logits = s.sink_logits != kNoSinkLogits;
+  auto sink_of = [&](int64_t h) { return f64 ? sinks_f64[h] : static_cast<double>(sinks[h]); };
   // Keys that no query sees hold NaN: their dK, dV must come out 0 and they
   // must not reach dQ (the loaders zero-fill them; 0 * NaN is NaN). With
   // sink tokens that includes the gap between the sink run and the band.
@@ -229,7 +237,7 @@ void run_case(const Shape& s, uint64_t seed) {
     for (int64_t h = 0; h < Hq; ++h)
       for (int64_t i = 0; i < Sq; ++i) {
         const int64_t row = (b * Hq + h) * Sq + i;
-        const double sink = has_sink_logits ? sinks[h] : -INFINITY;
+        const double sink = has_sink_logits ? sink_of(h) : -INFINITY;
         double m = -INFINITY, l = 0, t;
         for (int64_t j : row_keys[i]) m = std::max(m, score(b, h, i, j, t));
         std::vector<double> o(static_cast<size_t>(D), 0.0);
@@ -250,7 +258,6 @@ void run_case(const Shape& s, uint64_t seed) {
   ref.dk.assign(static_cast<size_t>(B * Hkv * Sk * D), 0.0);
   ref.dv.assign(static_cast<size_t>(B * Hkv * Sk * D), 0.0);
   std::vector<double> ref_dsinks(static_cast<size_t>(Hq), 0.0);  // -sum exp(sink - lse) D
-  const bool f64 = std::is_same<T, double>::value;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hq; ++h)
       for (int64_t i = 0; i < Sq; ++i) {
@@ -259,7 +266,7 @@ void run_case(const Shape& s, uint64_t seed) {
         for (int64_t d = 0; d < D; ++d) dd += to_d(dout.at(b, h, i, d)) * to_d(out.at(b, h, i, d));
         if (s.dlse) dd -= dlse[row];
         const double l = f64 ? lse_d[row] : static_cast<double>(lse[row]);
-        if (has_sink_logits) ref_dsinks[h] -= std::exp(sinks[h] - l) * dd;
+        if (has_sink_logits) ref_dsinks[h] -= std::exp(sink_of(h) - l) * dd;
         for (int64_t j : row_keys[i]) {
           double t;
           const double sc = score(b, h, i, j, t);
@@ -291,6 +298,7 @@ void run_case(const Shape& s, uint64_t seed) {
   f.scale = static_cast<float>(scale);
   f.softcap = s.softcap;
   f.sinks = has_sink_logits ? sinks.data() : nullptr;
+  f.sinks_f64 = has_sink_logits && f64 ? sinks_f64.data() : nullptr;
   f.sink_tokens = s.sink_tokens;
   p.dout = dout.ref();
   p.dlse = s.dlse ? dlse.data() : nullptr;
@@ -347,7 +355,7 @@ void run_case(const Shape& s, uint64_t seed) {
           const int64_t row = (b * Hq + h) * Sq + i;
           const double l = f64 ? stats[row] : static_cast<double>(lse[row]);
           const double dd = f64 ? stats[rows + row] : static_cast<double>(softmax_d[row]);
-          dsinks[h] -= std::exp(static_cast<double>(sinks[h]) - l) * dd;
+          dsinks[h] -= std::exp(sink_of(h) - l) * dd;
         }
     compare_values("dsinks", dsinks, ref_dsinks, tol, s);
     if (f64) {

@@ -165,7 +165,8 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
       // the forward: lse = log(exp(lse) + exp(sink)); a row without keys gets
       // the sink itself (also keeps -inf - -inf out of the log-add-exp).
       if (f.sinks != nullptr) {
-        const Acc sink = static_cast<Acc>(f.sinks[h]);
+        // float64 logits where the host kept them (AttentionParams::sinks_f64).
+        const Acc sink = f.sinks_f64 != nullptr ? static_cast<Acc>(f.sinks_f64[h]) : static_cast<Acc>(f.sinks[h]);
         if (l == 0) {
           lse = sink;
         } else {
