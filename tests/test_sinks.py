@@ -119,6 +119,45 @@ def test_backward_matches_reference(case, dtype, device):
         assert_fa_rule(got, r64, rlp, 3, atol, f"grad {name}")
 
 
+# Sequences many row tiles past the window, so that most rows see the sink
+# tokens through their sink runs only (the dK/dV pass takes those pairs rows
+# in lanes, the sink keys' band rows keys in lanes): sink counts below, at and
+# past a tile of keys, GQA, Sq != Sk, a partial last head dim vector.
+LONG_SINK_CASES = [
+    dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=300, seqlen_k=300, head_dim=40, window_left=20, window_right=0,
+         softcap=0.0, sink_tokens=S, logits=logits)
+    for S, logits in [(1, None), (4, "randn"), (63, None), (64, None), (65, "randn"), (150, None)]
+] + [
+    dict(batch=2, heads_q=4, heads_kv=2, seqlen_q=190, seqlen_k=260, head_dim=64, window_left=9, window_right=3,
+         softcap=0.0, sink_tokens=5, logits=None),
+    dict(batch=1, heads_q=1, heads_kv=1, seqlen_q=257, seqlen_k=257, head_dim=16, window_left=0, window_right=0,
+         softcap=4.0, sink_tokens=3, logits=30.0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", LONG_SINK_CASES, ids=case_id)
+def test_backward_sink_rows_far_past_the_window(case, dtype):
+    q, k, v, sinks, args = setup(case, dtype, "cpu", grad=True)
+    S = case["sink_tokens"]
+    out, lse = call(q, k, v, sinks, case, args)
+    g = torch.Generator().manual_seed(5)
+    dout = torch.randn(out.shape, generator=g).to(dtype=dtype)
+    dlse = torch.randn(lse.shape, generator=g)
+
+    def loss(o, l):
+        return (o.double() * dout.double()).sum() + (l.double() * dlse.double()).sum()
+
+    inputs = (q, k, v) + ((sinks,) if sinks is not None else ())
+    grads = torch.autograd.grad(loss(out, lse), inputs)
+    ref = torch.autograd.grad(loss(*attention_ref(q, k, v, *args, sinks=sinks, sink_tokens=S)), inputs)
+    ref_lowp = torch.autograd.grad(loss(*attention_ref(q, k, v, *args, upcast=False, sinks=sinks,
+                                                       sink_tokens=S)), inputs)
+    for name, got, r64, rlp in zip(["q", "k", "v", "sinks"], grads, ref, ref_lowp):
+        atol = tolerance(dtype) * (q.shape[0] * q.shape[2] if name == "sinks" else 1)
+        assert_fa_rule(got, r64, rlp, 3, atol, f"grad {name}")
+
+
 @pytest.mark.parametrize("kind", ["logits", "tokens", "both"])
 def test_gradcheck_float64(kind):
     torch.manual_seed(0)
@@ -190,7 +229,7 @@ def test_nan_sink_stays_in_its_head():
     torch.testing.assert_close(out[:, others], ref[:, others], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("value", [-1e4, 30.0, float("-inf")])
+@pytest.mark.parametrize("value", [-1e4, 30.0, 1e4, float("-inf")])
 def test_extreme_sink_logits(value):
     q, k, v = make_qkv(1, 2, 2, 33, 33, 16, torch.float32, "cpu")
     sinks = torch.full((2,), value)

@@ -107,7 +107,15 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     q_tasks = packed->q_task_begin[packed->seqs.count];
     k_tasks = packed->k_task_begin[packed->seqs.count];
   }
-  // Pass 1 writes lse2 and delta of every row; pass 2 reads them.
+  // Few sink tokens: the dQ pass takes their pairs with the rows' sink runs
+  // (BackwardProblem::sink_grads); rows have sink runs only under a bounded
+  // left window.
+  at::Tensor sink_grads;
+  if (sink_args.tokens > 0 && sink_args.tokens <= kDqSinkKeys && p.band.window_left >= 0) {
+    sink_grads = at::zeros({q_tasks, 2, sink_args.tokens, shape.head_dim}, q.options().dtype(acc));
+    p.sink_grads = sink_grads.data_ptr();
+  }
+  // Pass 1 writes lse2 and delta of every row (and sink_grads); pass 2 reads them.
   parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
   parallel_workers(k_tasks, default_grain(k_tasks), [&](TaskQueue& queue) { dkdv_pass(p, queue); });
   if (!dq_rows.is_same(dq)) dq.copy_(dq_rows);

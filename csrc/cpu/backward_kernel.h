@@ -108,6 +108,42 @@ struct BackwardCommon {
     }
   }
 
+  // acc[j * D + d] += sum over lanes r in [r0, r1) of coef[(j - n0) * R + r]
+  // * rows[r * rs + d], items j in [j0, j1) of the block at n0: a product
+  // that sums over the lanes, as rank-1 updates with the head dim in the
+  // vectors (four vectors of accumulators per pass over the rows).
+  SWA_INLINE void lane_sum_update(const T* coef, int64_t n0, int64_t j0, int64_t j1, int64_t r0, int64_t r1,
+                                  const T* rows, int64_t rs, T* acc) const {
+    constexpr int kChunk = 4 * L;
+    for (int64_t j = j0; j < j1; ++j) {
+      const T* c = coef + (j - n0) * R;
+      T* a = acc + j * D;
+      int64_t d = 0;
+      for (; d + kChunk <= D; d += kChunk) {
+        vec x0 = S::load(a + d), x1 = S::load(a + d + L), x2 = S::load(a + d + 2 * L), x3 = S::load(a + d + 3 * L);
+        for (int64_t r = r0; r < r1; ++r) {
+          const vec w = S::set1(c[r]);
+          const T* row = rows + r * rs + d;
+          x0 += w * S::load(row);
+          x1 += w * S::load(row + L);
+          x2 += w * S::load(row + 2 * L);
+          x3 += w * S::load(row + 3 * L);
+        }
+        S::store(a + d, x0), S::store(a + d + L, x1), S::store(a + d + 2 * L, x2), S::store(a + d + 3 * L, x3);
+      }
+      for (; d + L <= D; d += L) {
+        vec x = S::load(a + d);
+        for (int64_t r = r0; r < r1; ++r) x += S::set1(c[r]) * S::load(rows + r * rs + d);
+        S::store(a + d, x);
+      }
+      for (; d < D; ++d) {
+        T x = a[d];
+        for (int64_t r = r0; r < r1; ++r) x += c[r] * rows[r * rs + d];
+        a[d] = x;
+      }
+    }
+  }
+
   // Row r of head h of batch b of the [B, Hq, Sq] statistics buffer.
   SWA_INLINE T* stats(void* buffer, int64_t b, int64_t h) const {
     return static_cast<T*>(buffer) + (b * p.heads_q + h) * p.seqlen_q + q_row0;
@@ -128,14 +164,16 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   using Base::p;
   using Base::R;
 
-  AlignedBuffer<T> lane_buf, item_buf, conv_buf;
+  AlignedBuffer<T> lane_buf, item_buf, conv_buf, row_buf;
   T* qt;   // (D, R)       scaled Q^T
   T* dot;  // (D, R)       dO^T
   T* dqt;  // (D, R)       dQ^T / scale
-  T* st;   // (kItems, R)  S^T of a key block
+  T* st;   // (kItems, R)  S^T of a key block (P^T of the sink run's, with sink_grads)
   T* dpt;  // (kItems, R)  dP^T, then dS^T
   T* kb;   // (kItems, D)  converted K rows (16-bit inputs)
   T* vb;   // (kItems, D)  converted V rows (16-bit inputs)
+  T* qrb;  // (R, D)       converted Q rows of the tile (16-bit inputs, sink_grads)
+  T* dorb; // (R, D)       converted dO rows of the tile (16-bit inputs, sink_grads)
 
   Tile tile;  // lanes: the query rows of the task
   int64_t rows = 0;
@@ -146,7 +184,10 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       : Base(prob),
         lane_buf(3 * prob.head_dim * R),
         item_buf(2 * kItems * R),
-        conv_buf(Base::is_16bit(prob.dtype) ? 2 * kItems * prob.head_dim : 1) {
+        conv_buf(Base::is_16bit(prob.dtype) ? 2 * kItems * prob.head_dim : 1),
+        row_buf(Base::is_16bit(prob.dtype) && prob.sink_grads != nullptr ? 2 * R * prob.head_dim : 1) {
+    qrb = row_buf.data;
+    dorb = row_buf.data + R * prob.head_dim;
     qt = lane_buf.data;
     dot = qt + D * R;
     dqt = dot + D * R;
@@ -202,8 +243,10 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     }
   }
 
-  // Sweep 2 over one key block: dS^T into dpt, then dQ^T += K^T dS^T.
-  SWA_OUTLINE void gradient_block(int64_t n0, const T* k_rows, int64_t k_rs, const T* v_rows, int64_t v_rs) {
+  // Sweep 2 over one key block: dS^T into dpt, then dQ^T += K^T dS^T; with
+  // keep_p P^T into st.
+  SWA_OUTLINE void gradient_block(int64_t n0, const T* k_rows, int64_t k_rs, const T* v_rows, int64_t v_rs,
+                                  bool keep_p) {
     tile.products(n0, k_rows, k_rs, D, qt, st, false);   // S^T = K Q^T
     tile.products(n0, v_rows, v_rs, D, dot, dpt, false);  // dP^T = V dO^T
     for (int ri = 0; ri < tile.nruns; ++ri) {
@@ -220,6 +263,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
           const vec ds = full ? this->template score_gradient<false>(s, dp, visible, lse2[v], delta[v], pr)
                               : this->template score_gradient<true>(s, dp, visible, lse2[v], delta[v], pr);
           S::store(dpt + at, ds);
+          if (keep_p) S::store(st + at, pr);
         }
       }
     }
@@ -228,7 +272,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
 
   // One task: rows [m0, m0 + rows) of head h of batch b.
   template <class In>
-  SWA_INLINE void run_tile(int64_t b, int64_t h, int64_t m0) {
+  SWA_INLINE void run_tile(int64_t task, int64_t b, int64_t h, int64_t m0) {
     const Band& band = this->band;
     const int64_t r0 = this->q_row0 + m0;  // the tile's first row in the operands
     rows = std::min<int64_t>(R, band.seqlen_q - m0);
@@ -265,8 +309,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + this->k_row0 * p.v_stride[2];
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
     pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
-    // Calls f(k_rows, k_rs, v_rows, v_rs, n0) per key block of both runs
-    // with the tile's lanes set to the run (V rows only when with_v).
+    // Calls f(sink_run, k_rows, k_rs, v_rows, v_rs, n0) per key block of both
+    // runs with the tile's lanes set to the run (V rows only when with_v).
     auto walk = [&](bool with_v, auto&& f) {
       for (const bool sink_run : {true, false}) {
         const auto keys = sink_run ? seen.sink : seen.band;
@@ -283,32 +327,55 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
           int64_t k_rs, v_rs = 0;
           const T* k_rows = this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
           const T* v_rows = with_v ? this->rows_of(vv, p.v_stride[2], n0, n1, vb, v_rs) : nullptr;
-          f(k_rows, k_rs, v_rows, v_rs, n0);
+          f(sink_run, k_rows, k_rs, v_rows, v_rs, n0);
         }
       }
     };
 
-    // Sweep 1: lse2 = m + log2(l) (with a sink logit s2: log2(l 2^m + 2^s2)),
-    // -inf for rows that see nothing.
+    // Sweep 1: lse2 = m + log2(l), -inf for rows that see nothing. A finite
+    // sink logit s2 is where the rows' softmax starts (m = s2, l = 1: the
+    // sink's 2^s2 is in l 2^m from the start); an infinite or NaN one joins
+    // at the end, log2(l 2^m + 2^s2).
+    const bool sink_starts = p.sinks != nullptr && std::isfinite(sink2);
     for (int v = 0; v < kVecs; ++v) {
-      m[v] = S::set1(-std::numeric_limits<T>::infinity());
-      l[v] = S::zero();
+      m[v] = S::set1(sink_starts ? sink2 : -std::numeric_limits<T>::infinity());
+      l[v] = S::set1(sink_starts ? T(1) : T(0));
     }
-    walk(false, [&](const T* k_rows, int64_t k_rs, const T*, int64_t, int64_t n0) { stats_block(n0, k_rows, k_rs); });
+    walk(false, [&](bool, const T* k_rows, int64_t k_rs, const T*, int64_t, int64_t n0) {
+      stats_block(n0, k_rows, k_rs);
+    });
     for (int v = 0; v < tile.nvec; ++v) {
       for (int i = 0; i < L; ++i) {
         const T sum = l[v][i];
         T value = sum > T(0) ? m[v][i] + std::log2(sum) : -std::numeric_limits<T>::infinity();
-        if (p.sinks != nullptr) value = T(log2_add_exp2(double(value), double(sink2)));
+        if (p.sinks != nullptr && !sink_starts) value = T(log2_add_exp2(double(value), double(sink2)));
         if (v * L + i < rows) lse2_out[v * L + i] = value;
         lse2[v][i] = sum > T(0) ? value : T(0);  // rows that see nothing: all masked, P = 0
       }
     }
 
-    // Sweep 2: dQ^T.
+    // Sweep 2: dQ^T; with sink_grads also the sink keys' dK / scale and dV
+    // through the rows' sink runs, dK += dS^T Q and dV += P^T dO summed over
+    // the lanes, into the task's [2][S][D] (zeroed by the caller).
     for (int64_t i = 0; i < D * R; ++i) dqt[i] = T(0);
-    walk(true, [&](const T* k_rows, int64_t k_rs, const T* v_rows, int64_t v_rs, int64_t n0) {
-      gradient_block(n0, k_rows, k_rs, v_rows, v_rs);
+    T* sink_dk = p.sink_grads != nullptr ? static_cast<T*>(p.sink_grads) + task * 2 * band.sink_tokens * D : nullptr;
+    const T *q_rows = nullptr, *do_rows = nullptr;
+    int64_t q_rs = 0, do_rs = 0;
+    if (sink_dk != nullptr && !seen.sink.empty()) {
+      q_rows = this->rows_of(q, p.q_stride[2], 0, rows, qrb, q_rs);
+      do_rows = this->rows_of(dout, p.dout_stride[2], 0, rows, dorb, do_rs);
+    }
+    walk(true, [&](bool sink_run, const T* k_rows, int64_t k_rs, const T* v_rows, int64_t v_rs, int64_t n0) {
+      const bool sink_pairs = sink_run && sink_dk != nullptr;
+      gradient_block(n0, k_rows, k_rs, v_rows, v_rs, sink_pairs);
+      if (!sink_pairs) return;
+      T* sink_dv = sink_dk + band.sink_tokens * D;
+      for (int ri = 0; ri < tile.nruns; ++ri) {
+        const LaneRun& run = tile.runs[ri];
+        const int64_t r0 = run.v_begin * L, r1 = std::min<int64_t>(run.v_end * L, rows);
+        this->lane_sum_update(dpt, n0, run.begin, run.end, r0, r1, q_rows, q_rs, sink_dk);   // dK / scale += dS^T Q
+        this->lane_sum_update(st, n0, run.begin, run.end, r0, r1, do_rows, do_rs, sink_dv);  // dV += P^T dO
+      }
     });
     vec lane_scale[kVecs];
     for (int v = 0; v < kVecs; ++v) lane_scale[v] = S::set1(T(p.scale));
@@ -321,7 +388,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
         const TaskSpot t = this->enter(task, false);
-        run_tile<In>(t.b, t.head, t.block * R);
+        run_tile<In>(task, t.b, t.head, t.block * R);
       }
     }
   }
@@ -405,9 +472,31 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     tile.accumulate(i0, dsp, q_rows, q_rs, D, dkt);   // dK^T += Q^T dS
   }
 
-  // One task: keys [n0, n0 + keys) of kv head hk of batch b.
+  // dK^T / dV^T of the sink keys [n0, n0 + sinks) += the dQ tasks' sums
+  // (BackwardProblem::sink_grads) of the group's query heads, in task order.
+  SWA_INLINE void add_dq_sink_grads(int64_t seq, int64_t b, int64_t hk, int64_t n0, int64_t sinks) {
+    const int64_t S = this->band.sink_tokens;
+    const int64_t blocks = seq < 0 ? p.m_blocks : tiles_of(this->band.seqlen_q, R);
+    for (int64_t g = 0; g < p.group; ++g) {
+      const int64_t h = hk * p.group + g;
+      const int64_t task0 = seq < 0 ? (b * p.heads_q + h) * p.m_blocks : p.q_task_begin[seq] + h * blocks;
+      for (int64_t t = task0; t < task0 + blocks; ++t) {
+        const T* dk_part = static_cast<const T*>(p.sink_grads) + t * 2 * S * D;
+        const T* dv_part = dk_part + S * D;
+        for (int64_t j = n0; j < n0 + sinks; ++j) {
+          for (int64_t d = 0; d < D; ++d) {
+            dkt[d * R + (j - n0)] += dk_part[j * D + d];
+            dvt[d * R + (j - n0)] += dv_part[j * D + d];
+          }
+        }
+      }
+    }
+  }
+
+  // One task: keys [n0, n0 + keys) of kv head hk of batch b (sequence seq
+  // when packed, else -1).
   template <class In>
-  SWA_INLINE void run_tile(int64_t b, int64_t hk, int64_t n0) {
+  SWA_INLINE void run_tile(int64_t seq, int64_t b, int64_t hk, int64_t n0) {
     const Band& band = this->band;
     const int64_t c0 = this->k_row0 + n0;  // the tile's first key row in the operands
     const int64_t keys = std::min<int64_t>(R, band.seqlen_k - n0);
@@ -416,10 +505,17 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     In* dk = static_cast<In*>(p.dk) + b * p.dk_stride[0] + hk * p.dk_stride[1] + c0 * p.dk_stride[2];
     In* dv = static_cast<In*>(p.dv) + b * p.dv_stride[0] + hk * p.dv_stride[1] + c0 * p.dv_stride[2];
     for (int64_t i = 0; i < D * R; ++i) dkt[i] = dvt[i] = T(0);
-    const auto rows = SWA_KERNEL_NS::row_range(band, n0, n0 + keys);  // rows that see the tile
+    // With sink_grads the dQ pass took the sink keys' pairs with the rows
+    // that see them through their sink runs: here the rows whose bands see
+    // the tile, and the dQ tasks' sums for its sink keys after them.
+    const bool dq_took_sinks = p.sink_grads != nullptr;
+    const auto rows_of_keys = [&](int64_t j0, int64_t j1) {
+      return dq_took_sinks ? SWA_KERNEL_NS::band_row_range(band, j0, j1) : SWA_KERNEL_NS::row_range(band, j0, j1);
+    };
+    const auto rows = rows_of_keys(n0, n0 + keys);  // rows that see the tile (here)
     if (!rows.empty()) {
       for (int64_t j = 0; j < keys; ++j) {
-        const auto seen_by = SWA_KERNEL_NS::row_range(band, n0 + j, n0 + j + 1);
+        const auto seen_by = rows_of_keys(n0 + j, n0 + j + 1);
         tile.lane_begin[j] = seen_by.empty() ? 0 : seen_by.begin;
         tile.lane_end[j] = seen_by.empty() ? 0 : seen_by.end;
       }
@@ -444,6 +540,8 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         }
       }
     }
+    const int64_t sinks = std::clamp<int64_t>(band.sink_tokens - n0, 0, keys);  // the tile's sink keys
+    if (dq_took_sinks && sinks > 0) add_dq_sink_grads(seq, b, hk, n0, sinks);
     vec dk_scale[kVecs], ones[kVecs];
     for (int v = 0; v < kVecs; ++v) {
       dk_scale[v] = S::set1(T(p.scale));
@@ -459,7 +557,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
         const TaskSpot t = this->enter(task, true);
-        run_tile<In>(t.b, t.head, t.block * R);
+        run_tile<In>(t.seq, t.b, t.head, t.block * R);
       }
     }
   }

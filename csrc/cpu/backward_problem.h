@@ -9,6 +9,7 @@
 namespace swa::cpu {
 
 constexpr int64_t kBackwardTileItems = 128;  // keys (dQ pass) / query rows (dK/dV pass) per block
+constexpr int64_t kDqSinkKeys = 16;  // at most this many sink tokens: their pairs in the dQ pass (sink_grads)
 
 // One backward problem. Strides in elements: [0] batch, [1] head, [2] row; the
 // last dim has unit stride. grad_lse (float32) may be null.
@@ -34,6 +35,14 @@ struct BackwardProblem {
   SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
   double scale, softcap;
   const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null: they join lse2
+  // With few sink tokens (band.sink_tokens <= kDqSinkKeys) the dQ pass also
+  // takes the sink keys' dK / dV through its rows' sink runs, where its Q and
+  // dO tiles already are (the dK/dV pass would stream every row of the
+  // sequence again for a few keys): per dQ task, [2][S][D] of the
+  // accumulation type (dK / scale, then dV), zero where the tile has no sink
+  // run; the dK/dV pass adds them up, task by task in order. Null: the dK/dV
+  // pass takes those pairs itself.
+  void* sink_grads = nullptr;
   // Packed sequences (cpu/packed_sequences.h): batch 1, rows offset per
   // sequence; the first task of each sequence in the dQ pass (by query
   // tiles) and in the dK/dV pass (by key tiles).

@@ -263,7 +263,18 @@ struct ForwardKernel {
     vec inv[kVecs];
     for (int v = 0; v < tile.nvec; ++v) {
       inv[v] = S::zero();
-      for (int i = 0; i < L && v * L + i < rows; ++i) finish_row(m[v][i], l[v][i], sink, inv[v][i], lse[(v * L + i) * lse_rs]);
+      // The sink's weight 2^(s2 - m) joins l a vector at a time (2^d for
+      // d > 0 as 1 / 2^-d); a row then ends as one without a sink. Rows where
+      // that is not finite, or that saw no key, take finish_row's sink path.
+      vec total = l[v];
+      if (sink != nullptr) {
+        const vec d = S::set1(T(*sink * kLog2e)) - m[v];
+        total += S::select(d <= S::zero(), S::exp2_nonpositive(d), S::set1(T(1)) / S::exp2_nonpositive(-d));
+      }
+      for (int i = 0; i < L && v * L + i < rows; ++i) {
+        const bool joined = sink != nullptr && l[v][i] > T(0) && std::isfinite(total[i]);
+        finish_row(m[v][i], joined ? total[i] : l[v][i], joined ? nullptr : sink, inv[v][i], lse[(v * L + i) * lse_rs]);
+      }
     }
     unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
   }

@@ -231,10 +231,20 @@ SWA_INLINE void pack_lanes(const In* src, int64_t rs, int64_t n, int64_t depth, 
     d_vec = depth / L * L;
     const vec sc = S::set1(scale);
     for (int64_t i0 = 0; i0 < R; i0 += L) {
+      if (i0 >= n) {  // lanes past the rows: zeros, no transpose
+        for (int64_t d = 0; d < d_vec; ++d) S::store(dst + d * R + i0, S::zero());
+        continue;
+      }
+      const bool whole = i0 + L <= n;  // the common case: no per-row test in the loop
       for (int64_t d0 = 0; d0 < d_vec; d0 += L) {
         vec x[L];  // (L lanes, L dims), then (L dims, L lanes)
+        if (whole) {
 #pragma GCC unroll 64
-        for (int i = 0; i < L; ++i) x[i] = i0 + i < n ? S::load(src + (i0 + i) * rs + d0) * sc : S::zero();
+          for (int i = 0; i < L; ++i) x[i] = S::load(src + (i0 + i) * rs + d0) * sc;
+        } else {
+#pragma GCC unroll 64
+          for (int i = 0; i < L; ++i) x[i] = i0 + i < n ? S::load(src + (i0 + i) * rs + d0) * sc : S::zero();
+        }
         S::transpose(x);
 #pragma GCC unroll 64
         for (int c = 0; c < L; ++c) S::store(dst + (d0 + c) * R + i0, x[c]);
