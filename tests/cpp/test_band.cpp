@@ -44,6 +44,13 @@ void check_band(const Band& b, int64_t bm, int64_t bn) {
       const bool in_band = j >= b.key_begin(i) && j < b.key_end(i);
       EXPECT(!(in_sink && in_band), fmt, ARGS(i, j));
       EXPECT((in_sink || in_band) == sees(b, i, j), fmt, ARGS(i, j));
+      // The element mask of the kernels' tiles, relative to any tile start.
+      if (j >= 0 && j < b.seqlen_k) {
+        const int n0 = int(j / bn * bn);
+        EXPECT(SWA_KERNEL_NS::column_visible<int>(int(j) - n0, int(b.sink_end(i)) - n0, int(b.key_begin(i)) - n0,
+                                                  int(b.key_end(i)) - n0) == sees(b, i, j),
+               fmt, ARGS(i, j));
+      }
     }
     EXPECT(b.visible_count(i) == count, fmt, ARGS(i, count));
   }

@@ -99,14 +99,6 @@ __device__ __forceinline__ KeyTileRows key_tile_rows(const SeenKeys& seen, int64
   return r;
 }
 
-// Element mask of the backward's score tiles, the rule of mask_invisible_keys
-// (fwd_score.cuh) for the P / dX fragments: column c of a tile (key n0 + c) is
-// visible to a row with band columns [lo, hi) and sink columns [0, sink_hi)
-// (all relative to n0; sink_hi <= 0 without sink tokens). A tile can hold
-// both runs (band.h: a tile with sink and band keys is walked with the band).
-__device__ __forceinline__ bool column_visible(int c, int sink_hi, int lo, int hi) {
-  return (c >= lo && c < hi) || c < sink_hi;
-}
 
 // ---- score gradient of one element ------------------------------------------------
 

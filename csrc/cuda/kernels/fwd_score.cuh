@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "swa/kernels/band.h"
 #include "swa/kernels/namespace.h"
 
 namespace SWA_KERNEL_NS {
@@ -48,7 +49,7 @@ __device__ __forceinline__ void mask_invisible_keys(const int (&row_sink_end)[2]
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = 8 * j + 2 * tig + e;
-        if ((c < lo || c >= hi) && c >= sink_hi) score(j, i, e) = -INFINITY;
+        if (!column_visible(c, sink_hi, lo, hi)) score(j, i, e) = -INFINITY;  // band.h
       }
   }
 }

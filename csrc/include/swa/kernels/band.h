@@ -84,6 +84,17 @@ struct Band {
   }
 };
 
+// The element masks of the kernels' score tiles: is column c of a tile
+// visible to a row whose band holds the tile's columns [lo, hi) and whose
+// sink run holds [0, sink_hi) (relative to the tile's first key; sink_hi <= 0
+// without sink tokens)? A tile can hold both runs: one with sink and band keys
+// is walked with the band (sink_tile_range below).
+// (I: the kernels' int columns, or int64_t.)
+template <class I>
+SWA_HOST_DEVICE bool column_visible(I c, I sink_hi, I lo, I hi) {
+  return (c >= lo && c < hi) || c < sink_hi;
+}
+
 // The keys that the query rows [row_begin, row_end) see between them, as a
 // half-open range [begin, end); begin >= end when no row sees any key.
 // key_begin and key_end are non-decreasing in the row, so the first row gives
