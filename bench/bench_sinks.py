@@ -4,17 +4,34 @@ forward+backward, and FlexAttention expressing the same sinks (sink tokens in
 the mask_mod, a sink logit as an extra value-less key column whose score the
 score_mod sets) side by side, forward (FlexAttention has no CPU backward).
 
-The variants of a case are timed round-robin, several rounds, and each keeps
-its best median, so load from elsewhere on the machine hits them alike; the
-overhead column is variant / plain of the same run.
+Our variants of a case are timed call by call in turn (plain, logits, tokens,
+both, plain again, in an order shuffled every turn) for a fixed time, and each keeps the 20th percentile
+of its calls, so load from elsewhere on the machine hits them alike; the
+overhead column is variant / plain of the same run. "plain again" is the
+plain call timed as a fifth variant: its overhead is the noise floor of the
+run (an A/A test). FlexAttention's variants are timed round-robin, several
+rounds of the harness's Timer, each keeping its best median.
 
   python bench/bench_sinks.py            # CPU-sized cases (or GPU ones on a GPU)
   python bench/bench_sinks.py --smoke    # tiny shapes: checks the harness
+
+  python bench/bench_sinks.py --instructions   # instruction counts instead of times
+
+--instructions (CPU, valgrind) counts the instructions the kernels execute
+for the float32 cases of the smallest length (callgrind, counting only inside
+the forward and backward task loops): a measure of the sinks' extra work that
+no load on the machine moves, where a shared machine's timings wander by a few
+percent from one second to the next. valgrind has no AVX-512: the counts are
+those of the AVX2 kernels. (About two minutes per variant: python under
+valgrind.)
 """
 
 import argparse
+import json
 import math
+import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +42,7 @@ import peers  # noqa: E402
 
 SINK_TOKENS = 4
 VARIANTS = ["plain", "logits", "tokens", "both"]
+AGAIN = "plain again"  # the A/A control: plain, timed as one more variant
 
 
 def cases(args, device):
@@ -90,31 +108,144 @@ def flex_callable(q, k, v, sinks, window, variant):
     return run
 
 
+def interleaved(fns, seconds, sync):
+    """Calls every fn once per turn, in an order shuffled each turn (a call
+    right after another one runs measurably differently from one after the
+    harness's own work), until `seconds` have passed (at least 5 turns);
+    returns the 20th percentile (ms) of each fn's calls."""
+    for fn in fns.values():
+        fn()  # first call: lazy init, allocator growth
+    times = {key: [] for key in fns}
+    order = list(fns)
+    rng = random.Random(0)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
+        rng.shuffle(order)
+        for key in order:
+            fn = fns[key]
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    return {key: sorted(t)[len(t) // 5] for key, t in times.items()}
+
+
+INSTRUCTIONS_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {bench!r})
+import swa_cuda, bench_sinks as b
+torch.set_num_threads(1)
+c = dict(n={n}, window={window}, dtype=torch.float32)
+q, k, v, sinks = b.make_inputs(c, torch.device("cpu"))
+out, lse = b.ours(q, k, v, sinks, c["window"], {variant!r})
+inputs = (q, k, v) + ((sinks,) if {variant!r} in ("logits", "both") else ())
+torch.autograd.grad(out.float().square().sum() + lse.sum(), inputs)
+"""
+
+
+def instruction_counts(c, variant):
+    """Instructions the CPU kernels execute for one forward and one backward
+    of case c (callgrind, single thread): {"forward": n, "backward": n}, or
+    None without valgrind."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        script = INSTRUCTIONS_SCRIPT.format(bench=str(Path(__file__).resolve().parent), n=c["n"],
+                                            window=c["window"], variant=variant)
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--collect-atstart=no",
+                        "--toggle-collect=*run_tasks*", "--toggle-collect=*run_backward_tasks*",
+                        sys.executable, "-c", script], check=True, capture_output=True)
+        report = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(out)], check=True,
+                                capture_output=True, text=True).stdout
+    counts = {"forward": 0, "backward": 0}
+    for line in report.splitlines():
+        m = re.match(r"\s*([\d,]+) .*(run_tasks|run_backward_tasks)<", line)
+        if m:
+            counts["forward" if m.group(2) == "run_tasks" else "backward"] += int(m.group(1).replace(",", ""))
+    return counts
+
+
+def count_instructions(args, device, env):
+    """--instructions: the kernels' instruction counts per variant, table and JSON."""
+    if device.type != "cpu":
+        common.log("instructions: CPU only")
+        return
+    instr_rows = []
+    n_min = min(c["n"] for c in cases(args, device))
+    for c in cases(args, device):
+        if c["dtype"] != torch.float32 or c["n"] != n_min:
+            continue
+        counts = {}
+        for variant in VARIANTS:
+            common.log(f"  instructions: n={c['n']} W={c['window']} {variant} (callgrind)")
+            counts[variant] = instruction_counts(c, variant)
+            if counts[variant] is None:
+                common.log("  instructions: skipped (no valgrind)")
+                return
+        for variant in VARIANTS:
+            for part in ("forward", "backward"):
+                base = counts["plain"][part]
+                instr_rows.append(dict(part=part, n=c["n"], window=c["window"], variant=variant,
+                                       instructions=counts[variant][part],
+                                       overhead=(counts[variant][part] / base - 1) * 100))
+    table = common.format_table(instr_rows, [("kernels", "part", "s"), ("n", "n", "d"), ("W", "window", "d"),
+                                             ("sinks", "variant", "s"), ("instructions", "instructions", "d"),
+                                             ("vs plain %", "overhead", "+.2f")])
+    common.log("\n" + table)
+    stem = common.result_stem("sinks_instructions", env, args.out)
+    common.save_json(stem.with_suffix(".json"), dict(env=env, command=common.python_command(),
+                                                     sink_tokens=SINK_TOKENS, rows=instr_rows))
+    stem.with_suffix(".md").write_text(
+        f"# Attention sinks: instructions the CPU kernels execute, vs the same call without sinks\n\n"
+        f"`{common.python_command()}`, commit {env['git_commit']}. callgrind, one thread, counting inside the "
+        f"forward and backward task loops only; the AVX2 kernels (valgrind has no AVX-512). B = 1, H = 8, D = 64, "
+        f"float32, causal sliding window W, sink tokens S = {SINK_TOKENS}, logits one per head.\n\n"
+        f"```\n{table}\n```\n")
+    common.log(f"wrote {stem}.json / .md")
+
+
 def main():
     parser = common.add_common_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds per case")
+    parser.add_argument("--rounds", type=int, default=3, help="FlexAttention: round-robin rounds per case")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the kernels' instructions under callgrind instead of timing (CPU)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="ours: seconds of interleaved calls per case and pass (default 20, smoke 1)")
     args = parser.parse_args()
     device = common.pick_device(args)
     env = common.env_info(device)
     common.banner("attention sinks: overhead vs the same call without sinks")
     common.print_env(env)
     timer = common.Timer(device, rep_ms=args.rep_ms or (40.0 if args.smoke else 300.0))
+    if args.instructions:
+        return count_instructions(args, device, env)
     rows = []
+    seconds = args.seconds if args.seconds is not None else (1.0 if args.smoke else 20.0)
     for c in cases(args, device):
         q, k, v, sinks = make_inputs(c, device)
-        fns, agree = {}, {}
-        for variant in VARIANTS:
-            def fwd(variant=variant):
-                with torch.no_grad():
-                    return ours(q, k, v, sinks, c["window"], variant)
+        fns, agree, ours_fns = {}, {}, {"forward": {}, "forward+backward": {}}
+        for variant in VARIANTS + [AGAIN]:
+            kind = "plain" if variant == AGAIN else variant
 
-            def fwd_bwd(variant=variant):
-                out, lse = ours(q, k, v, sinks, c["window"], variant)
-                inputs = (q, k, v) + ((sinks,) if variant in ("logits", "both") else ())
+            def fwd(kind=kind):
+                with torch.no_grad():
+                    return ours(q, k, v, sinks, c["window"], kind)
+
+            def fwd_bwd(kind=kind):
+                out, lse = ours(q, k, v, sinks, c["window"], kind)
+                inputs = (q, k, v) + ((sinks,) if kind in ("logits", "both") else ())
                 return torch.autograd.grad(out.float().square().sum() + lse.sum(), inputs)
 
-            fns[("ours", "forward", variant)] = fwd
-            fns[("ours", "forward+backward", variant)] = fwd_bwd
+            ours_fns["forward"][variant] = fwd
+            ours_fns["forward+backward"][variant] = fwd_bwd
+            if variant == AGAIN:
+                continue
             try:
                 flex_fn = flex_callable(q, k, v, sinks, c["window"], variant)
                 # The peer computes the same thing: checked once per case.
@@ -125,6 +256,10 @@ def main():
             except Exception as e:  # Unavailable, a compile failure
                 common.log(f"  flex {variant}: unavailable ({type(e).__name__}: {str(e)[:300]})")
         best = {}
+        for direction, direction_fns in ours_fns.items():
+            common.log(f"  ours {direction}: {seconds:g} s of interleaved calls")
+            for variant, ms in interleaved(direction_fns, seconds, timer.sync).items():
+                best[("ours", direction, variant)] = ms
         for r in range(args.rounds):
             for key, fn in fns.items():
                 try:
@@ -135,7 +270,7 @@ def main():
                 best[key] = min(best.get(key, math.inf), ms)
         for impl, direction in sorted({(i, d) for i, d, _ in best}):
             base = best.get((impl, direction, "plain"))
-            for variant in VARIANTS:
+            for variant in VARIANTS + [AGAIN]:
                 ms = best.get((impl, direction, variant))
                 if ms is None:
                     continue
@@ -157,7 +292,9 @@ def main():
         f"# Attention sinks: cost vs the same call without sinks\n\n`{common.python_command()}`, "
         f"{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads, load "
         f"{env['load_avg_1min']}, commit {env['git_commit']}. B = 1, H = 8, D = 64, causal sliding window W, "
-        f"sink tokens S = {SINK_TOKENS}, logits one per head; best of {args.rounds} round-robin medians.\n\n"
+        f"sink tokens S = {SINK_TOKENS}, logits one per head. Ours: 20th percentile of calls interleaved "
+        f"variant by variant for {seconds:g} s per case and pass; '{AGAIN}' is the plain call timed again, "
+        f"the run's noise floor. FlexAttention: best of {args.rounds} round-robin medians.\n\n"
         f"```\n{table}\n```\n")
     panels = []
     for direction in ("forward", "forward+backward"):
