@@ -99,7 +99,6 @@ __device__ __forceinline__ KeyTileRows key_tile_rows(const SeenKeys& seen, int64
   return r;
 }
 
-
 // ---- score gradient of one element ------------------------------------------------
 
 constexpr float kLog2e = 1.4426950408889634f;

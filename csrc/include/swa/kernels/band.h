@@ -207,20 +207,6 @@ SWA_HOST_DEVICE KeyRange band_row_range(Band band, int64_t key_begin, int64_t ke
   return row_range(band, key_begin, key_end);
 }
 
-// The first row that sees key j through its sink run (j < sink_end(i));
-// every later row does too (sink_end is non-decreasing in the row), so the
-// rows are [sink_row_begin, seqlen_q). seqlen_q when no row does.
-SWA_HOST_DEVICE int64_t sink_row_begin(const Band& band, int64_t key) {
-  int64_t lo = 0, hi = band.seqlen_q;  // the answer lies in [lo, hi]
-  if (key < 0 || key >= band.sink_tokens) return hi;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (key < band.sink_end(mid)) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
-}
-
 // The query tiles of height block_m whose rows see any key of key tile n_block:
 // [m_block_min, m_block_max) in TileRange's fields. The backward pass walks
 // this range per key tile.
