@@ -92,14 +92,13 @@ def test_forward_matches_reference(case, dtype, device):
     assert_lse(lse, ref_lse)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES[:16], ids=case_id)
-def test_backward_matches_reference(case, dtype, device):
+def assert_backward_matches_reference(case, dtype, device, seed):
+    """Gradients of q, k, v (and sinks) of a random loss on out and lse
+    against the float64 reference, by FlashAttention's rule."""
     q, k, v, sinks, args = setup(case, dtype, device, grad=True)
     S = case["sink_tokens"]
     out, lse = call(q, k, v, sinks, case, args)
-    g = torch.Generator().manual_seed(11)
+    g = torch.Generator().manual_seed(seed)
     dout = torch.randn(out.shape, generator=g).to(device=device, dtype=dtype)
     dlse = torch.randn(lse.shape, generator=g).to(device)
     finite = torch.isfinite(lse).detach()
@@ -119,10 +118,18 @@ def test_backward_matches_reference(case, dtype, device):
         assert_fa_rule(got, r64, rlp, 3, atol, f"grad {name}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES[:16], ids=case_id)
+def test_backward_matches_reference(case, dtype, device):
+    assert_backward_matches_reference(case, dtype, device, seed=11)
+
+
 # Sequences many row tiles past the window, so that most rows see the sink
-# tokens through their sink runs only (the dK/dV pass takes those pairs rows
-# in lanes, the sink keys' band rows keys in lanes): sink counts below, at and
-# past a tile of keys, GQA, Sq != Sk, a partial last head dim vector.
+# tokens through their sink runs only (on the CPU the dQ pass takes those
+# pairs for up to 16 sink tokens, the dK/dV pass the sink keys' band rows and,
+# past 16, all of theirs): sink counts below, at and past a tile of keys, GQA,
+# Sq != Sk, a partial last head dim vector.
 LONG_SINK_CASES = [
     dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=300, seqlen_k=300, head_dim=40, window_left=20, window_right=0,
          softcap=0.0, sink_tokens=S, logits=logits)
@@ -138,24 +145,7 @@ LONG_SINK_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", LONG_SINK_CASES, ids=case_id)
 def test_backward_sink_rows_far_past_the_window(case, dtype):
-    q, k, v, sinks, args = setup(case, dtype, "cpu", grad=True)
-    S = case["sink_tokens"]
-    out, lse = call(q, k, v, sinks, case, args)
-    g = torch.Generator().manual_seed(5)
-    dout = torch.randn(out.shape, generator=g).to(dtype=dtype)
-    dlse = torch.randn(lse.shape, generator=g)
-
-    def loss(o, l):
-        return (o.double() * dout.double()).sum() + (l.double() * dlse.double()).sum()
-
-    inputs = (q, k, v) + ((sinks,) if sinks is not None else ())
-    grads = torch.autograd.grad(loss(out, lse), inputs)
-    ref = torch.autograd.grad(loss(*attention_ref(q, k, v, *args, sinks=sinks, sink_tokens=S)), inputs)
-    ref_lowp = torch.autograd.grad(loss(*attention_ref(q, k, v, *args, upcast=False, sinks=sinks,
-                                                       sink_tokens=S)), inputs)
-    for name, got, r64, rlp in zip(["q", "k", "v", "sinks"], grads, ref, ref_lowp):
-        atol = tolerance(dtype) * (q.shape[0] * q.shape[2] if name == "sinks" else 1)
-        assert_fa_rule(got, r64, rlp, 3, atol, f"grad {name}")
+    assert_backward_matches_reference(case, dtype, "cpu", seed=5)
 
 
 @pytest.mark.parametrize("kind", ["logits", "tokens", "both"])
