@@ -197,17 +197,25 @@ def count_instructions(args, device, env):
     table = common.format_table(instr_rows, [("kernels", "part", "s"), ("n", "n", "d"), ("W", "window", "d"),
                                              ("sinks", "variant", "s"), ("instructions", "instructions", "d"),
                                              ("vs plain %", "overhead", "+.2f")])
-    common.log("\n" + table)
-    stem = common.result_stem("sinks_instructions", env, args.out)
-    common.save_json(stem.with_suffix(".json"), dict(env=env, command=common.python_command(),
-                                                     sink_tokens=SINK_TOKENS, rows=instr_rows))
-    stem.with_suffix(".md").write_text(
-        f"# Attention sinks: instructions the CPU kernels execute, vs the same call without sinks\n\n"
-        f"`{common.python_command()}`, commit {env['git_commit']}. callgrind, one thread, counting inside the "
-        f"forward and backward task loops only; the AVX2 kernels (valgrind has no AVX-512). B = 1, H = 8, D = 64, "
-        f"float32, causal sliding window W, sink tokens S = {SINK_TOKENS}, logits one per head.\n\n"
-        f"```\n{table}\n```\n")
+    stem = write_results(args, env, "sinks_instructions", instr_rows, table,
+                         "instructions the CPU kernels execute, vs the same call without sinks",
+                         f"commit {env['git_commit']}. callgrind, one thread, counting inside the forward and "
+                         f"backward task loops only; the AVX2 kernels (valgrind has no AVX-512). B = 1, H = 8, "
+                         f"D = 64, float32, causal sliding window W, sink tokens S = {SINK_TOKENS}, logits one per "
+                         f"head.")
     common.log(f"wrote {stem}.json / .md")
+
+
+def write_results(args, env, name, rows, table, title, description):
+    """Logs the table; writes bench/results/<name>_... .json (the rows) and
+    .md (title, command, description, table). Returns the stem."""
+    common.log("\n" + table)
+    stem = common.result_stem(name, env, args.out)
+    common.save_json(stem.with_suffix(".json"), dict(env=env, command=common.python_command(),
+                                                     sink_tokens=SINK_TOKENS, rows=rows))
+    stem.with_suffix(".md").write_text(f"# Attention sinks: {title}\n\n`{common.python_command()}`, "
+                                       f"{description}\n\n```\n{table}\n```\n")
+    return stem
 
 
 def main():
@@ -284,18 +292,13 @@ def main():
                ("W", "window", "d"), ("sinks", "variant", "s"), ("ms", "ms", ".2f"),
                ("vs plain %", "overhead", "+.1f")]
     table = common.format_table(rows, columns)
-    common.log("\n" + table)
-    stem = common.result_stem("sinks", env, args.out)
-    common.save_json(stem.with_suffix(".json"), dict(env=env, command=common.python_command(),
-                                                     sink_tokens=SINK_TOKENS, rows=rows))
-    stem.with_suffix(".md").write_text(
-        f"# Attention sinks: cost vs the same call without sinks\n\n`{common.python_command()}`, "
+    stem = write_results(
+        args, env, "sinks", rows, table, "cost vs the same call without sinks",
         f"{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads, load "
         f"{env['load_avg_1min']}, commit {env['git_commit']}. B = 1, H = 8, D = 64, causal sliding window W, "
         f"sink tokens S = {SINK_TOKENS}, logits one per head. Ours: 20th percentile of calls interleaved "
         f"variant by variant for {seconds:g} s per case and pass; '{AGAIN}' is the plain call timed again, "
-        f"the run's noise floor. FlexAttention: best of {args.rounds} round-robin medians.\n\n"
-        f"```\n{table}\n```\n")
+        f"the run's noise floor. FlexAttention: best of {args.rounds} round-robin medians.")
     panels = []
     for direction in ("forward", "forward+backward"):
         series = {}
