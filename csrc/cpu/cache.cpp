@@ -1,13 +1,12 @@
 // CPU backend of the rolling KV cache ops (see swa/kernels/ring.h for the
-// slot rule and the virtual key sequence of cache_attention).
+// slot rule and the virtual key sequence of cache_attention; the packed
+// overloads are in cpu/cache_varlen.cpp).
 //
-// A run of consecutive positions occupies consecutive ring slots, wrapping
-// once at most (a run is never longer than C), so every ring access here is
-// at most two slices of the ring. cache_attention with few new tokens (a
-// decoding step) runs the decode kernel (cpu/decode.h), which reads those
-// slices in place; a longer chunk (prefill) builds each sequence's virtual
-// key sequence (ring slots, then the new keys) and runs the exact CPU
-// attention kernel on it.
+// Every ring access is at most two slices of the ring (cpu/ring_rows.h).
+// cache_attention with few new tokens (a decoding step) runs the decode
+// kernel (cpu/decode.h), which reads those slices in place; a longer chunk
+// (prefill) builds each sequence's virtual key sequence (ring slots, then
+// the new keys) and runs the exact CPU attention kernel on it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +15,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/decode.h"
+#include "cpu/ring_rows.h"
 #include "ops/cache_checks.h"
 #include "ops/sinks.h"
 #include "swa/kernels/ring.h"
@@ -25,51 +25,12 @@ namespace {
 
 namespace kn = SWA_KERNEL_NS;
 
-// The n ring rows starting at slot, wrapping past C: (Hkv, n, D). A view when
-// they do not wrap, else a copy. (ring: the ring's slots only, after any
-// sink slots.)
-at::Tensor read_ring(const at::Tensor& ring, int64_t slot, int64_t n) {  // ring (Hkv, C, D)
-  const int64_t head = std::min(n, ring.size(1) - slot);  // rows before the wrap
-  if (head == n) return ring.narrow(1, slot, n);
-  return at::cat({ring.narrow(1, slot, head), ring.narrow(1, 0, n - head)}, 1);
-}
-
-// The ring of one sequence's buffer (Hkv, S + C, D): its slots after the S sink slots.
-at::Tensor ring_of(const at::Tensor& buffer, int64_t sinks) {
-  return buffer.narrow(1, sinks, buffer.size(1) - sinks);
-}
-
-// Writes src (Hkv, n, D) into the n ring rows starting at slot, wrapping.
-void write_ring(const at::Tensor& ring, int64_t slot, const at::Tensor& src) {  // ring (Hkv, C, D)
-  const int64_t n = src.size(1);
-  const int64_t head = std::min(n, ring.size(1) - slot);
-  ring.narrow(1, slot, head).copy_(src.narrow(1, 0, head));
-  if (n > head) ring.narrow(1, 0, n - head).copy_(src.narrow(1, head, n - head));
-}
-
-// Positions pos .. pos + T - 1 into the ring after `sinks` sink slots (the
-// last C when T > C), and positions below `sinks` into their sink slots too.
+// cache_append of every sequence (ring_rows.h), `sinks` sink slots before the rings.
 void append_tokens(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& pos, const CacheShape& cache, int64_t sinks) {
-  const int64_t new_len = k.size(2);
-  const int64_t capacity = cache.capacity - sinks;
-  // Only the last C tokens land when T > C (the earlier ones would be
-  // overwritten by them anyway).
-  const int64_t first = kn::append_first_row(new_len, capacity);
-  const int64_t landing = new_len - first;
-  if (landing == 0 || cache.heads_kv == 0) return;
   const int64_t* p = pos.data_ptr<int64_t>();
-  for (int64_t b = 0; b < cache.batch; ++b) {
-    const int64_t slot = kn::ring_slot(p[b] + first, capacity);
-    write_ring(ring_of(k_cache.select(0, b), sinks), slot, k.select(0, b).narrow(1, first, landing));
-    write_ring(ring_of(v_cache.select(0, b), sinks), slot, v.select(0, b).narrow(1, first, landing));
-    // Sink positions [pos, min(S, pos + T)) also go to sink slots pos ..
-    const int64_t sink_rows = std::min(sinks, p[b] + new_len) - p[b];
-    if (sink_rows > 0) {
-      k_cache.select(0, b).narrow(1, p[b], sink_rows).copy_(k.select(0, b).narrow(1, 0, sink_rows));
-      v_cache.select(0, b).narrow(1, p[b], sink_rows).copy_(v.select(0, b).narrow(1, 0, sink_rows));
-    }
-  }
+  for (int64_t b = 0; b < cache.batch; ++b)
+    append_sequence(k_cache.select(0, b), v_cache.select(0, b), k.select(0, b), v.select(0, b), p[b], sinks);
 }
 
 void cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
@@ -133,25 +94,14 @@ std::tuple<at::Tensor, at::Tensor> attend_cache(const char* op, const at::Tensor
   const int64_t* p = pos.data_ptr<int64_t>();
   auto attend_sequence = [&](int64_t b) {
     // Sequences sit at different positions, so each has its own virtual key
-    // sequence: the sink slots the window no longer holds, ring slots of
-    // positions key_start .. pos - 1, then k_new.
+    // sequence (ring_rows.h).
     const kn::RingView view{p[b], shape.seqlen_q, window, capacity, sinks.tokens};
-    std::vector<at::Tensor> ks, vs;
-    if (view.sink_len() > 0) {
-      ks.push_back(k_cache.select(0, b).narrow(1, 0, view.sink_len()).unsqueeze(0));
-      vs.push_back(v_cache.select(0, b).narrow(1, 0, view.sink_len()).unsqueeze(0));
-    }
-    if (view.ring_len() > 0) {
-      const int64_t slot = view.slot(view.sink_len()) - sinks.tokens;  // in the ring; the rest follow on
-      ks.push_back(read_ring(ring_of(k_cache.select(0, b), sinks.tokens), slot, view.ring_len()).unsqueeze(0));
-      vs.push_back(read_ring(ring_of(v_cache.select(0, b), sinks.tokens), slot, view.ring_len()).unsqueeze(0));
-    }
-    ks.push_back(k_new.narrow(0, b, 1));  // (1, Hkv, T, D)
-    vs.push_back(v_new.narrow(0, b, 1));
-    const at::Tensor k_b = ks.size() == 1 ? ks[0] : at::cat(ks, 2), v_b = vs.size() == 1 ? vs[0] : at::cat(vs, 2);
+    auto [k_b, v_b] = virtual_keys(k_cache.select(0, b), v_cache.select(0, b), k_new.select(0, b),
+                                   v_new.select(0, b), view);
     // (1, Hkv, seqlen_k, D) keys; the T queries are its last T positions.
     at::Tensor out_b = out.narrow(0, b, 1), lse_b = lse.narrow(0, b, 1);
-    attention_forward_into(q.narrow(0, b, 1), k_b, v_b, window - 1, 0, softmax_scale_value, softcap, out_b, lse_b,
+    attention_forward_into(q.narrow(0, b, 1), k_b.unsqueeze(0), v_b.unsqueeze(0), window - 1, 0,
+                           softmax_scale_value, softcap, out_b, lse_b,
                            SinkArgs{sinks.logits, sinks.tokens});  // the first S virtual keys (ring.h)
   };
   // One sequence: the kernel parallelises over heads and query tiles. Several:

@@ -38,15 +38,17 @@ void choose_splits(DecodeProblem& p, int64_t tasks, int64_t max_keys) {
 // out = sum O_s 2^(m_s - M) / l, lse = (M + log2 l) ln 2 (m in base 2); the
 // sink logit joins here, once (cpu/row_softmax.h).
 template <class T, class In>
-void merge(const DecodeProblem& p, int64_t batch) {
-  const int64_t R = decode_rows(p), D = p.head_dim, stride = decode_partial_stride(p);
+void merge(const DecodeProblem& p, int64_t count) {
+  const int64_t D = p.head_dim, stride = decode_partial_stride(p);
   const T* part = static_cast<const T*>(p.partial);
   std::vector<T> o(D);
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t i = 0; i < count; ++i) {
+    const DecodeSequence seq = decode_sequence(p, i);
+    const int64_t b = seq.b, R = p.group * seq.new_len;
     for (int64_t hk = 0; hk < p.heads_kv; ++hk) {
-      const T* task0 = part + (b * p.heads_kv + hk) * p.splits * stride;
+      const T* task0 = part + (i * p.heads_kv + hk) * p.splits * stride;
       for (int64_t r = 0; r < R; ++r) {
-        const int64_t h = hk * p.group + r / p.new_len, t = r % p.new_len;
+        const int64_t h = hk * p.group + r / seq.new_len, t = seq.row0 + r % seq.new_len;
         T mx = -std::numeric_limits<T>::infinity();
         bool nan = false;  // a split with a NaN score makes the row NaN (the README's contract)
         for (int64_t s = 0; s < p.splits; ++s) {
@@ -77,59 +79,65 @@ void merge(const DecodeProblem& p, int64_t batch) {
 
 bool decode_path_applies(int64_t new_len, int64_t group) { return new_len * group <= kDecodeMaxRows; }
 
-void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const at::Tensor& v_new_in,
-                       const at::Tensor& k_cache_in, const at::Tensor& v_cache_in, const at::Tensor& pos,
-                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
-                       const SinkArgs& sinks) {
-  if (q_in.numel() == 0) return;
-  // The kernel reads and writes rows with unit stride along the head dim.
-  const at::Tensor q = unit_last(q_in), k_new = unit_last(k_new_in), v_new = unit_last(v_new_in);
-  const at::Tensor k_cache = unit_last(k_cache_in), v_cache = unit_last(v_cache_in);
-  at::Tensor out_rows = unit_last(out);
-  TORCH_INTERNAL_ASSERT(lse.scalar_type() == at::kFloat && out.scalar_type() == q.scalar_type());
-  const at::Tensor pos_c = pos.contiguous();
+namespace {
 
-  DecodeProblem p;
-  p.dtype = q.scalar_type();
-  p.q = q.data_ptr();
-  p.k_new = k_new.data_ptr();
-  p.v_new = v_new.data_ptr();
-  p.k_cache = k_cache.data_ptr();
-  p.v_cache = v_cache.data_ptr();
-  p.out = out_rows.data_ptr();
+// The problem's fields that do not depend on the layout: the tensors' data,
+// the cache's, the window and sinks, the scale and softcap.
+struct DecodeInputs {
+  at::Tensor q, k_new, v_new, k_cache, v_cache, out_rows, pos, sink_logits;
+};
+
+DecodeInputs fill_common(DecodeProblem& p, const at::Tensor& q_in, const at::Tensor& k_new_in,
+                         const at::Tensor& v_new_in, const at::Tensor& k_cache_in, const at::Tensor& v_cache_in,
+                         const at::Tensor& pos, int64_t window, double scale, double softcap, at::Tensor& out,
+                         at::Tensor& lse, const SinkArgs& sinks) {
+  DecodeInputs in;
+  // The kernel reads and writes rows with unit stride along the head dim.
+  in.q = unit_last(q_in), in.k_new = unit_last(k_new_in), in.v_new = unit_last(v_new_in);
+  in.k_cache = unit_last(k_cache_in), in.v_cache = unit_last(v_cache_in);
+  in.out_rows = unit_last(out);
+  TORCH_INTERNAL_ASSERT(lse.scalar_type() == at::kFloat && out.scalar_type() == in.q.scalar_type());
+  in.pos = pos.contiguous();
+  p.dtype = in.q.scalar_type();
+  p.q = in.q.data_ptr();
+  p.k_new = in.k_new.data_ptr();
+  p.v_new = in.v_new.data_ptr();
+  p.k_cache = in.k_cache.data_ptr();
+  p.v_cache = in.v_cache.data_ptr();
+  p.out = in.out_rows.data_ptr();
   p.lse = lse.data_ptr<float>();
-  p.pos = pos_c.data_ptr<int64_t>();
-  fill_strides(p.q_stride, q);
-  fill_strides(p.k_new_stride, k_new);
-  fill_strides(p.v_new_stride, v_new);
-  fill_strides(p.k_cache_stride, k_cache);
-  fill_strides(p.v_cache_stride, v_cache);
-  fill_strides(p.out_stride, out_rows);
-  fill_strides(p.lse_stride, lse);
-  const int64_t batch = q.size(0);
-  p.heads_kv = k_new.size(1);
-  p.group = q.size(1) / p.heads_kv;
-  p.new_len = q.size(2);
-  p.head_dim = q.size(3);
+  p.pos = in.pos.data_ptr<int64_t>();
+  fill_strides(p.k_cache_stride, in.k_cache);
+  fill_strides(p.v_cache_stride, in.v_cache);
+  p.heads_kv = in.k_cache.size(1);
+  p.head_dim = in.q.size(-1);
   p.window = window;
   p.sink_tokens = sinks.tokens;
-  p.capacity = k_cache.size(2) - sinks.tokens;  // the ring after the sink slots
-  at::Tensor sink_logits;  // [Hq] float64
-  if (sinks.logits.has_value()) {
-    sink_logits = sinks.logits->to(at::kDouble).contiguous();
-    p.sinks = sink_logits.data_ptr<double>();
+  p.capacity = in.k_cache.size(2) - sinks.tokens;  // the ring after the sink slots
+  if (sinks.logits.has_value()) {  // [Hq] float64
+    in.sink_logits = sinks.logits->to(at::kDouble).contiguous();
+    p.sinks = in.sink_logits.data_ptr<double>();
   }
   p.scale = scale;
   p.softcap = kernel_softcap(softcap);  // as attention_forward_into: tiny caps stay on
+  return in;
+}
+
+// Splits the window, runs the tasks of the problem's `count` sequences with
+// the kernel built for this CPU, merges the splits.
+void run_problem(DecodeProblem& p, int64_t count, const DecodeInputs& in, at::Tensor& out) {
   int64_t max_keys = 1;
-  for (int64_t b = 0; b < batch; ++b)
-    max_keys = std::max(max_keys, SWA_KERNEL_NS::RingView{p.pos[b], p.new_len, window, p.capacity, p.sink_tokens}.seqlen_k());
-  const int64_t heads = batch * p.heads_kv;
+  for (int64_t i = 0; i < count; ++i) {
+    const DecodeSequence seq = decode_sequence(p, i);
+    max_keys = std::max(
+        max_keys, SWA_KERNEL_NS::RingView{p.pos[seq.b], seq.new_len, p.window, p.capacity, p.sink_tokens}.seqlen_k());
+  }
+  const int64_t heads = count * p.heads_kv;
   choose_splits(p, heads, max_keys);
   at::Tensor partial;
   if (p.splits > 1) {
     const auto acc_dtype = p.dtype == at::kDouble ? at::kDouble : at::kFloat;
-    partial = at::empty({heads * p.splits * decode_partial_stride(p)}, q.options().dtype(acc_dtype));
+    partial = at::empty({heads * p.splits * decode_partial_stride(p)}, in.q.options().dtype(acc_dtype));
     p.partial = partial.data_ptr();
   } else {
     p.partial = nullptr;
@@ -148,14 +156,67 @@ void cache_decode_into(const at::Tensor& q_in, const at::Tensor& k_new_in, const
                    [&](TaskQueue& queue) { run(p, queue); });
   if (p.splits > 1) {
     switch (p.dtype) {
-      case at::kDouble: merge<double, double>(p, batch); break;
-      case at::kFloat: merge<float, float>(p, batch); break;
-      case at::kHalf: merge<float, c10::Half>(p, batch); break;
-      case at::kBFloat16: merge<float, c10::BFloat16>(p, batch); break;
+      case at::kDouble: merge<double, double>(p, count); break;
+      case at::kFloat: merge<float, float>(p, count); break;
+      case at::kHalf: merge<float, c10::Half>(p, count); break;
+      case at::kBFloat16: merge<float, c10::BFloat16>(p, count); break;
       default: TORCH_CHECK(false, "swa::cache_attention: unsupported dtype ", p.dtype);
     }
   }
-  if (!out_rows.is_same(out)) out.copy_(out_rows);
+  if (!in.out_rows.is_same(out)) out.copy_(in.out_rows);
+}
+
+// Strides of a packed [T, H, D] operand as the kernel's (batch, head, row):
+// no batch step, rows are tokens.
+void fill_packed_strides(int64_t (&dst)[3], const at::Tensor& t) {
+  dst[0] = 0;
+  dst[1] = t.stride(1);
+  dst[2] = t.stride(0);
+}
+
+}  // namespace
+
+void cache_decode_into(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                       const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
+                       int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
+                       const SinkArgs& sinks) {
+  if (q.numel() == 0) return;
+  DecodeProblem p;
+  const DecodeInputs in = fill_common(p, q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap, out, lse,
+                                      sinks);
+  fill_strides(p.q_stride, in.q);
+  fill_strides(p.k_new_stride, in.k_new);
+  fill_strides(p.v_new_stride, in.v_new);
+  fill_strides(p.out_stride, in.out_rows);
+  fill_strides(p.lse_stride, lse);
+  p.group = in.q.size(1) / p.heads_kv;
+  p.new_len = in.q.size(2);
+  run_problem(p, in.q.size(0), in, out);
+}
+
+void cache_decode_varlen_into(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                              const int64_t* cu_seqlens, const std::vector<int64_t>& sequences,
+                              const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
+                              int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
+                              const SinkArgs& sinks) {
+  if (sequences.empty() || q.size(1) == 0 || q.size(2) == 0) return;
+  DecodeProblem p;
+  const DecodeInputs in = fill_common(p, q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap, out, lse,
+                                      sinks);
+  fill_packed_strides(p.q_stride, in.q);
+  fill_packed_strides(p.k_new_stride, in.k_new);
+  fill_packed_strides(p.v_new_stride, in.v_new);
+  fill_packed_strides(p.out_stride, in.out_rows);
+  p.lse_stride[0] = 0;  // lse [Hq, T]
+  p.lse_stride[1] = lse.stride(0);
+  p.lse_stride[2] = lse.stride(1);
+  p.group = in.q.size(1) / p.heads_kv;
+  p.cu_seqlens = cu_seqlens;
+  p.sequences = sequences.data();
+  p.new_len = 0;
+  for (int64_t b : sequences) p.new_len = std::max(p.new_len, cu_seqlens[b + 1] - cu_seqlens[b]);
+  TORCH_INTERNAL_ASSERT(decode_path_applies(p.new_len, p.group));
+  run_problem(p, int64_t(sequences.size()), in, out);
 }
 
 }  // namespace swa::cpu

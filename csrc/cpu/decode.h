@@ -4,6 +4,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "ops/sinks.h"
 
 namespace swa::cpu {
@@ -19,5 +22,16 @@ void cache_decode_into(const at::Tensor& q, const at::Tensor& k_new, const at::T
                        const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
                        int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
                        const SinkArgs& sinks = {});
+
+// The packed form (cache_attention.varlen): q [T, Hq, D], k_new, v_new
+// [T, Hkv, D], out [T, Hq, D] and lse [Hq, T] hold the new tokens of every
+// sequence, sequence b's at rows cu_seqlens[b] .. cu_seqlens[b+1] - 1 (the
+// checked CPU values); runs the sequences listed (each with T_b >= 1 and
+// decode_path_applies(T_b, group)) and leaves the other rows alone.
+void cache_decode_varlen_into(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                              const int64_t* cu_seqlens, const std::vector<int64_t>& sequences,
+                              const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
+                              int64_t window, double scale, double softcap, at::Tensor& out, at::Tensor& lse,
+                              const SinkArgs& sinks = {});
 
 }  // namespace swa::cpu

@@ -42,7 +42,8 @@ struct DecodeKernel {
   static constexpr int kValueVecs = 4;                              // head-dim vectors per value micro-kernel
 
   const DecodeProblem& p;
-  const int64_t D, Dp, R;   // head dim, padded to whole vectors; query rows
+  const int64_t D, Dp;   // head dim, padded to whole vectors
+  int64_t R;             // query rows of the current task (at most decode_rows)
   const int64_t full, tail;  // whole vectors of a row; lanes of the last partial one
   AlignedBuffer<T> q_buf, s_buf, o_buf;
   T* qs;  // (R, Dp)  query rows, zero padded
@@ -317,16 +318,19 @@ struct DecodeKernel {
     }
   }
 
-  // One task: kv head hk of sequence b, keys of split `split`.
-  SWA_INLINE void run_task(int64_t b, int64_t hk, int64_t split) {
+  // One task: kv head hk of the problem's sequence i, keys of split `split`.
+  SWA_INLINE void run_task(int64_t i, int64_t hk, int64_t split) {
     namespace kn = SWA_KERNEL_NS;
-    const int64_t T_new = p.new_len, G = p.group;
+    const DecodeSequence seq = decode_sequence(p, i);
+    const int64_t b = seq.b, row0 = seq.row0, T_new = seq.new_len, G = p.group;
+    R = G * T_new;
     const kn::RingView view{p.pos[b], T_new, p.window, p.capacity, p.sink_tokens};
     const kn::Band band = view.band();
     const int64_t sink_len = view.sink_len(), ring_len = view.ring_len(), seqlen_k = view.seqlen_k();
     // Rows r = g * T + t: query head hk * G + g, new token t.
     for (int64_t g = 0; g < G; ++g) {
-      const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + (hk * G + g) * p.q_stride[1];
+      const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + (hk * G + g) * p.q_stride[1] +
+                    row0 * p.q_stride[2];
       for (int64_t t = 0; t < T_new; ++t) {
         const int64_t r = g * T_new + t;
         for (int64_t d = 0; d < Dp; ++d) qs[r * Dp + d] = d < D ? T(q[t * p.q_stride[2] + d]) : T(0);
@@ -350,8 +354,10 @@ struct DecodeKernel {
     // slots up to the wrap, ring slots from the ring's first slot, the new keys.
     const In* kc = static_cast<const In*>(p.k_cache) + b * p.k_cache_stride[0] + hk * p.k_cache_stride[1];
     const In* vc = static_cast<const In*>(p.v_cache) + b * p.v_cache_stride[0] + hk * p.v_cache_stride[1];
-    const In* kn_ = static_cast<const In*>(p.k_new) + b * p.k_new_stride[0] + hk * p.k_new_stride[1];
-    const In* vn = static_cast<const In*>(p.v_new) + b * p.v_new_stride[0] + hk * p.v_new_stride[1];
+    const In* kn_ = static_cast<const In*>(p.k_new) + b * p.k_new_stride[0] + hk * p.k_new_stride[1] +
+                    row0 * p.k_new_stride[2];
+    const In* vn = static_cast<const In*>(p.v_new) + b * p.v_new_stride[0] + hk * p.v_new_stride[1] +
+                   row0 * p.v_new_stride[2];
     const int64_t ring_end = sink_len + ring_len;  // virtual keys below: in the cache buffer
     const int64_t slot0 = ring_len > 0 ? view.slot(sink_len) : 0;
     const int64_t before_wrap = std::min(ring_len, p.sink_tokens + p.capacity - slot0);
@@ -379,7 +385,7 @@ struct DecodeKernel {
     set_rows(false);
     walk(band.key_begin(0), seqlen_k);
     if (p.splits > 1) {
-      T* part = static_cast<T*>(p.partial) + ((b * p.heads_kv + hk) * p.splits + split) * decode_partial_stride(p);
+      T* part = static_cast<T*>(p.partial) + ((i * p.heads_kv + hk) * p.splits + split) * decode_partial_stride(p);
       for (int64_t r = 0; r < R; ++r) {
         T* row = part + r * (2 + D);
         row[0] = m[r];
@@ -390,8 +396,8 @@ struct DecodeKernel {
     }
     for (int64_t g = 0; g < G; ++g) {
       const int64_t h = hk * G + g;
-      In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1];
-      float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1];
+      In* out = static_cast<In*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + row0 * p.out_stride[2];
+      float* lse = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1] + row0 * p.lse_stride[2];
       for (int64_t t = 0; t < T_new; ++t) {
         const int64_t r = g * T_new + t;
         // l = 0: no key seen (out 0, lse -inf or the sink's); NaN: a NaN score.
@@ -408,8 +414,7 @@ struct DecodeKernel {
       for (int64_t task = task_begin; task < task_end; ++task) {
         const int64_t split = task % p.splits;
         const int64_t hk = (task / p.splits) % p.heads_kv;
-        const int64_t b = task / (p.splits * p.heads_kv);
-        run_task(b, hk, split);
+        run_task(task / (p.splits * p.heads_kv), hk, split);
       }
     }
   }

@@ -39,7 +39,16 @@ struct DecodeProblem {
   int64_t sink_tokens = 0;
   const double* sinks = nullptr;
   double scale, softcap;
-  // Window split: task = (b * heads_kv + hk) * splits + split, the split
+  // Packed new tokens (cache_attention.varlen), or null (the padded layout):
+  // sequence b's T_b <= new_len tokens are rows cu_seqlens[b] ..
+  // cu_seqlens[b+1] - 1 of q, k_new, v_new, out and lse (stride [2]; stride
+  // [0] is 0), and the problem's sequences are those listed in `sequences`
+  // (cache sequences; T_b >= 1 each), so the decode steps of a mixed batch
+  // run here while its prefill chunks go elsewhere.
+  const int64_t* cu_seqlens = nullptr;
+  const int64_t* sequences = nullptr;
+  // Window split: task = (i * heads_kv + hk) * splits + split (sequence i
+  // of the problem, decode_sequence), the split
   // covering virtual keys [split * split_keys, (split + 1) * split_keys).
   int64_t splits, split_keys;
   // splits > 1: per task, rows x (2 + head_dim) values of the accumulation
@@ -49,7 +58,19 @@ struct DecodeProblem {
   void* partial;
 };
 
-// The accumulation type's rows of one task's partial result.
+// Sequence i of a problem: its cache sequence b, the row of its first new
+// token in q, k_new, v_new, out, lse, and its number of new tokens.
+struct DecodeSequence {
+  int64_t b, row0, new_len;
+};
+inline DecodeSequence decode_sequence(const DecodeProblem& p, int64_t i) {
+  if (p.cu_seqlens == nullptr) return {i, 0, p.new_len};
+  const int64_t b = p.sequences[i];
+  return {b, p.cu_seqlens[b], p.cu_seqlens[b + 1] - p.cu_seqlens[b]};
+}
+
+// The accumulation type's rows of one task's partial result (at most; a
+// packed sequence's first group * T_b).
 inline int64_t decode_rows(const DecodeProblem& p) { return p.group * p.new_len; }
 inline int64_t decode_partial_stride(const DecodeProblem& p) { return decode_rows(p) * (2 + p.head_dim); }
 

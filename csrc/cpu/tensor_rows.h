@@ -8,10 +8,10 @@
 
 namespace swa::cpu {
 
-// t itself when its head dim (dim 3) has unit stride, else a contiguous copy
-// (a head dim of 1 may have any stride: it is never stepped).
+// t itself when its head dim (the last dim) has unit stride, else a
+// contiguous copy (a head dim of 1 may have any stride: it is never stepped).
 inline at::Tensor unit_last(const at::Tensor& t) {
-  return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous();
+  return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
 }
 
 // dst = strides of dims 0, 1, 2 ([B, H, S, D] operands and [B, H, S] lse).

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include "ops/memory_overlap.h"
+#include "ops/varlen_checks.h"
 
 namespace swa {
 namespace {
@@ -115,6 +116,41 @@ CacheShape check_cache_append(const char* op, const at::Tensor& k_cache, const a
   return cache;
 }
 
+CacheShape check_cache_append_varlen(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens,
+                                     const at::Tensor& pos) {
+  const CacheShape cache = check_cache(op, k_cache, v_cache);
+  check_packed(op, "k", k);
+  check_packed(op, "v", v);
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"k", &k}, {"v", &v}}) {
+    TORCH_CHECK(t->scalar_type() == k_cache.scalar_type(), op, ": ", name, " must have k_cache's dtype ",
+                k_cache.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == k_cache.device(), op, ": ", name, " must be on k_cache's device ",
+                k_cache.device(), ", got ", t->device());
+    TORCH_CHECK(t->size(2) <= 1 || t->stride(2) == 1 || t->numel() == 0, op, ": ", name,
+                " must have a contiguous last dim (stride 1), got strides ", t->strides());
+  }
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape [T, Hkv, D], got ", k.sizes(),
+              " and ", v.sizes());
+  TORCH_CHECK(k.size(1) == cache.heads_kv && k.size(2) == cache.head_dim, op,
+              ": k and v must be [T, Hkv, D] with the cache's Hkv = ", cache.heads_kv, " and D = ", cache.head_dim,
+              ", got ", k.sizes());
+  check_cu_seqlens(op, "cu_seqlens", cu_seqlens, k_cache.device(), "k_cache");
+  TORCH_CHECK(cu_seqlens.size(0) == cache.batch + 1, op, ": cu_seqlens must have B + 1 = ", cache.batch + 1,
+              " entries (one ring per sequence: k_cache's B = ", cache.batch, "), got ", cu_seqlens.size(0));
+  check_pos(op, pos, cache, k_cache.device());
+  check_writable(op, "k_cache", k_cache);
+  check_writable(op, "v_cache", v_cache);
+  check_apart(op, "k_cache", k_cache, "v_cache", v_cache);
+  for (auto [dest_name, dest] : {std::pair<const char*, const at::Tensor*>{"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
+    check_apart(op, dest_name, *dest, "k", k);
+    check_apart(op, dest_name, *dest, "v", v);
+    check_apart(op, dest_name, *dest, "cu_seqlens", cu_seqlens);
+    check_apart(op, dest_name, *dest, "pos", pos);
+  }
+  return cache;
+}
+
 CacheShape check_cache_gather(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
                               const at::Tensor& pos, int64_t n) {
   const CacheShape cache = check_cache(op, k_cache, v_cache);
@@ -155,6 +191,41 @@ AttentionShape check_cache_attention(const char* op, const at::Tensor& q, const 
               ", Hkv = ", shape.heads_kv, " and D = ", shape.head_dim, ", got ", k_cache.sizes());
   TORCH_CHECK(cache.capacity >= window - 1, op, ": k_cache's capacity C (dim 2) must be >= window - 1 = ",
               window - 1, " (the ring must hold every earlier key a query sees), got ", cache.capacity);
+  check_pos(op, pos, cache, q.device());
+  return shape;
+}
+
+AttentionShape check_cache_attention_varlen(const char* op, const at::Tensor& q, const at::Tensor& k_new,
+                                            const at::Tensor& v_new, const at::Tensor& cu_seqlens_q,
+                                            int64_t max_seqlen_q, const at::Tensor& k_cache,
+                                            const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
+                                            std::optional<double> scale, double softcap) {
+  TORCH_CHECK(window >= 1, op, ": window must be >= 1 (keys seen per query, itself included), got ",
+              window);
+  check_packed(op, "q", q);
+  check_packed(op, "k_new", k_new);
+  check_packed(op, "v_new", v_new);
+  check_like_q(op, "k_new", k_new, q);
+  check_like_q(op, "v_new", v_new, q);
+  TORCH_CHECK(k_new.sizes() == v_new.sizes(), op,
+              ": k_new and v_new must have the same shape [T, Hkv, D], got k_new ", k_new.sizes(), " and v_new ",
+              v_new.sizes());
+  TORCH_CHECK(k_new.size(0) == q.size(0) && k_new.size(2) == q.size(2), op,
+              ": k_new and v_new must hold one key per query (q's T = ", q.size(0), ") and q's head dim ", q.size(2),
+              ", got ", k_new.sizes());
+  const AttentionShape shape = check_attention(op, packed_as_batch(q), packed_as_batch(k_new),
+                                               packed_as_batch(v_new), window - 1, 0, scale, softcap);
+  const CacheShape cache = check_cache(op, k_cache, v_cache);
+  check_like_q(op, "k_cache", k_cache, q);
+  TORCH_CHECK(cache.heads_kv == shape.heads_kv && cache.head_dim == shape.head_dim, op,
+              ": k_cache and v_cache must be [B, Hkv, C, D] with k_new's Hkv = ", shape.heads_kv, " and D = ",
+              shape.head_dim, ", got ", k_cache.sizes());
+  TORCH_CHECK(cache.capacity >= window - 1, op, ": k_cache's capacity C (dim 2) must be >= window - 1 = ",
+              window - 1, " (the ring must hold every earlier key a query sees), got ", cache.capacity);
+  check_cu_seqlens(op, "cu_seqlens_q", cu_seqlens_q, q.device(), "q");
+  TORCH_CHECK(cu_seqlens_q.size(0) == cache.batch + 1, op, ": cu_seqlens_q must have B + 1 = ", cache.batch + 1,
+              " entries (one ring per sequence: k_cache's B = ", cache.batch, "), got ", cu_seqlens_q.size(0));
+  TORCH_CHECK(max_seqlen_q >= 0, op, ": max_seqlen_q must be >= 0, got ", max_seqlen_q);
   check_pos(op, pos, cache, q.device());
   return shape;
 }

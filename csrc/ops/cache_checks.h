@@ -61,6 +61,26 @@ AttentionShape check_cache_attention(const char* op, const at::Tensor& q, const 
                                      const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
                                      std::optional<double> scale, double softcap);
 
+// cache_append.varlen: the ring, packed new tokens k, v [T, Hkv, D] (the
+// cache's dtype, device, Hkv and D), cu_seqlens int32 [B + 1] (the cache's
+// B) on the cache's device, pos, and the in-place write's safety as in
+// check_cache_append. The values of cu_seqlens are not read here
+// (checked_cu_seqlens_values in ops/varlen_checks.h reads them on the CPU).
+CacheShape check_cache_append_varlen(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens,
+                                     const at::Tensor& pos);
+
+// cache_attention.varlen: q [T, Hq, D] and k_new, v_new [T, Hkv, D] as for
+// attention.varlen (one new key per query), cu_seqlens_q int32 [B + 1] (the
+// cache's B) on q's device, max_seqlen_q >= 0, the ring like k_new, pos,
+// window >= 1 and C >= window - 1. Returns the shape of the attention of the
+// [1, H, T, D] views of q over the new keys (batch 1, seqlen_q = seqlen_k = T).
+AttentionShape check_cache_attention_varlen(const char* op, const at::Tensor& q, const at::Tensor& k_new,
+                                            const at::Tensor& v_new, const at::Tensor& cu_seqlens_q,
+                                            int64_t max_seqlen_q, const at::Tensor& k_cache,
+                                            const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
+                                            std::optional<double> scale, double softcap);
+
 // A cache with sink_tokens S sink slots before its ring (swa/kernels/ring.h):
 // S >= 0 and C - S >= max(1, window - 1) ring slots (window 0: any ring).
 // Returns the ring's capacity C - S.

@@ -62,4 +62,18 @@ TORCH_LIBRARY(swa, m) {
       "cache_attention.sinks(Tensor q, Tensor k_new, Tensor v_new, Tensor k_cache, Tensor v_cache, "
       "Tensor pos, int window, float? scale=None, float softcap=0.0, *, Tensor? sinks=None, "
       "int sink_tokens=0) -> (Tensor, Tensor)");
+  // Packed new tokens of B sequences at different stages (continuous
+  // batching: decoding steps and prefill chunks in one call): k, v (k_new,
+  // v_new) [T, Hkv, D] and q [T, Hq, D] hold the tokens back to back,
+  // sequence b's rows cu_seqlens[b] .. cu_seqlens[b+1]-1 (int32 [B + 1]
+  // prefix sums from 0) at positions pos[b] .. of ring b, as the padded ops
+  // do them; zero-length sequences are left alone. cache_attention.varlen
+  // returns out [T, Hq, D] and lse float32 [Hq, T] (attention.varlen's layout).
+  m.def(
+      "cache_append.varlen(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor cu_seqlens, "
+      "Tensor pos, *, int sink_tokens=0) -> ()");
+  m.def(
+      "cache_attention.varlen(Tensor q, Tensor k_new, Tensor v_new, Tensor cu_seqlens_q, int max_seqlen_q, "
+      "Tensor k_cache, Tensor v_cache, Tensor pos, int window, float? scale=None, float softcap=0.0, *, "
+      "Tensor? sinks=None, int sink_tokens=0) -> (Tensor out, Tensor lse)");
 }

@@ -7,32 +7,29 @@ namespace swa {
 
 at::Tensor packed_as_batch(const at::Tensor& t) { return t.transpose(0, 1).unsqueeze(0); }
 
-namespace {
-
-void check_thd(const char* op, const char* name, const at::Tensor& t) {
+void check_packed(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
   TORCH_CHECK(t.dim() == 3, op, ": ", name, " must have 3 dims [T, H, D] (tokens of all sequences back to back), got ",
               t.dim(), " dims (shape ", t.sizes(), ")");
 }
 
-void check_cu(const char* op, const char* name, const at::Tensor& cu, const at::Tensor& q) {
+void check_cu_seqlens(const char* op, const char* name, const at::Tensor& cu, const at::Device& device,
+                      const char* device_owner) {
   TORCH_CHECK(cu.defined(), op, ": ", name, " must be a tensor, got None");
   TORCH_CHECK(cu.scalar_type() == at::kInt && cu.dim() == 1 && cu.size(0) >= 1, op, ": ", name,
               " must be a 1-d int32 tensor [B + 1] of prefix sums starting at 0, got ", cu.scalar_type(), " of shape ",
               cu.sizes());
-  TORCH_CHECK(cu.device() == q.device(), op, ": ", name, " must be on q's device ", q.device(), ", got ",
+  TORCH_CHECK(cu.device() == device, op, ": ", name, " must be on ", device_owner, "'s device ", device, ", got ",
               cu.device());
 }
-
-}  // namespace
 
 VarlenShape check_varlen(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                          int64_t max_seqlen_k, int64_t window_left, int64_t window_right,
                          std::optional<double> scale, double softcap) {
-  check_thd(op, "q", q);
-  check_thd(op, "k", k);
-  check_thd(op, "v", v);
+  check_packed(op, "q", q);
+  check_packed(op, "k", k);
+  check_packed(op, "v", v);
   // The shape checks in the packed layout's terms (check_attention below
   // sees the [1, H, T, D] views).
   TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape [Tk, Hkv, D], got k ", k.sizes(),
@@ -43,8 +40,8 @@ VarlenShape check_varlen(const char* op, const at::Tensor& q, const at::Tensor& 
   VarlenShape s;
   s.heads = check_attention(op, packed_as_batch(q), packed_as_batch(k), packed_as_batch(v), window_left,
                             window_right, scale, softcap);
-  check_cu(op, "cu_seqlens_q", cu_seqlens_q, q);
-  check_cu(op, "cu_seqlens_k", cu_seqlens_k, q);
+  check_cu_seqlens(op, "cu_seqlens_q", cu_seqlens_q, q.device(), "q");
+  check_cu_seqlens(op, "cu_seqlens_k", cu_seqlens_k, q.device(), "q");
   TORCH_CHECK(cu_seqlens_q.size(0) == cu_seqlens_k.size(0), op,
               ": cu_seqlens_q and cu_seqlens_k must have the same length B + 1, got ", cu_seqlens_q.size(0), " and ",
               cu_seqlens_k.size(0));

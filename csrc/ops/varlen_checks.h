@@ -21,6 +21,14 @@ struct VarlenShape {
 // The packed tensors as one batch: [T, H, D] -> [1, H, T, D] (a view).
 at::Tensor packed_as_batch(const at::Tensor& t);
 
+// t: a packed [T, H, D] tensor (3 dims).
+void check_packed(const char* op, const char* name, const at::Tensor& t);
+
+// cu: int32 [B + 1] (1-d, length >= 1) on `device` (the device of the
+// argument named device_owner). Its values are checked apart (below).
+void check_cu_seqlens(const char* op, const char* name, const at::Tensor& cu, const at::Device& device,
+                      const char* device_owner);
+
 // Checks ranks, dtypes, devices, head dims, GQA, windows, softcap, scale and
 // cu_seqlens_q/k (int32, 1-d, same length >= 1, on q's device) and
 // max_seqlen_q/k (>= 0).
