@@ -79,9 +79,26 @@ keep positions ``0 .. S-1`` forever, the ring is slots ``S .. S + C - 1``
     softmax without a value (see ``torch.ops.swa.attention.sinks``). The ring
     after the sink slots needs ``C >= window - 1``.
 
-``T`` is the same for every sequence of one call; mixing prefill chunks and
-decodes of different lengths in one call (ragged ``T``) is not supported yet
-and will come later.
+Mixed decode and prefill in one call (continuous batching)
+----------------------------------------------------------
+
+The packed overloads take the new tokens of every sequence back to back,
+FlashAttention's varlen layout: ``k``, ``v`` (``k_new``, ``v_new``) are
+``[T, Hkv, D]`` and ``q`` is ``[T, Hq, D]``; sequence ``b`` owns rows
+``cu_seqlens[b] .. cu_seqlens[b+1] - 1`` (int32 ``[B + 1]`` prefix sums from
+0, on the cache's device), the tokens at positions ``pos[b] ..`` of ring
+``b``. A decoding sequence has one row, a prefilling one a chunk, an idle one
+none (its ring is left alone).
+
+``cache_append.varlen(k_cache, v_cache, k, v, cu_seqlens, pos, *, sink_tokens=0)``
+    ``cache_append`` of every sequence's rows.
+
+``cache_attention.varlen(q, k_new, v_new, cu_seqlens_q, max_seqlen_q, k_cache, v_cache, pos, window, scale=None, softcap=0.0, *, sinks=None, sink_tokens=0)``
+    ``cache_attention`` of every sequence's rows, each exactly as the padded
+    op would do it on that sequence alone. Returns ``out`` ``[T, Hq, D]`` and
+    ``lse`` float32 ``[Hq, T]`` (attention.varlen's layout). On the CPU the
+    decoding sequences run together in the decode kernel (rings read in
+    place) and the prefill chunks together in the packed attention kernel.
 """
 
 from typing import List, Optional, Sequence, Union
@@ -141,6 +158,27 @@ def _cache_attention_sinks_fake(q, k_new, v_new, k_cache, v_cache, pos, window, 
     out = torch.empty_like(q)
     lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
     return out, lse
+
+
+@torch.library.register_fake("swa::cache_append.varlen")
+def _cache_append_varlen_fake(k_cache, v_cache, k, v, cu_seqlens, pos, *, sink_tokens=0):
+    op = "swa::cache_append.varlen"
+    torch._check(k_cache.dim() == 4, lambda: f"{op}: k_cache must have 4 dims [B, Hkv, S + C, D]")
+    torch._check(k.dim() == 3, lambda: f"{op}: k must have 3 dims [T, Hkv, D]")
+    torch._check(sink_tokens >= 0, lambda: f"{op}: sink_tokens must be >= 0, got {sink_tokens}")
+    check_same_device(op, "k_cache", k_cache, v_cache=v_cache, k=k, v=v, cu_seqlens=cu_seqlens, pos=pos)
+    return None
+
+
+@torch.library.register_fake("swa::cache_attention.varlen")
+def _cache_attention_varlen_fake(q, k_new, v_new, cu_seqlens_q, max_seqlen_q, k_cache, v_cache, pos, window,
+                                 scale=None, softcap=0.0, *, sinks=None, sink_tokens=0):
+    op = "swa::cache_attention.varlen"
+    torch._check(q.dim() == 3, lambda: f"{op}: q must have 3 dims [T, Hq, D]")
+    torch._check(sink_tokens >= 0, lambda: f"{op}: sink_tokens must be >= 0, got {sink_tokens}")
+    check_same_device(op, "q", q, k_new=k_new, v_new=v_new, cu_seqlens_q=cu_seqlens_q, k_cache=k_cache,
+                      v_cache=v_cache, pos=pos, sinks=sinks)
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
 # ---- the cache object ------------------------------------------------------------
@@ -288,6 +326,27 @@ class RollingKVCache:
             torch.ops.swa.cache_append.sinks(self._k[layer], self._v[layer], k, v, self.pos,
                                              sink_tokens=self.sink_tokens)
 
+    def attend_varlen(self, layer: int, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
+                      scale: Optional[float] = None, softcap: float = 0.0, return_lse: bool = False,
+                      sinks: Optional[Tensor] = None):
+        """attend for a continuous batch: q [T, Hq, D], k, v [T, Hkv, D] hold every
+        sequence's new tokens back to back, sequence b's rows cu_seqlens[b] ..
+        cu_seqlens[b+1] - 1 (int32 [B + 1]; one row to decode, a chunk to
+        prefill, none to sit out), at positions pos[b] ... Returns out
+        [T, Hq, D] (and lse [Hq, T] float32). Call advance(cu_seqlens.diff())
+        after the last layer."""
+        out, lse = torch.ops.swa.cache_attention.varlen(
+            q, k, v, cu_seqlens, max_seqlen, self._k[layer], self._v[layer], self.pos, self.windows[layer], scale,
+            softcap, sinks=sinks, sink_tokens=self.sink_tokens)
+        self.append_varlen(layer, k, v, cu_seqlens)  # after the attention, as in attend
+        return (out, lse) if return_lse else out
+
+    def append_varlen(self, layer: int, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> None:
+        """append for packed tokens k, v [T, Hkv, D] (sequence b's rows
+        cu_seqlens[b] .. cu_seqlens[b+1] - 1)."""
+        torch.ops.swa.cache_append.varlen(self._k[layer], self._v[layer], k, v, cu_seqlens, self.pos,
+                                          sink_tokens=self.sink_tokens)
+
     def gather(self, layer: int, n: Optional[int] = None):
         """The n (default C) most recent tokens of a layer before pos, oldest
         first: (k, v) [B, Hkv, n, D] copies; negative positions are zeros.
@@ -296,8 +355,10 @@ class RollingKVCache:
         S = self.sink_tokens
         return torch.ops.swa.cache_gather(self._k[layer][:, :, S:], self._v[layer][:, :, S:], self.pos, n)
 
-    def advance(self, num_tokens: int = 1) -> None:
-        """Moves every sequence's position by num_tokens (in place, on the device)."""
+    def advance(self, num_tokens: Union[int, Tensor] = 1) -> None:
+        """Moves every sequence's position by num_tokens (in place, on the device):
+        one int for all, or an integer tensor [B] of per-sequence counts (after
+        attend_varlen: cu_seqlens.diff())."""
         self.pos.add_(num_tokens)
 
     def reset(self, index=None) -> None:

@@ -108,6 +108,42 @@ std::tuple<at::Tensor, at::Tensor> cache_attention(const at::Tensor& q, const at
   return op.call(q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap);
 }
 
+void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& pos, int64_t sink_tokens) {
+  static auto op = find_op<void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                int64_t)>("swa::cache_append", "sinks");
+  op.call(k_cache, v_cache, k, v, pos, sink_tokens);
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_attention(const at::Tensor& q, const at::Tensor& k_new,
+                                                   const at::Tensor& v_new, const at::Tensor& k_cache,
+                                                   const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
+                                                   std::optional<double> scale, double softcap,
+                                                   const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, int64_t, std::optional<double>, double, const std::optional<at::Tensor>&, int64_t)>(
+      "swa::cache_attention", "sinks");
+  return op.call(q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap, sinks, sink_tokens);
+}
+
+void cache_append_varlen(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& cu_seqlens, const at::Tensor& pos, int64_t sink_tokens) {
+  static auto op = find_op<void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, int64_t)>("swa::cache_append", "varlen");
+  op.call(k_cache, v_cache, k, v, cu_seqlens, pos, sink_tokens);
+}
+
+std::tuple<at::Tensor, at::Tensor> cache_attention_varlen(
+    const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const at::Tensor& cu_seqlens_q,
+    int64_t max_seqlen_q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
+    int64_t window, std::optional<double> scale, double softcap, const std::optional<at::Tensor>& sinks,
+    int64_t sink_tokens) {
+  static auto op = find_op<decltype(cache_attention_varlen)>("swa::cache_attention", "varlen");
+  return op.call(q, k_new, v_new, cu_seqlens_q, max_seqlen_q, k_cache, v_cache, pos, window, scale, softcap, sinks,
+                 sink_tokens);
+}
+
 const char* built_torch_version() { return SWA_TORCH_VERSION; }
 const char* built_cuda_version() { return SWA_CUDA_VERSION; }
 

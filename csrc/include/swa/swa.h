@@ -86,6 +86,33 @@ SWA_API std::tuple<at::Tensor, at::Tensor> cache_attention(
     const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos, int64_t window,
     std::optional<double> scale = std::nullopt, double softcap = 0.0);
 
+// A cache with sink_tokens S sink slots before each ring ([B, Hkv, S + C, D]:
+// positions 0 .. S-1 kept forever; swa::cache_append.sinks).
+SWA_API void cache_append(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& pos, int64_t sink_tokens);
+
+// cache_attention whose queries also see the S sink positions and the sink
+// logits sinks (float32 [Hq] or none; swa::cache_attention.sinks).
+SWA_API std::tuple<at::Tensor, at::Tensor> cache_attention(
+    const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const at::Tensor& k_cache,
+    const at::Tensor& v_cache, const at::Tensor& pos, int64_t window, std::optional<double> scale, double softcap,
+    const std::optional<at::Tensor>& sinks, int64_t sink_tokens = 0);
+
+// Packed new tokens of B sequences (continuous batching; swa::cache_append.varlen):
+// k, v [T, Hkv, D], sequence b's rows cu_seqlens[b] .. cu_seqlens[b+1]-1
+// (int32 [B + 1]) at positions pos[b] .. of ring b.
+SWA_API void cache_append_varlen(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k,
+                                 const at::Tensor& v, const at::Tensor& cu_seqlens, const at::Tensor& pos,
+                                 int64_t sink_tokens = 0);
+
+// The packed form of cache_attention (swa::cache_attention.varlen): q
+// [T, Hq, D], k_new, v_new [T, Hkv, D]; returns (out [T, Hq, D], lse [Hq, T]).
+SWA_API std::tuple<at::Tensor, at::Tensor> cache_attention_varlen(
+    const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, const at::Tensor& cu_seqlens_q,
+    int64_t max_seqlen_q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pos,
+    int64_t window, std::optional<double> scale = std::nullopt, double softcap = 0.0,
+    const std::optional<at::Tensor>& sinks = std::nullopt, int64_t sink_tokens = 0);
+
 // The torch and CUDA versions this library was built against ("" = no CUDA).
 SWA_API const char* built_torch_version();
 SWA_API const char* built_cuda_version();
