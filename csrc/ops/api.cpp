@@ -104,7 +104,9 @@ std::tuple<at::Tensor, at::Tensor> cache_attention(const at::Tensor& q, const at
                                                    const at::Tensor& v_cache, const at::Tensor& pos,
                                                    int64_t window, std::optional<double> scale,
                                                    double softcap) {
-  static auto op = find_op<decltype(cache_attention)>("swa::cache_attention");
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, int64_t, std::optional<double>, double)>("swa::cache_attention");
   return op.call(q, k_new, v_new, k_cache, v_cache, pos, window, scale, softcap);
 }
 
