@@ -108,6 +108,23 @@ def test_consumer_extension_sinks(consumer_extension):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # lse is float32 by contract
 
 
+def test_consumer_extension_packed_cache_step(consumer_extension):
+    g = torch.Generator().manual_seed(3)
+    B, Hq, Hkv, C, D, W = 3, 4, 2, 6, 8, 6
+    kc, vc = (torch.randn(B, Hkv, C, D, generator=g) for _ in range(2))
+    pos = torch.tensor([9, 0, 4])
+    cu = torch.tensor([0, 1, 5, 7], dtype=torch.int32)  # decode, prefill, chunk
+    q = torch.randn(7, Hq, D, generator=g)
+    k, v = (torch.randn(7, Hkv, D, generator=g) for _ in range(2))
+    want_kc, want_vc = kc.clone(), vc.clone()
+    want = torch.ops.swa.cache_attention.varlen(q, k, v, cu, 4, want_kc, want_vc, pos, W)[0]
+    torch.ops.swa.cache_append.varlen(want_kc, want_vc, k, v, cu, pos)
+    got = consumer_extension.packed_serve_step(q, k, v, cu, 4, kc, vc, pos, W)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(kc, want_kc, rtol=0, atol=0)
+    torch.testing.assert_close(vc, want_vc, rtol=0, atol=0)
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cmake_consumer(tmp_path):
     build = tmp_path / "build"

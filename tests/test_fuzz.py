@@ -236,3 +236,64 @@ def test_cache_ops_interleaved_match_full_history(program):
         for b in range(batch):
             history[b] = (torch.cat([history[b][0], k[b]], 1), torch.cat([history[b][1], v[b]], 1))
         pos += t
+
+
+# ---- the packed cache ops: random continuous batches ---------------------------
+
+
+@st.composite
+def packed_cache_programs(draw):
+    window = draw(st.integers(1, 12))
+    sink_tokens = draw(st.sampled_from([0, 0, 1, 3]))
+    capacity = sink_tokens + max(1, window - 1) + draw(st.integers(0, 6))
+    batch = draw(st.integers(1, 4))
+    heads_kv = draw(st.integers(1, 2))
+    group = draw(st.sampled_from([1, 2, 4]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    # Each step gives every sequence 0 tokens (idle), 1 (decode) or a chunk;
+    # a negative length starts a new sequence in that slot.
+    length = st.one_of(st.just(0), st.just(1), st.just(1), st.integers(2, 2 * capacity + 3), st.just(-1))
+    steps = draw(st.lists(st.lists(length, min_size=batch, max_size=batch), min_size=1, max_size=12))
+    logits = draw(st.booleans())
+    softcap = draw(st.sampled_from([0.0, 3.0]))
+    return (window, sink_tokens, capacity, batch, heads_kv, group, dtype, steps, logits, softcap,
+            draw(st.integers(0, 2**31 - 1)))
+
+
+@given(packed_cache_programs())
+def test_packed_cache_steps_match_full_history(program):
+    window, S, capacity, batch, heads_kv, group, dtype, steps, logits, softcap, seed = program
+    d = 8
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
+    kc = torch.full((batch, heads_kv, capacity, d), float("nan"), dtype=dtype)
+    vc = torch.full_like(kc, float("nan"))
+    pos = torch.zeros(batch, dtype=torch.int64)
+    sinks = torch.randn(heads_kv * group, generator=gen) if logits else None
+    empty = torch.zeros(heads_kv, 0, d, dtype=dtype)
+    history = [(empty, empty) for _ in range(batch)]
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for step in steps:
+        for b, t in enumerate(step):
+            if t < 0:
+                pos[b], history[b] = 0, (empty, empty)
+        lengths = [max(t, 0) for t in step]
+        cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+        total = int(cu[-1])
+        q = rand(total, heads_kv * group, d)
+        k, v = rand(total, heads_kv, d), rand(total, heads_kv, d)
+        out, lse = torch.ops.swa.cache_attention.varlen(q, k, v, cu, max(lengths), kc, vc, pos, window, None,
+                                                        softcap, sinks=sinks, sink_tokens=S)
+        torch.ops.swa.cache_append.varlen(kc, vc, k, v, cu, pos, sink_tokens=S)
+        for b in range(batch):
+            r0, r1 = int(cu[b]), int(cu[b + 1])
+            keys = torch.cat([history[b][0], k[r0:r1].transpose(0, 1)], 1)
+            vals = torch.cat([history[b][1], v[r0:r1].transpose(0, 1)], 1)
+            if r1 > r0:
+                ref, ref_lse = attention_ref(q[r0:r1].transpose(0, 1)[None], keys[None], vals[None], window - 1, 0,
+                                             None, softcap, sinks=sinks, sink_tokens=S)
+                got = out[r0:r1].transpose(0, 1)[None]
+                assert (got.double() - ref.double()).abs().max() <= tol, (step, b)
+                torch.testing.assert_close(lse[:, r0:r1][None], ref_lse, rtol=1e-5, atol=1e-5)
+            history[b] = (keys, vals)
+        pos += torch.tensor(lengths)

@@ -41,11 +41,24 @@ std::vector<at::Tensor> sink_attention_grads(const at::Tensor& q, const at::Tens
   return {out.detach(), qg.grad(), kg.grad(), vg.grad(), sg.grad()};
 }
 
+// One continuous-batching step from C++: attend the packed new tokens of B
+// sequences over their rolling caches, then append them (cache rows in place).
+at::Tensor packed_serve_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& cu_seqlens, int64_t max_seqlen, at::Tensor k_cache,
+                             at::Tensor v_cache, const at::Tensor& pos, int64_t window) {
+  auto [out, lse] = swa::cache_attention_varlen(q, k, v, cu_seqlens, max_seqlen, k_cache, v_cache, pos, window);
+  swa::cache_append_varlen(k_cache, v_cache, k, v, cu_seqlens, pos);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(swa_consumer, m) {
   m.def("sink_attention_grads(Tensor q, Tensor k, Tensor v, Tensor sinks, int window, int sink_tokens) -> Tensor[]",
         &sink_attention_grads);
+  m.def("packed_serve_step(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, Tensor(a!) k_cache, "
+        "Tensor(b!) v_cache, Tensor pos, int window) -> Tensor",
+        &packed_serve_step);
   m.def("mistral_attention(Tensor q, Tensor k, Tensor v, int window) -> Tensor", &mistral_attention);
   m.def("attention_grads(Tensor q, Tensor k, Tensor v, int window_left, int window_right) -> Tensor[]",
         &attention_grads);
