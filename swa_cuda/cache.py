@@ -98,7 +98,9 @@ none (its ring is left alone).
     op would do it on that sequence alone. Returns ``out`` ``[T, Hq, D]`` and
     ``lse`` float32 ``[Hq, T]`` (attention.varlen's layout). On the CPU the
     decoding sequences run together in the decode kernel (rings read in
-    place) and the prefill chunks together in the packed attention kernel.
+    place) and the prefill chunks together in the packed attention kernel;
+    on CUDA one launch of the forward kernel serves every sequence, reading
+    cu_seqlens_q and pos on the device (no sync; CUDA-graph capturable).
 """
 
 from typing import List, Optional, Sequence, Union

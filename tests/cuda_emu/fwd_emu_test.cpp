@@ -290,6 +290,11 @@ struct Case {
   // before the C ring slots) and sink logits (SinkLogits below).
   int64_t sink_tokens = 0;
   int sink_logits = 0;
+  // Packed variable-length sequences (params.cu_seqlens_*): per-sequence
+  // query (and, without a ring, key) lengths; B is their count, Sq / Sk their
+  // maxima (the case's own Sq, Sk are ignored). q, k, v, out are [T, H, D]
+  // (one [1, H, T, D] tensor of the case's layout), lse [Hq, Tq].
+  std::vector<int64_t> seq_q = {}, seq_k = {};
 };
 
 // Sink logits per query head h: none; N(0, 2); an extreme set cycling over
@@ -326,13 +331,49 @@ void run_attention_case(const Case& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
   const bool ring = c.window > 0;
   const bool lowp = sizeof(T) == 2;
-  const int64_t B = c.B, Hq = c.Hq, Hkv = c.Hkv, Sq = c.Sq, D = c.D, G = Hq / Hkv;
-  const int64_t Sk = ring ? Sq : c.Sk;  // rows of params.k / v (the new tokens for the ring)
+  const bool varlen = !c.seq_q.empty();
+  const int64_t B = varlen ? static_cast<int64_t>(c.seq_q.size()) : c.B, Hq = c.Hq, Hkv = c.Hkv, D = c.D, G = Hq / Hkv;
+  // Per sequence: query / key lengths and first rows (the padded layout: the
+  // call's lengths, row 0 of batch entry b).
+  std::vector<int64_t> len_q(B), len_k(B), row_q(B + 1, 0), row_k(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    len_q[b] = varlen ? c.seq_q[b] : c.Sq;
+    len_k[b] = ring ? len_q[b] : varlen ? c.seq_k[b] : c.Sk;  // rows of params.k / v (the new tokens for the ring)
+    row_q[b + 1] = row_q[b] + len_q[b];
+    row_k[b + 1] = row_k[b] + len_k[b];
+  }
+  const int64_t Sq = varlen ? *std::max_element(len_q.begin(), len_q.end()) : c.Sq;
+  const int64_t Sk = varlen ? *std::max_element(len_k.begin(), len_k.end()) : ring ? Sq : c.Sk;
+  const int64_t Tq = row_q[B], Tk = row_k[B];
   Tensor4<T> q, k, v, out, kc, vc;
-  q.init("q", B, Hq, Sq, D, c.layout, false);
-  k.init(ring ? "k_new" : "k", B, Hkv, Sk, D, c.layout, false);
-  v.init(ring ? "v_new" : "v", B, Hkv, Sk, D, c.layout, false);
-  out.init("out", B, Hq, Sq, D, c.layout, true);
+  if (varlen) {  // [T, H, D] as one [1, H, T, D] tensor
+    q.init("q", 1, Hq, Tq, D, c.layout, false);
+    k.init(ring ? "k_new" : "k", 1, Hkv, Tk, D, c.layout, false);
+    v.init(ring ? "v_new" : "v", 1, Hkv, Tk, D, c.layout, false);
+    out.init("out", 1, Hq, Tq, D, c.layout, true);
+  } else {
+    q.init("q", B, Hq, Sq, D, c.layout, false);
+    k.init(ring ? "k_new" : "k", B, Hkv, Sk, D, c.layout, false);
+    v.init(ring ? "v_new" : "v", B, Hkv, Sk, D, c.layout, false);
+    out.init("out", B, Hq, Sq, D, c.layout, true);
+  }
+  // Element (b, h, i, d) of sequence b, in either layout.
+  auto Q = [&](int64_t b, int64_t h, int64_t i, int64_t d) -> T& {
+    return varlen ? q.at(0, h, row_q[b] + i, d) : q.at(b, h, i, d);
+  };
+  auto O = [&](int64_t b, int64_t h, int64_t i, int64_t d) -> T& {
+    return varlen ? out.at(0, h, row_q[b] + i, d) : out.at(b, h, i, d);
+  };
+  auto K = [&](int64_t b, int64_t h, int64_t j, int64_t d) -> T& {
+    return varlen ? k.at(0, h, row_k[b] + j, d) : k.at(b, h, j, d);
+  };
+  auto V = [&](int64_t b, int64_t h, int64_t j, int64_t d) -> T& {
+    return varlen ? v.at(0, h, row_k[b] + j, d) : v.at(b, h, j, d);
+  };
+  const int64_t lse_count = varlen ? Hq * Tq : B * Hq * Sq;
+  auto lse_at = [&](int64_t b, int64_t h, int64_t i) {
+    return varlen ? h * Tq + row_q[b] + i : (b * Hq + h) * Sq + i;
+  };
   q.randomize(rng, 1.0);
   k.randomize(rng, 1.0);
   v.randomize(rng, 1.0);
@@ -340,17 +381,18 @@ void run_attention_case(const Case& c, uint64_t seed) {
   if (!ring) {
     // Keys that no query of the call sees hold NaN: they must never reach an
     // output (the loader zero-fills them; 0 * NaN would be NaN in P V).
-    const kn::Band band{Sq, Sk, c.wl, c.wr, S};
-    const kn::SeenKeys seen = kn::seen_keys(band, 0, Sq);
-    for (int64_t j = 0; j < Sk; ++j) {
-      if (seen.contains(j)) continue;
-      for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; b < B; ++b) {
+      const kn::Band band{len_q[b], len_k[b], c.wl, c.wr, S};
+      const kn::SeenKeys seen = kn::seen_keys(band, 0, len_q[b]);
+      for (int64_t j = 0; j < len_k[b]; ++j) {
+        if (seen.contains(j)) continue;
         for (int64_t h = 0; h < Hkv; ++h)
-          for (int64_t d = 0; d < D; ++d) k.at(b, h, j, d) = v.at(b, h, j, d) = nan_value<T>();
+          for (int64_t d = 0; d < D; ++d) K(b, h, j, d) = V(b, h, j, d) = nan_value<T>();
+      }
     }
   }
-  float* lse = static_cast<float*>(guarded_alloc(static_cast<size_t>(B * Hq * Sq) * 4, "lse"));
-  for (int64_t i = 0; i < B * Hq * Sq; ++i) lse[i] = canary_value<float>();
+  float* lse = static_cast<float*>(guarded_alloc(static_cast<size_t>(lse_count) * 4, "lse"));
+  for (int64_t i = 0; i < lse_count; ++i) lse[i] = canary_value<float>();
   int64_t* pos = nullptr;
   if (ring) {
     // S sink slots (positions 0 .. S-1), then the C ring slots.
@@ -410,6 +452,16 @@ void run_attention_case(const Case& c, uint64_t seed) {
     p.ring.window = c.window;
     p.ring.sink_tokens = S;
     p.seqlen_k = S + (c.window - 1) + Sq;
+  }
+  if (varlen) {  // as set_packed_sequences (csrc/cuda/varlen_params.cpp) fills them
+    int32_t* cu_q = static_cast<int32_t*>(guarded_alloc(static_cast<size_t>(B + 1) * 4, "cu_seqlens_q"));
+    int32_t* cu_k = static_cast<int32_t*>(guarded_alloc(static_cast<size_t>(B + 1) * 4, "cu_seqlens_k"));
+    for (int64_t b = 0; b <= B; ++b) cu_q[b] = static_cast<int32_t>(row_q[b]), cu_k[b] = static_cast<int32_t>(row_k[b]);
+    p.cu_seqlens_q = cu_q;
+    p.cu_seqlens_k = ring ? nullptr : cu_k;
+    p.total_q = Tq;
+    p.total_k = Tk;
+    p.q.batch_stride = p.k.batch_stride = p.v.batch_stride = p.out_batch_stride = 0;
   }
   // The emulated device: an H100/H200-like sm_90 by default (the Hopper
   // kernel is not built here, so the portable kernels must serve it), an
@@ -480,7 +532,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
   std::vector<double> s, s_low, pr, o(static_cast<size_t>(D)), o_low(static_cast<size_t>(D));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hq; ++h)
-      for (int64_t i = 0; i < Sq; ++i) {
+      for (int64_t i = 0; i < len_q[b]; ++i) {
         const int64_t hk = h / G;
         keys.clear();
         if (ring) {  // query i at position pos + i sees positions pos + i - (W - 1) .. pos + i,
@@ -494,8 +546,8 @@ void run_attention_case(const Case& c, uint64_t seed) {
                                                : KeyRef{1, x});  // a sink slot
           }
         } else {  // row i at key position i + Sk - Sq sees [p - wl, p + wr], and j < S if j <= p + wr
-          const int64_t P = i + Sk - Sq;
-          for (int64_t j = 0; j < Sk; ++j) {
+          const int64_t P = i + len_k[b] - len_q[b];
+          for (int64_t j = 0; j < len_k[b]; ++j) {
             const bool right = c.wr < 0 || j <= P + c.wr;
             if (((c.wl < 0 || j >= P - c.wl) && right) || (j < S && right)) keys.push_back({0, j});
           }
@@ -503,14 +555,14 @@ void run_attention_case(const Case& c, uint64_t seed) {
         const double sink = sinks ? static_cast<double>(sinks[h]) : -INFINITY;  // the float the kernel gets
         auto kv = [&](const KeyRef& kr, bool value, int64_t d) {
           if (kr.kind == 1) return to_d(value ? vc.at(b, hk, kr.row, d) : kc.at(b, hk, kr.row, d));
-          return to_d(value ? v.at(b, hk, kr.row, d) : k.at(b, hk, kr.row, d));
+          return to_d(value ? V(b, hk, kr.row, d) : K(b, hk, kr.row, d));
         };
-        const float got_lse = lse[(b * Hq + h) * Sq + i];
+        const float got_lse = lse[lse_at(b, h, i)];
         if (keys.empty()) {
           ++empty_rows;
           // No key: out 0 and lse the sink logit (-inf without; NaN stays NaN).
           bool ok = std::isnan(sink) ? std::isnan(got_lse) : static_cast<double>(got_lse) == sink;
-          for (int64_t d = 0; d < D; ++d) ok = ok && to_d(out.at(b, h, i, d)) == 0.0;
+          for (int64_t d = 0; d < D; ++d) ok = ok && to_d(O(b, h, i, d)) == 0.0;
           if (!ok) ++bad_empty;
           continue;
         }
@@ -520,7 +572,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
         for (size_t t = 0; t < n; ++t) {
           double dot = 0, dot_low = 0;
           for (int64_t d = 0; d < D; ++d) {
-            const double qd = to_d(q.at(b, h, i, d)), kd = kv(keys[t], false, d);
+            const double qd = to_d(Q(b, h, i, d)), kd = kv(keys[t], false, d);
             dot += qd * kd;
             dot_low += round_t<T>(qd * scale) * kd;
           }
@@ -535,7 +587,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
         if (std::isnan(sink)) {  // the whole row is NaN: out and lse
           ++nan_rows;
           bool all_nan = std::isnan(got_lse);
-          for (int64_t d = 0; d < D; ++d) all_nan = all_nan && std::isnan(to_d(out.at(b, h, i, d)));
+          for (int64_t d = 0; d < D; ++d) all_nan = all_nan && std::isnan(to_d(O(b, h, i, d)));
           if (!all_nan) ++bad_nan_rows;
           continue;
         }
@@ -557,7 +609,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
           }
         }
         for (int64_t d = 0; d < D; ++d) {
-          const double g = to_d(out.at(b, h, i, d));
+          const double g = to_d(O(b, h, i, d));
           if (std::isnan(g)) ++nan_out;
           err_out = std::max(err_out, std::fabs(g - o[d]));
           err_lowp = std::max(err_lowp, std::fabs(round_t<T>(o_low[d]) - o[d]));
@@ -590,7 +642,7 @@ void run_attention_case(const Case& c, uint64_t seed) {
     ++bad;
   }
   bad += check_written("out", out);
-  for (int64_t i = 0; i < B * Hq * Sq; ++i)
+  for (int64_t i = 0; i < lse_count; ++i)
     if (is_canary(lse[i])) {
       std::printf("  lse: row %lld never written\n", static_cast<long long>(i));
       ++bad;
@@ -699,6 +751,70 @@ void run_cache_case(const CacheCase& c, uint64_t seed) {
   if (bad) ++cases_failed;
   std::printf("%s %-34s %s d%lld C %lld T %lld, grids %s%.1fs\n", bad ? "FAIL" : "ok  ", c.name, dtype_name<T>(),
               static_cast<long long>(c.D), static_cast<long long>(c.C), static_cast<long long>(c.T), widths.c_str(),
+              secs);
+  std::fflush(stdout);
+}
+
+// cache_append of packed rows (params.cu_seqlens): sequence b's lens[b] rows
+// of k, v [T, Hkv, D] at positions pos[b] ..; cu, when given, replaces the
+// prefix sums of lens (a contract-breaking one: then only "nothing outside
+// the caches is touched" is checked, by the guard pages and canaries).
+template <typename T>
+void run_cache_varlen_case(const CacheCase& c, const std::vector<int64_t>& lens, const std::vector<int32_t>& bad_cu,
+                           uint64_t seed) {
+  current_case = c.name;
+  const auto t0 = std::chrono::steady_clock::now();
+  int bad = 0;
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> row(c.B + 1, 0);
+  for (int64_t b = 0; b < c.B; ++b) row[b + 1] = row[b] + lens[b];
+  const int64_t Tn = row[c.B];
+  Tensor4<T> kc, vc, k, v;
+  kc.init("k_cache", c.B, c.Hkv, c.S + c.C, c.D, c.layout, false);
+  vc.init("v_cache", c.B, c.Hkv, c.S + c.C, c.D, c.layout, false);
+  k.init("k", 1, c.Hkv, Tn, c.D, c.layout, false);
+  v.init("v", 1, c.Hkv, Tn, c.D, c.layout, false);
+  kc.randomize(rng, 1.0), vc.randomize(rng, 1.0), k.randomize(rng, 1.0), v.randomize(rng, 1.0);
+  int64_t* pos = static_cast<int64_t*>(guarded_alloc(static_cast<size_t>(c.B) * 8, "pos"));
+  int32_t* cu = static_cast<int32_t*>(guarded_alloc(static_cast<size_t>(c.B + 1) * 4, "cu_seqlens"));
+  for (int64_t b = 0; b < c.B; ++b) pos[b] = c.pos[b];
+  for (int64_t b = 0; b <= c.B; ++b) cu[b] = bad_cu.empty() ? static_cast<int32_t>(row[b]) : bad_cu[b];
+  std::vector<T> k_exp(kc.data, kc.data + kc.elems), v_exp(vc.data, vc.data + vc.elems);
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hkv; ++h)
+      for (int64_t t = 0; t < lens[b]; ++t)
+        for (int64_t d = 0; d < c.D; ++d) {
+          auto put = [&](int64_t slot) {
+            k_exp[b * kc.bs + h * kc.hs + slot * kc.rs + d] = k.at(0, h, row[b] + t, d);
+            v_exp[b * vc.bs + h * vc.hs + slot * vc.rs + d] = v.at(0, h, row[b] + t, d);
+          };
+          if (t >= lens[b] - c.C) put(c.S + (pos[b] + t) % c.C);
+          if (pos[b] + t < c.S) put(pos[b] + t);
+        }
+  kn::CacheAppendParams ap;  // as cache_append_varlen_cuda (csrc/cuda/cache_varlen.cpp) fills it
+  ap.dtype = dtype_of<T>();
+  ap.k_cache = kc.ref(), ap.v_cache = vc.ref(), ap.k = k.ref(), ap.v = v.ref();
+  ap.k.batch_stride = ap.v.batch_stride = 0;
+  ap.pos = pos;
+  ap.batch = c.B, ap.heads_kv = c.Hkv, ap.capacity = c.C, ap.new_len = Tn, ap.head_dim = c.D;
+  ap.sink_tokens = c.S;
+  ap.cu_seqlens = cu;
+  emu::device().launches.clear();
+  if (kn::cache_append(ap, nullptr) != cudaSuccess) ++bad, std::printf("  cache_append failed\n");
+  if (bad_cu.empty() && (std::memcmp(k_exp.data(), kc.data, kc.elems * sizeof(T)) != 0 ||
+                         std::memcmp(v_exp.data(), vc.data, vc.elems * sizeof(T)) != 0)) {
+    std::printf("  cache_append.varlen: caches differ from the expected ones\n");
+    ++bad;
+  }
+  std::string widths;
+  for (const auto& l : emu::device().launches) widths += std::to_string(l.grid.x) + "x" + std::to_string(l.grid.y) + " ";
+  bad += check_canaries();
+  free_regions();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++cases_run;
+  if (bad) ++cases_failed;
+  std::printf("%s %-34s %s d%lld C %lld T %lld, grids %s%.1fs\n", bad ? "FAIL" : "ok  ", c.name, dtype_name<T>(),
+              static_cast<long long>(c.D), static_cast<long long>(c.C), static_cast<long long>(Tn), widths.c_str(),
               secs);
   std::fflush(stdout);
 }
@@ -922,6 +1038,45 @@ int main(int argc, char** argv) {
     if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<H>(c, seed); });
     ++seed;
   }
+  // Packed variable-length sequences (attention.varlen, cache_attention.varlen):
+  // empty sequences, lengths off tile boundaries, Sq != Sk per sequence,
+  // blocks past a short sequence's end, split-KV over packed rows, the exact
+  // kernel, sinks, and the ring with a mixed decode / prefill batch.
+#define RUN_VARLEN(T, NAME, HQ, HKV, D, WL, WR, CAP, LAYOUT, SEQ_Q, SEQ_K, ...) \
+  do {                                                                            \
+    Case c{NAME, 0, HQ, HKV, 0, 0, D, WL, WR, CAP, LAYOUT};                       \
+    c.seq_q = SEQ_Q, c.seq_k = SEQ_K;                                             \
+    __VA_ARGS__;                                                                  \
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<T>(c, seed); }); \
+    ++seed;                                                                       \
+  } while (0)
+  using Lens = std::vector<int64_t>;
+  RUN_VARLEN(H, "varlen d64 swa mixed lengths", 4, 2, 64, 37, 0, 0.f, kBSHD, (Lens{0, 150, 1, 70, 200}),
+             (Lens{0, 150, 1, 70, 200}));
+  RUN_VARLEN(BF, "varlen d128 sq!=sk two-sided softcap", 2, 1, 128, 20, 7, 5.f, kBSHD, (Lens{30, 0, 100}),
+             (Lens{80, 5, 60}));
+  RUN_VARLEN(H, "varlen d64 causal bhsd rows", 2, 2, 64, -1, 0, 0.f, kBHSD, (Lens{65, 130}), (Lens{65, 130}));
+  RUN_VARLEN(BF, "varlen d64 decode packgqa forced split", 8, 2, 64, -1, 0, 0.f, kBSHD, (Lens{1, 1, 1}),
+             (Lens{900, 10, 500}), c.forced_splits = 4);
+  RUN_VARLEN(H, "varlen d32 split heuristic", 4, 1, 32, 300, 0, 0.f, kBSHD, (Lens{2, 0, 3}), (Lens{700, 0, 1000}),
+             c.expect_split = 1);
+  RUN_VARLEN(H, "varlen d64 sinks split", 4, 2, 64, 16, 0, 0.f, kBSHD, (Lens{50, 0, 120}), (Lens{50, 4, 120}),
+             c.sink_tokens = 3, c.sink_logits = kMildSinks, c.forced_splits = 2);
+  RUN_VARLEN(H, "varlen d64 odd rows exact", 2, 1, 64, 10, 3, 0.f, kOddRows, (Lens{7, 40}), (Lens{12, 33}),
+             c.expect_kernel = 'x');
+  RUN_VARLEN(float, "varlen fp32 exact sinks", 3, 3, 40, 8, 0, 0.f, kBSHD, (Lens{5, 0, 40}), (Lens{5, 3, 90}),
+             c.expect_kernel = 'x', c.sink_tokens = 2, c.sink_logits = kExtremeSinks);
+  RUN_VARLEN(double, "varlen fp64 exact no keys", 2, 1, 16, -1, 0, 0.f, kBHSD, (Lens{4, 6}), (Lens{0, 6}),
+             c.expect_kernel = 'x');
+  RUN_VARLEN(BF, "ring varlen d64 decode prefill idle", 4, 1, 64, 0, 0, 0.f, kBSHD, (Lens{1, 40, 0, 3}), (Lens{}),
+             c.window = 64, c.capacity = 70, c.pos = (Lens{500, 0, 9, 66}));
+  RUN_VARLEN(H, "ring varlen d128 sinks chunk", 2, 2, 128, 0, 0, 3.f, kBSHD, (Lens{33, 1}), (Lens{}),
+             c.window = 40, c.capacity = 45, c.pos = (Lens{100, 7}), c.sink_tokens = 2, c.sink_logits = kMildSinks);
+  RUN_VARLEN(BF, "ring varlen d64 decode split", 8, 2, 64, 0, 0, 0.f, kBSHD, (Lens{1, 1}), (Lens{}),
+             c.window = 300, c.capacity = 300, c.pos = (Lens{1000, 50}), c.forced_splits = 3);
+  RUN_VARLEN(float, "ring varlen fp32 exact", 2, 1, 32, 0, 0, 0.f, kBSHD, (Lens{1, 12}), (Lens{}),
+             c.window = 16, c.capacity = 20, c.pos = (Lens{40, 3}), c.expect_kernel = 'x');
+#undef RUN_VARLEN
   // Attention sinks (both kinds): sink tokens below, inside and past a key
   // tile, logits mild / extreme / NaN, split-KV (the combine adds the sink
   // logit), PackGQA, rows and tiles that see no key, the ring's sink slots.
@@ -1027,6 +1182,20 @@ int main(int argc, char** argv) {
     // (its first rows reach the sink slots only), one past them, one inside.
     const CacheCase cc4{"cache sinks d64 T>C from pos 1", 3, 2, 8, 11, 64, {1, 9, 2}, kBHSD, 4};
     if (want(cc4.name)) run_isolated(cc4.name, [&] { run_cache_case<H>(cc4, seed); });
+    ++seed;
+    // Packed rows (cache_append.varlen): decode, idle, a chunk longer than the
+    // ring, one through the sink slots; 16-byte and odd-row copies.
+    const CacheCase cv1{"cache varlen d64 mixed sinks", 4, 2, 8, 0, 64, {100, 3, 0, 5}, kBSHD, 2};
+    if (want(cv1.name)) run_isolated(cv1.name, [&] { run_cache_varlen_case<H>(cv1, {1, 0, 13, 4}, {}, seed); });
+    ++seed;
+    const CacheCase cv2{"cache varlen fp32 odd rows", 3, 1, 5, 0, 7, {0, 9, 2}, kOddRows, 0};
+    if (want(cv2.name)) run_isolated(cv2.name, [&] { run_cache_varlen_case<float>(cv2, {7, 1, 0}, {}, seed); });
+    ++seed;
+    // cu_seqlens that break the contract (decreasing, past T, negative): the
+    // append must stay inside the caches.
+    const CacheCase cv3{"cache varlen bad cu_seqlens stays in bounds", 3, 2, 6, 0, 32, {0, 4, 50}, kBSHD, 1};
+    if (want(cv3.name))
+      run_isolated(cv3.name, [&] { run_cache_varlen_case<BF>(cv3, {5, 2, 3}, {0, 9, -4, 1000}, seed); });
     ++seed;
   }
 #undef RUN

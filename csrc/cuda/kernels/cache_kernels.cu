@@ -2,6 +2,7 @@
 //   cache_append: row t of the new keys/values -> ring slot S + (pos + t) % C,
 //                 for the last min(T, C) rows only; with S sink slots, the
 //                 rows of positions below S also to slot pos + t;
+//                 packed rows (cache_append.varlen) likewise per sequence;
 //   cache_gather: ring slot (pos - n + r) % C -> row r of a contiguous output,
 //                 zeros where pos - n + r < 0.
 // Both are memory bound: each thread moves one vector (up to 16 bytes) of one
@@ -92,6 +93,52 @@ cache_append_kernel(CacheAppendParams params, int64_t first, int64_t sink_rows, 
   }
 }
 
+// cache_append of packed rows (params.cu_seqlens): the work is (row r of
+// the T packed rows, h); r belongs to the last sequence b with cu[b] <= r
+// (binary search; empty sequences share their start with the next one), as
+// its row t = r - cu[b] at position pos[b] + t. It lands in the ring when it
+// is among the sequence's last C rows, and in sink slot pos[b] + t too when
+// that position is below S. Rows outside every sequence (cu_seqlens that
+// break the contract) write nothing: no slot outside [0, S + C) is touched.
+template <typename Vec>
+__global__ void __launch_bounds__(kCopyThreads)
+cache_append_varlen_kernel(CacheAppendParams params, int64_t vecs_per_row, int64_t elem_bytes) {
+  const bool values = blockIdx.y == 1;
+  const TensorRef src = values ? params.v : params.k;              // [T, Hkv, D] as (0, h, r)
+  const TensorRef dst = values ? params.v_cache : params.k_cache;  // [B, Hkv, S + C, D]
+  const int64_t total = params.new_len * params.heads_kv * vecs_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int32_t* cu = params.cu_seqlens;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t vec = i % vecs_per_row;
+    const int64_t row = i / vecs_per_row;  // (r, h) flattened, h fastest
+    const int64_t h = row % params.heads_kv;
+    const int64_t r = row / params.heads_kv;
+    int64_t lo = 0, hi = params.batch;  // the last b in [0, B) with cu[b] <= r, or -1
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (__ldg(cu + mid) <= r) lo = mid + 1;
+      else hi = mid;
+    }
+    const int64_t b = lo - 1;
+    if (b < 0) continue;
+    const int64_t start = __ldg(cu + b), len = __ldg(cu + b + 1) - start, t = r - start;
+    if (t >= len) continue;
+    const int64_t position = __ldg(params.pos + b) + t;
+    if (position < 0) continue;  // the caller's error on CUDA, as in cache_append_kernel
+    const Vec* from = reinterpret_cast<const Vec*>(row_bytes(src, 0, h, r, elem_bytes));
+    if (t >= append_first_row(len, params.capacity)) {
+      Vec* to = reinterpret_cast<Vec*>(
+          row_bytes(dst, b, h, cache_slot(position, params.capacity, params.sink_tokens), elem_bytes));
+      to[vec] = from[vec];
+    }
+    if (position < params.sink_tokens) {
+      Vec* to = reinterpret_cast<Vec*>(row_bytes(dst, b, h, position, elem_bytes));
+      to[vec] = from[vec];
+    }
+  }
+}
+
 // Row r of k_out (v_out) = ring slot (pos[b] - n + r) % C, zeros below position 0.
 template <typename Vec>
 __global__ void __launch_bounds__(kCopyThreads)
@@ -148,6 +195,14 @@ struct AppendLaunch {
 };
 
 template <typename Vec>
+struct AppendVarlenLaunch {
+  static void run(dim3 grid, cudaStream_t stream, int64_t vecs_per_row, const CacheAppendParams& params,
+                  int64_t elem_bytes) {
+    cache_append_varlen_kernel<Vec><<<grid, kCopyThreads, 0, stream>>>(params, vecs_per_row, elem_bytes);
+  }
+};
+
+template <typename Vec>
 struct GatherLaunch {
   static void run(dim3 grid, cudaStream_t stream, int64_t vecs_per_row, const CacheGatherParams& params,
                   int64_t elem_bytes) {
@@ -161,6 +216,14 @@ cudaError_t cache_append(const CacheAppendParams& params, cudaStream_t stream) {
   using namespace cuda_detail;
   if (params.capacity <= 0 || params.sink_tokens < 0) return cudaErrorInvalidValue;
   const int64_t elem_bytes = dtype_bytes(params.dtype);
+  if (params.cu_seqlens != nullptr) {  // packed rows: one copy per (row, head)
+    const int64_t row_bytes_total = params.head_dim * elem_bytes;
+    VectorWidth width;
+    width.fit(row_bytes_total);
+    for (const TensorRef* t : {&params.k_cache, &params.v_cache, &params.k, &params.v}) width.fit(*t, elem_bytes);
+    return launch_copy<AppendVarlenLaunch>(width.bytes, params.new_len * params.heads_kv, row_bytes_total, stream,
+                                           params, elem_bytes);
+  }
   const int64_t first = append_first_row(params.new_len, params.capacity);
   // Rows that may hold a sink position (pos is on the device: the kernel
   // skips those at or past S).

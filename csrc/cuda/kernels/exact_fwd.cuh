@@ -65,11 +65,13 @@ __global__ void __launch_bounds__(kExactWarps * 32)
     const int64_t i = row % p.seqlen_q;
     const int64_t h = (row / p.seqlen_q) % p.heads_q;
     const int64_t b = row / (p.seqlen_q * p.heads_q);
-    const Band band = batch_band(p, b);
-    const KeySource<T> keys = make_key_source<T>(p, b, h / group_size);
+    const SequenceRows seq = sequence_rows(p, b);
+    if (i >= seq.seqlen_q) continue;  // past a packed sequence's end
+    const Band band = batch_band(p, seq, b);
+    const KeySource<T> keys = make_key_source<T>(p, seq, b, h / group_size);
 
-    const T* q = static_cast<const T*>(p.q.ptr) + b * p.q.batch_stride + h * p.q.head_stride +
-                 i * p.q.row_stride;
+    const T* q = static_cast<const T*>(p.q.ptr) + seq.stride_batch * p.q.batch_stride + h * p.q.head_stride +
+                 (seq.q0 + i) * p.q.row_stride;
     Acc q_reg[kExactDimsPerLane];  // q[lane + 32 c]
     Acc acc[kExactDimsPerLane];    // sum_j exp(s_j - max) v_j[lane + 32 c]
 #pragma unroll
@@ -126,14 +128,14 @@ __global__ void __launch_bounds__(kExactWarps * 32)
         inv = exp(row_max - lse);
       }
     }
-    T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + h * p.out_head_stride +
-             i * p.out_row_stride;
+    T* out = static_cast<T*>(p.out) + seq.stride_batch * p.out_batch_stride + h * p.out_head_stride +
+             (seq.q0 + i) * p.out_row_stride;
 #pragma unroll
     for (int c = 0; c < kExactDimsPerLane; ++c) {
       const int d = lane + 32 * c;
       if (d < dim) out[d] = narrow<T>(acc[c] * inv);
     }
-    if (lane == 0) p.lse[row] = static_cast<float>(lse);
+    if (lane == 0) p.lse[lse_offset(p, seq, b, h, i)] = static_cast<float>(lse);
   }
 }
 

@@ -257,6 +257,9 @@ constexpr int64_t kSm90BlockN = 128;
 bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
   if (sm90_disabled() || !sm90_built(p.dtype, p.head_dim)) return false;
   if (p.ring.pos != nullptr || p.num_splits > 1 || pack != 1 || p.seqlen_k < 1) return false;
+  // Packed sequences: the portable kernel (its blocks read their sequence's
+  // bounds; TMA boxes would need them masked per row).
+  if (p.cu_seqlens_q != nullptr) return false;
   if (!tensor_core_ok(p, dims, pack)) return false;
   // TMA loads whole 128-key boxes and cannot zero a key inside [0, Sk): a key
   // that no query of the call sees (before the first row's window, after the

@@ -5,7 +5,8 @@
 // with lse = -inf and O = 0 when no split saw a key. A sink logit (params.h)
 // joins once, here: lse = log(sum_s exp(lse_s) + exp(sinks[h])), and a row no
 // split saw a key of gets lse = sinks[h]. One warp per row (b, h, i);
-// partials are [splits, B, Hq, Sq, (D)] float32, contiguous.
+// partials are [splits, B, Hq, Sq, (D)] float32, contiguous (packed sequences
+// too: rows past a sequence's end are skipped).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -15,6 +16,7 @@
 
 #include "fwd_api.cuh"
 #include "fwd_score.cuh"
+#include "fwd_source.cuh"
 #include "primitives.cuh"
 
 namespace SWA_KERNEL_NS {
@@ -49,6 +51,11 @@ __global__ void __launch_bounds__(kCombineWarps * 32) fwd_combine_kernel(const A
   const int heads_q = static_cast<int>(p.heads_q);
 
   for (int row = blockIdx.x * kCombineWarps + warp; row < rows; row += gridDim.x * kCombineWarps) {
+    const int i = row % seqlen_q;
+    const int h = (row / seqlen_q) % heads_q;
+    const int b = row / (seqlen_q * heads_q);
+    const SequenceRows seq = sequence_rows(p, b);
+    if (i >= seq.seqlen_q) continue;  // past a packed sequence's end (warp-uniform)
     // lse = max + log(sum_s exp(lse_s - max)); max = -inf: no split saw a key.
     // A NaN lse_s (a NaN score in that split) makes lse NaN: fmaxf skips NaN,
     // so it is looked for apart.
@@ -66,9 +73,6 @@ __global__ void __launch_bounds__(kCombineWarps * 32) fwd_combine_kernel(const A
       for (int s = lane; s < splits; s += 32) sum += expf(p.lse_accum[int64_t{s} * rows + row] - lse_max);
       lse = lse_max + logf(warp_sum_f(sum));
     }
-    const int i = row % seqlen_q;
-    const int h = (row / seqlen_q) % heads_q;
-    const int b = row / (seqlen_q * heads_q);
     if (p.sinks != nullptr) {
       constexpr float kLog2e = 1.4426950408889634f;
       constexpr float kLn2 = 0.6931471805599453f;
@@ -78,14 +82,15 @@ __global__ void __launch_bounds__(kCombineWarps * 32) fwd_combine_kernel(const A
       weights[warp][s] = lse == -INFINITY ? 0.f : expf(p.lse_accum[int64_t{s} * rows + row] - lse);
     __syncwarp();
 
-    T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + h * p.out_head_stride + i * p.out_row_stride;
+    T* out = static_cast<T*>(p.out) + seq.stride_batch * p.out_batch_stride + h * p.out_head_stride +
+             (seq.q0 + i) * p.out_row_stride;
     for (int d = lane; d < dim; d += 32) {
       float o = 0.f;
       for (int s = 0; s < splits; ++s)
         o += weights[warp][s] * p.out_accum[(int64_t{s} * rows + row) * dim + d];
       out[d] = from_float<T>(o);
     }
-    if (lane == 0) p.lse[row] = lse;
+    if (lane == 0) p.lse[lse_offset(p, seq, b, h, i)] = lse;
     __syncwarp();  // weights are rewritten for the warp's next row
   }
 }

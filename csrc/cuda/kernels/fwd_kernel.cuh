@@ -111,7 +111,7 @@ __device__ __forceinline__ void store_empty_rows(const AttentionParams& p, const
     const int m = m0 + idx / kD;
     const int d = idx % kD;
     if (to_accum) {
-      p.out_accum[rows.lse_index(m, p, split) * kD + d] = 0.f;
+      p.out_accum[rows.accum_index(m, p, split) * kD + d] = 0.f;
     } else {
       T* out = static_cast<T*>(p.out) + rows.offset(m, p.out_batch_stride, p.out_head_stride, p.out_row_stride);
       out[d] = from_float<T>(0.f);
@@ -120,7 +120,7 @@ __device__ __forceinline__ void store_empty_rows(const AttentionParams& p, const
   for (int r = tid; r < valid_rows; r += Kt::kThreads) {
     const int m = m0 + r;
     if (to_accum) {
-      p.lse_accum[rows.lse_index(m, p, split)] = -INFINITY;
+      p.lse_accum[rows.accum_index(m, p, split)] = -INFINITY;
     } else {
       p.lse[rows.lse_index(m, p)] = p.sinks != nullptr ? p.sinks[rows.head(m)] : -INFINITY;
     }
@@ -175,13 +175,18 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   {
     const FwdBlock blk = fwd_block(grid, blockIdx.x);
     const int64_t group_size = params.heads_q / params.heads_kv;  // query heads per kv head
-    const PackedRows rows{blk.batch, blk.head * grid.pack, static_cast<int>(grid.pack)};
-    const int64_t hkv = rows.head0 / group_size;
-    const Band band = batch_band(params, blk.batch);
+    const SequenceRows seq = sequence_rows(params, blk.batch);
+    // The batch entry's packed rows: grid.rows, or fewer for a packed
+    // sequence shorter than the longest (its blocks past the end exit here).
+    const int64_t seq_rows = seq.seqlen_q * grid.pack;
     const int m0 = static_cast<int>(blk.m_block) * kM;
-    const int m_end = static_cast<int>(band_min64(m0 + kM, grid.rows));
+    if (m0 >= seq_rows) return;
+    const PackedRows rows{blk.batch, blk.head * grid.pack, static_cast<int>(grid.pack), seq};
+    const int64_t hkv = rows.head0 / group_size;
+    const Band band = batch_band(params, seq, blk.batch);
+    const int m_end = static_cast<int>(band_min64(m0 + kM, seq_rows));
     const int valid_rows = m_end - m0;  // 1 .. kM
-    const KeyRange q_rows = packed_query_rows(blk.m_block, kM, grid.pack, grid.rows);
+    const KeyRange q_rows = packed_query_rows(blk.m_block, kM, grid.pack, seq_rows);
     const BlockKeyTiles tiles = rows_block_key_tiles(band, q_rows, kN);
     n_sink = static_cast<int>(tiles.n_sink);
     band_first = static_cast<int>(tiles.band.n_block_min);
@@ -211,7 +216,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     }
 
     // ---- 2. Q -> shared, first K/V tile -> stage 0, block state -> shared
-    const KeySource<T> keys = make_key_source<T>(params, blk.batch, hkv);
+    const KeySource<T> keys = make_key_source<T>(params, seq, blk.batch, hkv);
     copy_q_tile<Kt>(s_q, params, rows, m0, m_end, tid);
     cp_async_commit();  // group: Q
     const SeenKeys keys_seen = seen_keys(band, q_rows.begin, q_rows.end);
@@ -411,7 +416,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     const float inv = fin.out_scale;
     const float lse = fin.lse;
     if (to_accum) {
-      const int64_t row_index = rows.lse_index(m, params, split);
+      const int64_t row_index = rows.accum_index(m, params, split);
       float* out = params.out_accum + row_index * kD;
 #pragma unroll
       for (int j = 0; j < Kt::kDTiles; ++j)

@@ -15,17 +15,50 @@
 namespace SWA_KERNEL_NS {
 namespace cuda_detail {
 
+// Where batch entry b's rows live and how long its sequences are: the
+// padded layout (row 0 of batch b, the call's lengths), or a packed sequence
+// (params.h: cu_seqlens_*, read here on the device).
+struct SequenceRows {
+  int64_t q0;            // its first row of q / out (and of lse's row axis when packed)
+  int64_t k0;            // its first row of params.k / v
+  int64_t seqlen_q;      // its query rows
+  int64_t seqlen_k;      // its rows of params.k / v (with a ring: the new keys, = seqlen_q)
+  int64_t stride_batch;  // b for the padded layout's batch strides; 0 when packed (not read)
+};
+
+// cu_seqlens values that break the contract (not from 0, decreasing, past
+// the token count) are the caller's error on CUDA (never read by the host);
+// they are clamped to [0, total] here, so that no row outside q, k, v, out or
+// lse is read or written whatever they hold (the results are then undefined).
+__device__ __forceinline__ SequenceRows sequence_rows(const AttentionParams& p, int64_t b) {
+  if (p.cu_seqlens_q == nullptr) return {0, 0, p.seqlen_q, p.ring.pos == nullptr ? p.seqlen_k : p.seqlen_q, b};
+  auto clamp = [](int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; };
+  const int64_t q0 = clamp(p.cu_seqlens_q[b], 0, p.total_q);
+  const int64_t q1 = clamp(p.cu_seqlens_q[b + 1], q0, p.total_q);
+  if (p.ring.pos != nullptr) return {q0, q0, q1 - q0, q1 - q0, 0};
+  const int64_t k0 = clamp(p.cu_seqlens_k[b], 0, p.total_k);
+  const int64_t k1 = clamp(p.cu_seqlens_k[b + 1], k0, p.total_k);
+  return {q0, k0, q1 - q0, k1 - k0, 0};
+}
+
+// Index of query row i of (b, h) in lse: [B, Hq, Sq] contiguous, or [Hq, Tq] packed.
+__device__ __forceinline__ int64_t lse_offset(const AttentionParams& p, const SequenceRows& seq, int64_t b,
+                                              int64_t h, int64_t i) {
+  if (p.cu_seqlens_q != nullptr) return h * p.total_q + seq.q0 + i;
+  return (b * p.heads_q + h) * p.seqlen_q + i;
+}
+
 // The virtual key sequence of batch entry b in cache_attention; pos[b] is read
 // on the device (ring.pos != nullptr only).
-__device__ __forceinline__ RingView ring_view(const AttentionParams& p, int64_t b) {
-  return RingView{p.ring.pos[b], p.seqlen_q, p.ring.window, p.ring.capacity, p.ring.sink_tokens};
+__device__ __forceinline__ RingView ring_view(const AttentionParams& p, const SequenceRows& seq, int64_t b) {
+  return RingView{p.ring.pos[b], seq.seqlen_q, p.ring.window, p.ring.capacity, p.ring.sink_tokens};
 }
 
 // The band of batch entry b: the plain window (with its sink tokens), or the
 // ring's virtual sequence (seqlen_k, window and sink run from the view).
-__device__ __forceinline__ Band batch_band(const AttentionParams& p, int64_t b) {
-  if (p.ring.pos == nullptr) return Band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
-  return ring_view(p, b).band();
+__device__ __forceinline__ Band batch_band(const AttentionParams& p, const SequenceRows& seq, int64_t b) {
+  if (p.ring.pos == nullptr) return Band{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
+  return ring_view(p, seq, b).band();
 }
 
 // Key/value rows of one (batch, kv head). With a rolling cache (ring.h) the
@@ -64,11 +97,13 @@ struct KeySource {
 };
 
 template <typename T>
-__device__ __forceinline__ KeySource<T> make_key_source(const AttentionParams& p, int64_t b,
-                                                        int64_t hkv) {
+__device__ __forceinline__ KeySource<T> make_key_source(const AttentionParams& p, const SequenceRows& seq,
+                                                        int64_t b, int64_t hkv) {
   KeySource<T> s;
-  s.k = static_cast<const T*>(p.k.ptr) + b * p.k.batch_stride + hkv * p.k.head_stride;
-  s.v = static_cast<const T*>(p.v.ptr) + b * p.v.batch_stride + hkv * p.v.head_stride;
+  s.k = static_cast<const T*>(p.k.ptr) + seq.stride_batch * p.k.batch_stride + hkv * p.k.head_stride +
+        seq.k0 * p.k.row_stride;
+  s.v = static_cast<const T*>(p.v.ptr) + seq.stride_batch * p.v.batch_stride + hkv * p.v.head_stride +
+        seq.k0 * p.v.row_stride;
   s.k_row_stride = p.k.row_stride;
   s.v_row_stride = p.v.row_stride;
   if (p.ring.pos == nullptr) {
@@ -82,7 +117,7 @@ __device__ __forceinline__ KeySource<T> make_key_source(const AttentionParams& p
     s.capacity = 1;
     s.start_slot = 0;
   } else {
-    const RingView view = ring_view(p, b);
+    const RingView view = ring_view(p, seq, b);
     const RingSource& r = p.ring;
     s.k_ring = static_cast<const T*>(r.k_cache.ptr) + b * r.k_cache.batch_stride + hkv * r.k_cache.head_stride;
     s.v_ring = static_cast<const T*>(r.v_cache.ptr) + b * r.v_cache.batch_stride + hkv * r.v_cache.head_stride;
@@ -105,18 +140,23 @@ struct PackedRows {
   int64_t batch;
   int64_t head0;  // query head of packed row 0
   int pack;
+  SequenceRows seq;  // where the batch entry's rows are
 
   __device__ __forceinline__ int query_row(int m) const { return m / pack; }
   __device__ __forceinline__ int64_t head(int m) const { return head0 + m % pack; }
 
-  // Element offset of row m in a [B, H, S, D] tensor with these strides.
+  // Element offset of row m in q or out with these strides.
   __device__ __forceinline__ int64_t offset(int m, int64_t batch_stride, int64_t head_stride,
                                             int64_t row_stride) const {
-    return batch * batch_stride + head(m) * head_stride + query_row(m) * row_stride;
+    return seq.stride_batch * batch_stride + head(m) * head_stride + (seq.q0 + query_row(m)) * row_stride;
   }
-  // Index of row m in a contiguous [B, Hq, Sq] array (lse), or in split s of
-  // a contiguous [splits, B, Hq, Sq] one.
-  __device__ __forceinline__ int64_t lse_index(int m, const AttentionParams& p, int64_t split = 0) const {
+  // Index of row m in lse (lse_offset).
+  __device__ __forceinline__ int64_t lse_index(int m, const AttentionParams& p) const {
+    return lse_offset(p, seq, batch, head(m), query_row(m));
+  }
+  // Index of row m in split s of the contiguous [splits, B, Hq, Sq] partials
+  // (the padded layout, Sq = seqlen_q, packed sequences too).
+  __device__ __forceinline__ int64_t accum_index(int m, const AttentionParams& p, int64_t split) const {
     return ((split * p.batch + batch) * p.heads_q + head(m)) * p.seqlen_q + query_row(m);
   }
 };

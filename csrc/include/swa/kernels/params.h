@@ -71,6 +71,22 @@ struct AttentionParams {
   // means plain attention over params.k / params.v.
   RingSource ring;
 
+  // Packed variable-length sequences (attention.varlen, cache_attention.varlen);
+  // cu_seqlens_q == nullptr means the padded layout above. When set, q and
+  // out hold the rows of all `batch` sequences back to back ([Tq, H, D]: their
+  // batch strides are not read), sequence b owning rows cu_seqlens_q[b] ..
+  // cu_seqlens_q[b+1] - 1; k / v likewise through cu_seqlens_k, except with a
+  // ring, whose new keys are q's rows (cu_seqlens_k unused). Both int32
+  // [batch + 1], device memory, read on the device only. seqlen_q / seqlen_k
+  // are then the longest sequences (max_seqlen_*: the grid's bounds; blocks
+  // past a sequence's end exit at once), lse is [Hq, total_q] (row r of head
+  // h at h * total_q + r), and the split-KV partials keep their padded layout
+  // [splits, B, Hq, seqlen_q, (D)].
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  int64_t total_q = 0;  // Tq: the packed query rows
+  int64_t total_k = 0;  // Tk: the packed key rows (unused with a ring)
+
   // Split-KV (flash-decoding): when num_splits > 1 each split writes partial
   // results to out_accum [splits, B, Hq, Sq, D] and lse_accum
   // [splits, B, Hq, Sq] (float32, contiguous) and a combine kernel reduces them.
@@ -110,6 +126,11 @@ struct CacheAppendParams {
   const int64_t* pos = nullptr;  // [B]
   int64_t batch = 0, heads_kv = 0, capacity = 0, new_len = 0, head_dim = 0;
   int64_t sink_tokens = 0;       // S: sink slots before the C ring slots (ring.h)
+  // Packed new tokens (cache_append.varlen): when set, k, v are [T, Hkv, D]
+  // (batch strides not read) with new_len = T, and sequence b's rows are
+  // cu_seqlens[b] .. cu_seqlens[b+1] - 1 (int32 [batch + 1], device memory),
+  // at positions pos[b] ..; each thread finds its row's sequence on the device.
+  const int32_t* cu_seqlens = nullptr;
 };
 
 struct CacheGatherParams {
