@@ -1,7 +1,8 @@
 """The packed (varlen) ops on CUDA: attention.varlen's forward and the packed
 cache ops (cache_append.varlen, cache_attention.varlen), against the float64
 reference per sequence (FlashAttention's rule for 16-bit inputs) and against
-the CPU backend. Skipped without a GPU; the kernels' packed paths also run
+the CPU backend. Skipped without a GPU (the names with "small" run under
+compute-sanitizer in bench/run_gpu.sh); the kernels' packed paths also run
 under the CPU emulator (tests/cuda_emu, "varlen" cases) in every CI run.
 """
 
@@ -40,7 +41,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("case", CASES, ids=range(len(CASES)))
+@pytest.mark.parametrize("case", CASES, ids=["mixed", "sq-ne-sk-softcap", "decode-split", "small-sinks"])
 def test_attention_varlen_forward_matches_reference(case, dtype):
     lens_q, lens_k, (hq, hkv), (wl, wr), softcap, S, logits = case
     lens_k = lens_k or lens_q
@@ -98,7 +99,7 @@ def mixed_stream(device, dtype, S=0, logits=False, seed=0):
 
 
 @pytest.mark.parametrize("S,logits", [(0, False), (3, True)])
-def test_cache_varlen_stream_matches_cpu(S, logits):
+def test_small_cache_varlen_stream_matches_cpu(S, logits):
     cpu_outs, cpu_cache = mixed_stream("cpu", torch.float32, S, logits)
     cuda_outs, cuda_cache = mixed_stream("cuda", torch.float32, S, logits)
     for a, b in zip(cuda_outs, cpu_outs):
