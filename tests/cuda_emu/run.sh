@@ -23,12 +23,15 @@
 #   script exits non-zero when any case failed).
 #        tests/cuda_emu/run.sh --fwd --random N [seed]: N random forward
 #   problems (shapes, windows, GQA, layouts, splits, rings) instead of the list.
-# Env: CXX (g++), SWA_EMU_KERNELS (kernel source dir), SWA_EMU_JOBS (compile
-# jobs), SWA_EMU_CP_ASYNC=late|early (run that landing mode only).
+# Env: CXX (g++), SWA_EMU_KERNELS (kernel source dir), SWA_EMU_INSTANTIATIONS
+# (the generated instantiations' dir), SWA_EMU_JOBS (compile
+# jobs), SWA_EMU_CP_ASYNC=late|early (run that landing mode only),
+# SWA_EMU_BLOCK_ORDER=forward|reverse (that block order in every mode).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 kernels="${SWA_EMU_KERNELS:-$root/csrc/cuda/kernels}"
+instantiations="${SWA_EMU_INSTANTIATIONS:-$root/csrc/cuda/instantiations}"
 run_bwd=1 run_fwd=1 run_sm90=1
 case "${1:-}" in
   --bwd) run_fwd=0 run_sm90=0; shift ;;
@@ -41,7 +44,7 @@ fwd_args=("$@")  # the forward test also takes --random N [seed]
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-for f in "$kernels"/*.cuh "$kernels"/*.cu; do
+for f in "$kernels"/*.cuh "$kernels"/*.cu "$instantiations"/*.cu; do
   sed -E -e 's/extern __shared__/extern/' \
          -e 's/([A-Za-z_][A-Za-z0-9_]*(<[^<>()]*>)?)<<<(.*)>>>\(/emu::Launch(\1, \3)(/' \
          "$f" > "$work/$(basename "$f")"
@@ -65,13 +68,16 @@ jobs="${SWA_EMU_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 modes="${SWA_EMU_CP_ASYNC:-late early}"
 status=0
-# run_in_modes LABEL CMD...: CMD once per cp.async landing mode.
+# run_in_modes LABEL CMD...: CMD once per cp.async landing mode; the late mode
+# runs the blocks in launch order, the early one in reverse (fake/emu_core.h:
+# results that depend on the order of blocks differ between the two).
 run_in_modes() {
-  local label=$1 mode
+  local label=$1 mode order
   shift
   for mode in $modes; do
-    echo "== $label, cp.async landing $mode"
-    SWA_EMU_CP_ASYNC=$mode "$@" || status=1
+    order="${SWA_EMU_BLOCK_ORDER:-$([ "$mode" = early ] && echo reverse || echo forward)}"
+    echo "== $label, cp.async landing $mode, blocks in $order order"
+    SWA_EMU_CP_ASYNC=$mode SWA_EMU_BLOCK_ORDER=$order "$@" || status=1
   done
 }
 if [ "$run_bwd" = 1 ]; then

@@ -31,6 +31,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <string>
 #include <vector>
 
 #define __global__
@@ -302,7 +303,18 @@ inline void trampoline() {
   std::abort();
 }
 
-// Runs body on every thread of every block, blocks in order.
+// Blocks run one at a time, in linear order, or in reverse with
+// SWA_EMU_BLOCK_ORDER=reverse: a GPU runs them in any order, so results that
+// depend on it (two blocks writing the same element) differ between the two.
+inline bool reverse_block_order() {
+  static const bool reverse = [] {
+    const char* order = std::getenv("SWA_EMU_BLOCK_ORDER");
+    return order != nullptr && std::string(order) == "reverse";
+  }();
+  return reverse;
+}
+
+// Runs body on every thread of every block, one block after another.
 inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body, size_t stack_bytes = 96 * 1024) {
   grid_dim() = grid;
   block_dim() = blk;
@@ -311,53 +323,56 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body, size_
     std::fprintf(stderr, "emu: block of %d threads\n", n);
     std::abort();
   }
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block* b = new Block();
-        block() = b;
-        block_index() = {bx, by, bz};
-        b->nthreads = n;
-        b->body = body;
-        b->threads.resize(n);
-        if (device().block_start) device().block_start();
-        auto& pool = stack_pool();
-        if (pool.size() < static_cast<size_t>(n) || pool[0].size() < stack_bytes) {
-          pool.resize(n);
-          for (auto& st : pool)
-            if (st.size() < stack_bytes) st.resize(stack_bytes);
-        }
-        for (int i = 0; i < n; ++i) {
-          Thread& t = b->threads[i];
-          t.linear = i;
-          t.tid = {static_cast<unsigned>(i % blk.x), static_cast<unsigned>((i / blk.x) % blk.y),
-                   static_cast<unsigned>(i / (blk.x * blk.y))};
-          t.stack = pool[i].data();
-          ctx_make(t.ctx, t.stack, pool[i].size(), trampoline);
-        }
-        int remaining = n;
-        while (remaining > 0) {
-          bool progress = false;
-          for (Thread& t : b->threads) {
-            if (t.done) continue;
-            const bool ready = t.wait_kind == 0 || (t.wait_kind == 1 && b->warp_gen[t.linear / 32] != t.wait_gen) ||
-                               (t.wait_kind == 2 && b->block_gen != t.wait_gen);
-            if (!ready) continue;
-            t.wait_kind = 0;
-            b->current = &t;
-            ctx_switch(b->scheduler, t.ctx);
-            progress = true;
-            if (t.done) --remaining;
-          }
-          if (!progress) {
-            std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u): threads wait on barriers that never complete\n",
-                         bx, by, bz);
-            std::abort();
-          }
-        }
-        delete b;
-        block() = nullptr;
+  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  for (uint64_t step = 0; step < blocks; ++step) {
+    const uint64_t linear = reverse_block_order() ? blocks - 1 - step : step;
+    const unsigned bx = static_cast<unsigned>(linear % grid.x);
+    const unsigned by = static_cast<unsigned>(linear / grid.x % grid.y);
+    const unsigned bz = static_cast<unsigned>(linear / grid.x / grid.y);
+    Block* b = new Block();
+    block() = b;
+    block_index() = {bx, by, bz};
+    b->nthreads = n;
+    b->body = body;
+    b->threads.resize(n);
+    if (device().block_start) device().block_start();
+    auto& pool = stack_pool();
+    if (pool.size() < static_cast<size_t>(n) || pool[0].size() < stack_bytes) {
+      pool.resize(n);
+      for (auto& st : pool)
+        if (st.size() < stack_bytes) st.resize(stack_bytes);
+    }
+    for (int i = 0; i < n; ++i) {
+      Thread& t = b->threads[i];
+      t.linear = i;
+      t.tid = {static_cast<unsigned>(i % blk.x), static_cast<unsigned>((i / blk.x) % blk.y),
+               static_cast<unsigned>(i / (blk.x * blk.y))};
+      t.stack = pool[i].data();
+      ctx_make(t.ctx, t.stack, pool[i].size(), trampoline);
+    }
+    int remaining = n;
+    while (remaining > 0) {
+      bool progress = false;
+      for (Thread& t : b->threads) {
+        if (t.done) continue;
+        const bool ready = t.wait_kind == 0 || (t.wait_kind == 1 && b->warp_gen[t.linear / 32] != t.wait_gen) ||
+                           (t.wait_kind == 2 && b->block_gen != t.wait_gen);
+        if (!ready) continue;
+        t.wait_kind = 0;
+        b->current = &t;
+        ctx_switch(b->scheduler, t.ctx);
+        progress = true;
+        if (t.done) --remaining;
       }
+      if (!progress) {
+        std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u): threads wait on barriers that never complete\n",
+                     bx, by, bz);
+        std::abort();
+      }
+    }
+    delete b;
+    block() = nullptr;
+  }
 }
 
 }  // namespace emu
