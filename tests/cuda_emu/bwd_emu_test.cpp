@@ -7,8 +7,11 @@
 // 0 .. S-1 seen beside the band, from 1 key to more than a key tile of either
 // kernel) and sink logits (a value-less logit per head in every row's
 // softmax: in the forward's lse, recomputed by the fp64 path); d sinks from
-// the kernels' row statistics as the op computes it (ops/sinks.h). The
-// reference's visibility is written out here, not taken from band.h.
+// the kernels' row statistics as the op computes it (ops/sinks.h). Packed
+// sequences (cu_seqlens_q/k: [T, H, D] operands, lse and the row workspaces
+// [Hq, T]; empty sequences, Sq != Sk per sequence, NaN in the rows between
+// sequences' seen keys). The reference's visibility is written out here, not
+// taken from band.h.
 // Built and run by run.sh (g++, C++20; needs no GPU).
 #include <cmath>
 #include <cstdint>
@@ -16,7 +19,9 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "element_types.h"
@@ -45,7 +50,40 @@ struct Shape {
   const char* name;
   int64_t sink_tokens = 0;  // keys 0 .. S-1 seen beside the band
   int sink_logits = 0;      // a SinkLogits value
+  // Packed sequences (Sq, Sk) when not empty: the operands are [T, H, D]
+  // (layout 0: head-major [H, T, D], 1: token-major with padded rows) and
+  // B, Sq, Sk above are ignored.
+  std::vector<std::pair<int64_t, int64_t>> seqs = {};
 };
+
+// One sequence of a case: the padded layout's batch entry b (operand batch b,
+// offsets 0), or a packed sequence (operand batch 0, its first rows).
+struct Segment {
+  int64_t bb;      // operand batch index
+  int64_t q0, k0;  // first query / key row in the operands
+  int64_t sq, sk;  // its lengths
+};
+
+std::vector<Segment> segments_of(const Shape& s) {
+  std::vector<Segment> segs;
+  if (s.seqs.empty()) {
+    for (int64_t b = 0; b < s.B; ++b) segs.push_back({b, 0, 0, s.Sq, s.Sk});
+    return segs;
+  }
+  int64_t q0 = 0, k0 = 0;
+  for (const auto& [sq, sk] : s.seqs) {
+    segs.push_back({0, q0, k0, sq, sk});
+    q0 += sq, k0 += sk;
+  }
+  return segs;
+}
+
+// The case's shape as seen by one sequence (its lengths), for sees().
+Shape with_lengths(const Shape& s, const Segment& g) {
+  Shape t = s;
+  t.Sq = g.sq, t.Sk = g.sk;
+  return t;
+}
 
 // Sink logits of a case, per query head h (natural units, not scaled).
 enum SinkLogits : int {
@@ -167,7 +205,15 @@ void run_case(const Shape& s, uint64_t seed) {
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
-  const int64_t B = s.B, Hq = s.Hq, Hkv = s.Hkv, Sq = s.Sq, Sk = s.Sk, D = s.D, G = Hq / Hkv;
+  const bool packed = !s.seqs.empty();
+  const std::vector<Segment> segs = segments_of(s);
+  // Operand extents: [B, H, S, D], or packed [1, H, T, D] views of [T, H, D].
+  int64_t B = s.B, Sq = s.Sq, Sk = s.Sk, max_q = s.Sq, max_k = s.Sk;
+  if (packed) {
+    B = 1, Sq = Sk = max_q = max_k = 0;
+    for (const Segment& g : segs) Sq += g.sq, Sk += g.sk, max_q = std::max(max_q, g.sq), max_k = std::max(max_k, g.sk);
+  }
+  const int64_t Hq = s.Hq, Hkv = s.Hkv, D = s.D, G = Hq / Hkv;
   // The params carry float scale / softcap: the reference uses the same values.
   const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   Operand<T> q, k, v, out, dout, dq, dk, dv;
@@ -204,13 +250,15 @@ void run_case(const Shape& s, uint64_t seed) {
   // Keys that no query sees hold NaN: their dK, dV must come out 0 and they
   // must not reach dQ (the loaders zero-fill them; 0 * NaN is NaN). With
   // sink tokens that includes the gap between the sink run and the band.
-  for (int64_t j = 0; j < Sk; ++j) {
-    bool seen = false;
-    for (int64_t i = 0; i < Sq && !seen; ++i) seen = sees(s, i, j);
-    if (seen) continue;
-    for (int64_t b = 0; b < B; ++b)
+  for (const Segment& g : segs) {
+    const Shape gs = with_lengths(s, g);
+    for (int64_t j = 0; j < g.sk; ++j) {
+      bool seen = false;
+      for (int64_t i = 0; i < g.sq && !seen; ++i) seen = sees(gs, i, j);
+      if (seen) continue;
       for (int64_t h = 0; h < Hkv; ++h)
-        for (int64_t d = 0; d < D; ++d) k.at(b, h, j, d) = v.at(b, h, j, d) = from_d<T>(NAN);
+        for (int64_t d = 0; d < D; ++d) k.at(g.bb, h, g.k0 + j, d) = v.at(g.bb, h, g.k0 + j, d) = from_d<T>(NAN);
+    }
   }
 
   auto score = [&](int64_t b, int64_t h, int64_t i, int64_t j, double& t) {
@@ -224,11 +272,16 @@ void run_case(const Shape& s, uint64_t seed) {
     t = 0;
     return x;
   };
-  // The keys row i sees, ascending (every key of the row, counted once).
+  // The keys query row r (an operand row) sees, ascending, as operand rows
+  // (every key of the row, counted once); the same for every batch entry.
   std::vector<std::vector<int64_t>> row_keys(static_cast<size_t>(Sq));
-  for (int64_t i = 0; i < Sq; ++i)
-    for (int64_t j = 0; j < Sk; ++j)
-      if (sees(s, i, j)) row_keys[i].push_back(j);
+  for (const Segment& g : segs) {
+    if (g.bb > 0) continue;
+    const Shape gs = with_lengths(s, g);
+    for (int64_t i = 0; i < g.sq; ++i)
+      for (int64_t j = 0; j < g.sk; ++j)
+        if (sees(gs, i, j)) row_keys[g.q0 + i].push_back(g.k0 + j);
+  }
   // Forward in float64; out rounded to T, lse to float (what the forward
   // stores). The sink logit joins the softmax without a value: lse =
   // log(sum_j exp(s_ij) + exp(sink)); a row that sees no key has out 0 and
@@ -310,11 +363,23 @@ void run_case(const Shape& s, uint64_t seed) {
   p.dq_accum = s.deterministic ? nullptr : dq_accum.data();
   p.softmax_stats_f64 = stats.data();
   p.deterministic = s.deterministic;
+  // Packed: one grid entry per sequence over the longest one; batch strides
+  // are not read (set to garbage here).
+  std::vector<int32_t> cu_q{0}, cu_k{0};
+  const int64_t grid_batch = packed ? static_cast<int64_t>(segs.size()) : B;
+  if (packed) {
+    for (const Segment& g : segs) cu_q.push_back(static_cast<int32_t>(g.q0 + g.sq)), cu_k.push_back(static_cast<int32_t>(g.k0 + g.sk));
+    f.cu_seqlens_q = cu_q.data(), f.cu_seqlens_k = cu_k.data();
+    f.total_q = Sq, f.total_k = Sk;
+    f.batch = grid_batch, f.seqlen_q = max_q, f.seqlen_k = max_k;
+    for (kn::TensorRef* t : {&f.q, &f.k, &f.v, &p.dout, &p.dq, &p.dk, &p.dv}) t->batch_stride = int64_t{1} << 40;
+    f.out_batch_stride = int64_t{1} << 40;
+  }
 
   if constexpr (kExactPath) {
-    emu::launch({static_cast<unsigned>((rows + 3) / 4)}, {kExactBwdWarps * 32},
+    emu::launch({static_cast<unsigned>((grid_batch * Hq * max_q + 3) / 4)}, {kExactBwdWarps * 32},
                 [&] { exact_bwd_dq_kernel<T, Acc>(p); });
-    emu::launch({static_cast<unsigned>((B * Hkv * Sk + 3) / 4)}, {kExactBwdWarps * 32},
+    emu::launch({static_cast<unsigned>((grid_batch * Hkv * max_k + 3) / 4)}, {kExactBwdWarps * 32},
                 [&] { exact_bwd_dkdv_kernel<T, Acc>(p); });
   } else {
     using Kt = BwdTraits<T, kHeadDim>;
@@ -325,13 +390,13 @@ void run_case(const Shape& s, uint64_t seed) {
     sc.scale_log2 = static_cast<float>(static_cast<double>(f.scale) * 1.4426950408889634);
     sc.softcap_log2 = sc.use_softcap ? static_cast<float>(static_cast<double>(f.softcap) * 1.4426950408889634) : 0.f;
     sc.scale_over_cap = sc.use_softcap ? static_cast<float>(static_cast<double>(f.scale) / f.softcap) : 0.f;
-    const kn::BwdRowGrid rg = kn::make_bwd_row_grid(B, Hq, Sq, kBwdRowBlock);
+    const kn::BwdRowGrid rg = kn::make_bwd_row_grid(grid_batch, Hq, max_q, kBwdRowBlock);
     emu::launch({static_cast<unsigned>(rg.blocks())}, {kBwdRowThreads},
                 [&] { bwd_preprocess_kernel<T, kHeadDim>(p, rg, s.deterministic ? 0 : 1); });
-    const kn::BwdKvGrid kg = kn::make_bwd_kv_grid(B, Hkv, Sk, Kt::kBlockN);
+    const kn::BwdKvGrid kg = kn::make_bwd_kv_grid(grid_batch, Hkv, max_k, Kt::kBlockN);
     emu::launch({static_cast<unsigned>(kg.blocks())}, {Kt::kThreads}, [&] { bwd_dkdv_kernel<Kt>(p, kg, sc); });
     if (s.deterministic) {
-      const kn::BwdQGrid qg = kn::make_bwd_q_grid(B, Hq, Sq, Qt::kBlockM);
+      const kn::BwdQGrid qg = kn::make_bwd_q_grid(grid_batch, Hq, max_q, Qt::kBlockM);
       emu::launch({static_cast<unsigned>(qg.blocks())}, {Qt::kThreads}, [&] { bwd_dq_kernel<Qt>(p, qg, sc); });
     } else {
       emu::launch({static_cast<unsigned>(rg.blocks())}, {kBwdRowThreads},
@@ -424,6 +489,46 @@ void run_sink_cases(const Want& want) {
   if (want(sx16.name)) run_case<__half, true, 0>(sx16, 134);
 }
 
+// Packed sequences: lengths around the tiles (dK/dV key tiles of 128 keys
+// and query tiles of 64 / 128 rows for d <= 128; d = 256 halves them), empty
+// sequences (no queries, no keys, or neither), Sq != Sk per sequence with
+// bottom-right alignment, both dQ modes, sinks of both kinds, the exact path.
+template <typename Want>
+void run_varlen_cases(const Want& want) {
+  using Seqs = std::vector<std::pair<int64_t, int64_t>>;
+  const Seqs mixed{{130, 130}, {0, 0}, {1, 1}, {64, 64}, {0, 5}, {200, 200}, {7, 0}, {129, 129}};
+  const Seqs uneven{{40, 300}, {150, 60}, {1, 129}, {0, 0}, {65, 65}};
+  //             B  Hq Hkv  Sq Sk  D   wl  wr  softcap dlse layout det   name                        S  logits  seqs
+  const Shape cases[] = {
+      {0, 2, 1, 0, 0, 64, 40, 0, 0.f, false, 1, false, "varlen d64 mixed gqa", 0, 0, mixed},
+      {0, 2, 1, 0, 0, 64, 40, 0, 0.f, true, 0, true, "varlen d64 det head-major", 0, 0, mixed},
+      {0, 2, 2, 0, 0, 64, 30, 10, 20.f, true, 1, false, "varlen d64 sq!=sk two-sided", 0, 0, uneven},
+      {0, 4, 2, 0, 0, 64, 30, 10, 20.f, false, 1, true, "varlen d64 det sq!=sk softcap", 0, 0, uneven},
+      {0, 2, 1, 0, 0, 64, 20, 0, 0.f, true, 1, false, "varlen d64 sinks both", 4, kModerate, mixed},
+      {0, 2, 1, 0, 0, 128, 50, 0, 0.f, true, 1, true, "varlen d128 det sinks", 70, kLarge, uneven},
+      {0, 2, 1, 0, 0, 256, -1, 0, 0.f, true, 1, false, "varlen d256 causal", 0, 0, mixed},
+      {0, 3, 1, 0, 0, 32, -1, -1, 0.f, false, 0, false, "varlen d32 full gqa3", 0, 0, uneven},
+  };
+  for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); ++c) {
+    const Shape& s = cases[c];
+    if (!want(s.name)) continue;
+    const bool bf16 = c % 2 == 0;
+    switch (s.D) {
+      case 32: bf16 ? run_case<__nv_bfloat16, false, 32>(s, 200 + c) : run_case<__half, false, 32>(s, 200 + c); break;
+      case 64: bf16 ? run_case<__nv_bfloat16, false, 64>(s, 200 + c) : run_case<__half, false, 64>(s, 200 + c); break;
+      case 128: bf16 ? run_case<__nv_bfloat16, false, 128>(s, 200 + c) : run_case<__half, false, 128>(s, 200 + c); break;
+      default: bf16 ? run_case<__nv_bfloat16, false, 256>(s, 200 + c) : run_case<__half, false, 256>(s, 200 + c); break;
+    }
+  }
+  const Seqs small{{13, 13}, {0, 4}, {21, 9}, {1, 1}, {0, 0}, {30, 45}};
+  const Shape x32{0, 4, 2, 0, 0, 40, 9, 3, 15.f, true, 1, true, "varlen exact f32 d40", 3, kModerate, small};
+  const Shape x64{0, 2, 1, 0, 0, 19, 5, 0, 0.f, true, 0, true, "varlen exact f64 d19", 2, kLarge, small};
+  const Shape x16{0, 2, 2, 0, 0, 40, -1, 0, 0.f, false, 1, true, "varlen exact bf16 d40", 0, 0, small};
+  if (want(x32.name)) run_case<float, true, 0>(x32, 230);
+  if (want(x64.name)) run_case<double, true, 0>(x64, 231);
+  if (want(x16.name)) run_case<__nv_bfloat16, true, 0>(x16, 232);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -457,6 +562,7 @@ int main(int argc, char** argv) {
   if (want(sx32.name)) run_case<float, true, 0>(sx32, 12);
   if (want(sx64.name)) run_case<double, true, 0>(sx64, 13);
   run_sink_cases(want);
+  run_varlen_cases(want);
   std::printf("%d passed, %d failed\n", cases_run - cases_failed, cases_failed);
   return failures == 0 ? 0 : 1;
 }

@@ -7,6 +7,10 @@
 //   contiguous last dim; fwd.lse, dlse (optional): [B, Hq, Sq] float32,
 //   contiguous. Outputs dq, dk, dv (fully written, zeros where nothing is
 //   visible): q's / k's / v's dtype and strides. fwd.ring must be unset.
+//   Packed sequences (fwd.cu_seqlens_q and fwd.cu_seqlens_k both set, as in
+//   the forward): every [B, H, S, D] above is [T, H, D] (batch strides not
+//   read), B is the sequence count, S the longest sequence, and lse, dlse and
+//   the row workspaces below are [Hq, Tq] (B * Hq * Sq reads Hq * Tq).
 //   Sinks: fwd.sink_tokens >= 0 (keys seen beside the band, band.h);
 //   fwd.sinks (float32 [Hq] device logits or nullptr) is read by the fp64
 //   path only, whose recomputed lse must include it: every other path takes
@@ -184,6 +188,7 @@ cudaError_t attention_backward(const AttentionBackwardParams& params, cudaStream
   if (f.heads_kv <= 0 || f.heads_q % f.heads_kv != 0) return cudaErrorInvalidValue;
   if (f.head_dim < 1 || f.head_dim > 256 || f.ring.pos != nullptr) return cudaErrorInvalidValue;
   if (f.sink_tokens < 0) return cudaErrorInvalidValue;
+  if ((f.cu_seqlens_q == nullptr) != (f.cu_seqlens_k == nullptr)) return cudaErrorInvalidValue;
   switch (f.dtype) {
     case DType::kFloat32: return cuda_detail::run_exact_bwd<float>(params, stream);
     case DType::kFloat64: return cuda_detail::run_exact_bwd<double>(params, stream);

@@ -24,6 +24,10 @@
 // and the masks cover them as they are; only the zero-fill of unseen keys
 // must keep the sink run (two runs of seen keys, key_tile_rows).
 //
+// Packed sequences (params.h: cu_seqlens_*): "batch" is a sequence, whose
+// lengths and first rows come from sequence_rows; the grid covers the longest
+// sequence and a key tile past its own sequence's end exits at once.
+//
 // The five MMAs (m16n8k16, A row major (M, K), B "col major" = stored [n][k]):
 //   MMA   M        N        K        A from                         B from
 //   S^T   keys     queries  dims     sK  [key][dim]  ldsm           sQ  [query][dim] ldsm      (stored [n][k])
@@ -49,6 +53,7 @@
 #include "bwd_common.cuh"
 #include "bwd_kernel_traits.cuh"
 #include "primitives.cuh"
+#include "sequence_rows.cuh"
 #include "swa/kernels/band.h"
 #include "swa/kernels/bwd_tiles.h"
 #include "swa/kernels/params.h"
@@ -134,7 +139,12 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   // where they meet 64-bit strides: fewer registers across the main loop.
   const int batch = static_cast<int>(blk.batch);
   const int head_kv = static_cast<int>(blk.head_kv);
-  const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
+  // The batch entry's rows (a packed sequence's: its own lengths and first
+  // rows; a key tile past its end has nothing to write and exits at once).
+  const SequenceRows seq = sequence_rows(fp, batch);
+  const int n0 = static_cast<int>(blk.n_block) * kN;
+  if (n0 >= seq.seqlen_k) return;
+  const Band band{seq.seqlen_q, seq.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
   const int group_size = static_cast<int>(fp.heads_q / fp.heads_kv);
   const BwdQueryWalk walk = make_bwd_query_walk(band, blk.n_block, kN, kM, group_size);
   const int m_block_min = static_cast<int>(walk.m_block_min);
@@ -143,9 +153,13 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   // Step -> (query head, query tile) of the walk (BwdQueryWalk's order).
   auto step_head = [&](int step) { return static_cast<int64_t>(head_kv) * group_size + step / m_blocks; };
   auto step_m_block = [&](int step) { return m_block_min + step % m_blocks; };
-  const int n0 = static_cast<int>(blk.n_block) * kN;
-  const int seqlen_q = static_cast<int>(fp.seqlen_q);
-  const int seqlen_k = static_cast<int>(fp.seqlen_k);
+  const int seqlen_q = static_cast<int>(seq.seqlen_q);
+  const int seqlen_k = static_cast<int>(seq.seqlen_k);
+  // The sequence's first rows of q / dO and of k / v / dk / dv.
+  const T* const q_seq = static_cast<const T*>(fp.q.ptr) + seq.stride_batch * fp.q.batch_stride +
+                         seq.q0 * fp.q.row_stride;
+  const T* const dout_seq = static_cast<const T*>(params.dout.ptr) + seq.stride_batch * params.dout.batch_stride +
+                            seq.q0 * params.dout.row_stride;
 
   // Step `step` of the walk (query head, query tile) -> stage: Q, dO rows and
   // their lse, D.
@@ -153,11 +167,9 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     const int64_t head = step_head(step);
     const int m0 = step_m_block(step) * kM;
     const int valid = min(kM, seqlen_q - m0);
-    const T* q = static_cast<const T*>(fp.q.ptr) + static_cast<int64_t>(batch) * fp.q.batch_stride + head * fp.q.head_stride +
-                 static_cast<int64_t>(m0) * fp.q.row_stride;
-    const T* dout = static_cast<const T*>(params.dout.ptr) + static_cast<int64_t>(batch) * params.dout.batch_stride +
-                    head * params.dout.head_stride + static_cast<int64_t>(m0) * params.dout.row_stride;
-    const int64_t row_index = (static_cast<int64_t>(batch) * fp.heads_q + head) * fp.seqlen_q + m0;  // of lse, D
+    const T* q = q_seq + head * fp.q.head_stride + static_cast<int64_t>(m0) * fp.q.row_stride;
+    const T* dout = dout_seq + head * params.dout.head_stride + static_cast<int64_t>(m0) * params.dout.row_stride;
+    const int64_t row_index = lse_offset(fp, seq, batch, head, m0);  // of lse, D
     T* s_q = reinterpret_cast<T*>(bwd_smem + Kt::kOffStages + stage * Kt::kStageBytes);
     copy_tile_async<QTile, kThreads>(s_q, q, fp.q.row_stride, valid, tid);
     copy_tile_async<QTile, kThreads>(s_q + QTile::kElems, dout, params.dout.row_stride, valid, tid);
@@ -210,13 +222,11 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     // and, NaN or inf as they may be, they cannot reach dQ through dS K. The
     // seen keys are the sink run and the band run (each contiguous:
     // key_begin, key_end and sink_end are monotone in the row).
-    const KeyTileRows seen = key_tile_rows<kN>(seen_keys(band, 0, fp.seqlen_q), n0);
-    const T* k = static_cast<const T*>(fp.k.ptr) + static_cast<int64_t>(batch) * fp.k.batch_stride +
-                 static_cast<int64_t>(head_kv) * fp.k.head_stride +
-                 static_cast<int64_t>(n0) * fp.k.row_stride;
-    const T* v = static_cast<const T*>(fp.v.ptr) + static_cast<int64_t>(batch) * fp.v.batch_stride +
-                 static_cast<int64_t>(head_kv) * fp.v.head_stride +
-                 static_cast<int64_t>(n0) * fp.v.row_stride;
+    const KeyTileRows seen = key_tile_rows<kN>(seen_keys(band, 0, seq.seqlen_q), n0);
+    const T* k = static_cast<const T*>(fp.k.ptr) + seq.stride_batch * fp.k.batch_stride +
+                 static_cast<int64_t>(head_kv) * fp.k.head_stride + (seq.k0 + n0) * fp.k.row_stride;
+    const T* v = static_cast<const T*>(fp.v.ptr) + seq.stride_batch * fp.v.batch_stride +
+                 static_cast<int64_t>(head_kv) * fp.v.head_stride + (seq.k0 + n0) * fp.v.row_stride;
     copy_tile_async<KvTile, kThreads>(s_k, k, fp.k.row_stride, seen.valid, tid, seen.first, seen.sink);
     copy_tile_async<KvTile, kThreads>(s_v, v, fp.v.row_stride, seen.valid, tid, seen.first, seen.sink);
     load_query_tile(0, 0);
@@ -377,7 +387,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
       constexpr int kPassDims = Kt::kDqPassDims;
       constexpr int kColTiles = kPassDims / 8;
       const int64_t head = step_head(step);
-      float* dq_rows = params.dq_accum + ((static_cast<int64_t>(batch) * fp.heads_q + head) * fp.seqlen_q + m0) * kD;
+      float* dq_rows = params.dq_accum + lse_offset(fp, seq, batch, head, m0) * kD;
 #pragma unroll 1
       for (int col0 = dq_col0; col0 < dq_col0 + Kt::kDqWarpDims; col0 += kPassDims) {
         // K .trans lane address at the pass's columns (folded when aligned).
@@ -428,10 +438,10 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
   }
 
   // 6. dK = scale * (dX^T Q), dV: the warp's keys (rows < Sk) and columns.
-  T* dk = static_cast<T*>(params.dk.ptr) + static_cast<int64_t>(batch) * params.dk.batch_stride +
-          static_cast<int64_t>(head_kv) * params.dk.head_stride;
-  T* dv = static_cast<T*>(params.dv.ptr) + static_cast<int64_t>(batch) * params.dv.batch_stride +
-          static_cast<int64_t>(head_kv) * params.dv.head_stride;
+  T* dk = static_cast<T*>(params.dk.ptr) + seq.stride_batch * params.dk.batch_stride +
+          static_cast<int64_t>(head_kv) * params.dk.head_stride + seq.k0 * params.dk.row_stride;
+  T* dv = static_cast<T*>(params.dv.ptr) + seq.stride_batch * params.dv.batch_stride +
+          static_cast<int64_t>(head_kv) * params.dv.head_stride + seq.k0 * params.dv.row_stride;
   const int valid_keys = seqlen_k - n0;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {

@@ -15,6 +15,8 @@
 // and at the end dq = scale * dQ in q's dtype. P and dP are recomputed here
 // (the dK/dV kernel computed them too): the price of determinism.
 // The sink logits need nothing here: lse (the forward's) already holds them.
+// Packed sequences: "batch" is a sequence (sequence_rows: its lengths and
+// first rows); a query tile past its sequence's end exits at once.
 //
 // MMAs (m16n8k16): S (M = rows, N = keys, K = dims): A = sQ [row][dim] ldsm,
 // B = sK [key][dim] = [n][k] ldsm; dP: sdO, sV alike; dQ (M = rows, N = dims,
@@ -31,6 +33,7 @@
 #include "bwd_common.cuh"
 #include "bwd_kernel_traits.cuh"
 #include "primitives.cuh"
+#include "sequence_rows.cuh"
 #include "swa/kernels/band.h"
 #include "swa/kernels/bwd_tiles.h"
 #include "swa/kernels/params.h"
@@ -88,9 +91,13 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   const int64_t batch = blk.batch;
   const int64_t head = blk.head;
   const int64_t head_kv = head / (fp.heads_q / fp.heads_kv);
-  const Band band{fp.seqlen_q, fp.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
+  // The batch entry's rows (a packed sequence's; a query tile past its end
+  // has nothing to write and exits at once).
+  const SequenceRows seq = sequence_rows(fp, batch);
   const int m0 = static_cast<int>(blk.m_block) * kM;
-  const int seqlen_q = static_cast<int>(fp.seqlen_q);
+  if (m0 >= seq.seqlen_q) return;
+  const Band band{seq.seqlen_q, seq.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
+  const int seqlen_q = static_cast<int>(seq.seqlen_q);
   const TileRange tiles = key_tile_range(band, blk.m_block, kM, kN);
   const int n_begin = static_cast<int>(tiles.n_block_min);
   const int n_band = static_cast<int>(tiles.size());
@@ -104,7 +111,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   // past Sq see no key and get lse = +inf (P = 0).
   int row_sink_end[2], row_key_begin[2], row_key_end[2];
   float lse2[2], d[2];
-  const int64_t row_index0 = (batch * fp.heads_q + head) * fp.seqlen_q;  // of lse, D
+  const int64_t row_index0 = lse_offset(fp, seq, batch, head, 0);  // of lse, D
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int row = m0 + 16 * warp + group + 8 * i;
@@ -120,8 +127,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   // key no row sees (NaN or inf included) must not reach dQ through 0 * NaN
   // in dS K.
   const SeenKeys seen = seen_keys(band, m0, m0 + kM);
-  const T* k_head = static_cast<const T*>(fp.k.ptr) + batch * fp.k.batch_stride + head_kv * fp.k.head_stride;
-  const T* v_head = static_cast<const T*>(fp.v.ptr) + batch * fp.v.batch_stride + head_kv * fp.v.head_stride;
+  const T* k_head = static_cast<const T*>(fp.k.ptr) + seq.stride_batch * fp.k.batch_stride +
+                    head_kv * fp.k.head_stride + seq.k0 * fp.k.row_stride;
+  const T* v_head = static_cast<const T*>(fp.v.ptr) + seq.stride_batch * fp.v.batch_stride +
+                    head_kv * fp.v.head_stride + seq.k0 * fp.v.row_stride;
   auto load_kv_tile = [&](int n_block, int stage) {
     const int n0 = n_block * kN;
     const KeyTileRows r = key_tile_rows<kN>(seen, n0);
@@ -153,10 +162,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   // Q, dO (resident) and the first K/V tile: one cp.async group.
   if (n_tiles > 0) {
     const int valid = min(kM, seqlen_q - m0);
-    const T* q = static_cast<const T*>(fp.q.ptr) + batch * fp.q.batch_stride + head * fp.q.head_stride +
-                 static_cast<int64_t>(m0) * fp.q.row_stride;
-    const T* dout = static_cast<const T*>(params.dout.ptr) + batch * params.dout.batch_stride +
-                    head * params.dout.head_stride + static_cast<int64_t>(m0) * params.dout.row_stride;
+    const T* q = static_cast<const T*>(fp.q.ptr) + seq.stride_batch * fp.q.batch_stride + head * fp.q.head_stride +
+                 (seq.q0 + m0) * fp.q.row_stride;
+    const T* dout = static_cast<const T*>(params.dout.ptr) + seq.stride_batch * params.dout.batch_stride +
+                    head * params.dout.head_stride + (seq.q0 + m0) * params.dout.row_stride;
     copy_tile_async<QTile, kThreads>(s_q, q, fp.q.row_stride, valid, tid);
     copy_tile_async<QTile, kThreads>(s_do, dout, params.dout.row_stride, valid, tid);
     load_kv_tile(tile_of_visit(0), 0);
@@ -241,7 +250,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   }
 
   // 4. dq = scale * dQ for rows < Sq (zeros for a tile that sees no key).
-  T* dq = static_cast<T*>(params.dq.ptr) + batch * params.dq.batch_stride + head * params.dq.head_stride;
+  T* dq = static_cast<T*>(params.dq.ptr) + seq.stride_batch * params.dq.batch_stride +
+          head * params.dq.head_stride + seq.q0 * params.dq.row_stride;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int row = m0 + 16 * warp + group + 8 * i;

@@ -16,7 +16,9 @@
 //       (key_query_rows, contiguous with sink tokens too): dv += P dO_i,
 //       dk += dX q_i; dk *= scale.
 // Lane l owns head dims l, l + 32, ...; dot products are warp sums, identical
-// in every lane (xor butterfly).
+// in every lane (xor butterfly). Packed sequences: the warps walk the padded
+// (sequence, head, longest-sequence row) space and skip rows past their own
+// sequence's end (sequence_rows); lse and the row workspaces are [Hq, Tq].
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,6 +28,7 @@
 #include <type_traits>
 
 #include "primitives.cuh"
+#include "sequence_rows.cuh"
 #include "swa/kernels/band.h"
 #include "swa/kernels/bwd_tiles.h"
 #include "swa/kernels/params.h"
@@ -109,25 +112,33 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const AttentionBackwardParams p) {
   const AttentionParams& f = p.fwd;
   const int lane = threadIdx.x % 32;
-  const int64_t total_rows = f.batch * f.heads_q * f.seqlen_q;
+  const int64_t padded_rows = f.batch * f.heads_q * f.seqlen_q;  // the walk
+  const int64_t total_rows = lse_rows(f);                          // the row arrays
   const int64_t group_size = f.heads_q / f.heads_kv;
   const int dim = static_cast<int>(f.head_dim);
   const ExactScore<Acc> sc{static_cast<Acc>(f.scale), static_cast<Acc>(f.softcap)};
-  const Band band{f.seqlen_q, f.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
 
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kExactBwdWarps + threadIdx.x / 32; row < total_rows;
-       row += static_cast<int64_t>(gridDim.x) * kExactBwdWarps) {
-    const int64_t i = row % f.seqlen_q;
-    const int64_t h = (row / f.seqlen_q) % f.heads_q;
-    const int64_t b = row / (f.seqlen_q * f.heads_q);
+  for (int64_t walk = static_cast<int64_t>(blockIdx.x) * kExactBwdWarps + threadIdx.x / 32; walk < padded_rows;
+       walk += static_cast<int64_t>(gridDim.x) * kExactBwdWarps) {
+    const int64_t i = walk % f.seqlen_q;
+    const int64_t h = (walk / f.seqlen_q) % f.heads_q;
+    const int64_t b = walk / (f.seqlen_q * f.heads_q);
+    const SequenceRows seq = sequence_rows(f, b);
+    if (i >= seq.seqlen_q) continue;  // past a packed sequence's end (the whole warp)
+    const Band band{seq.seqlen_q, seq.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
+    const int64_t row = lse_offset(f, seq, b, h, i);
     const int64_t hkv = h / group_size;
-    const T* q = static_cast<const T*>(f.q.ptr) + b * f.q.batch_stride + h * f.q.head_stride + i * f.q.row_stride;
-    const T* dout = static_cast<const T*>(p.dout.ptr) + b * p.dout.batch_stride + h * p.dout.head_stride +
-                    i * p.dout.row_stride;
-    const T* out = static_cast<const T*>(f.out) + b * f.out_batch_stride + h * f.out_head_stride +
-                   i * f.out_row_stride;
-    const T* k_head = static_cast<const T*>(f.k.ptr) + b * f.k.batch_stride + hkv * f.k.head_stride;
-    const T* v_head = static_cast<const T*>(f.v.ptr) + b * f.v.batch_stride + hkv * f.v.head_stride;
+    const int64_t qi = seq.q0 + i;
+    const T* q = static_cast<const T*>(f.q.ptr) + seq.stride_batch * f.q.batch_stride + h * f.q.head_stride +
+                 qi * f.q.row_stride;
+    const T* dout = static_cast<const T*>(p.dout.ptr) + seq.stride_batch * p.dout.batch_stride +
+                    h * p.dout.head_stride + qi * p.dout.row_stride;
+    const T* out = static_cast<const T*>(f.out) + seq.stride_batch * f.out_batch_stride + h * f.out_head_stride +
+                   qi * f.out_row_stride;
+    const T* k_head = static_cast<const T*>(f.k.ptr) + seq.stride_batch * f.k.batch_stride +
+                      hkv * f.k.head_stride + seq.k0 * f.k.row_stride;
+    const T* v_head = static_cast<const T*>(f.v.ptr) + seq.stride_batch * f.v.batch_stride +
+                      hkv * f.v.head_stride + seq.k0 * f.v.row_stride;
 
     Acc q_reg[kExactBwdDimsPerLane], do_reg[kExactBwdDimsPerLane], dq[kExactBwdDimsPerLane];
     exact_load_row<T, Acc>(q_reg, q, dim, lane);
@@ -197,7 +208,8 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
 #pragma unroll
       for (int c = 0; c < kExactBwdDimsPerLane; ++c) dq[c] += dx * k_reg[c];
     }
-    T* dq_row = static_cast<T*>(p.dq.ptr) + b * p.dq.batch_stride + h * p.dq.head_stride + i * p.dq.row_stride;
+    T* dq_row = static_cast<T*>(p.dq.ptr) + seq.stride_batch * p.dq.batch_stride + h * p.dq.head_stride +
+                qi * p.dq.row_stride;
 #pragma unroll
     for (int c = 0; c < kExactBwdDimsPerLane; ++c) {
       const int dd = lane + 32 * c;
@@ -210,23 +222,26 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dkdv_kernel(const AttentionBackwardParams p) {
   const AttentionParams& f = p.fwd;
   const int lane = threadIdx.x % 32;
-  const int64_t total_keys = f.batch * f.heads_kv * f.seqlen_k;
-  const int64_t total_rows = f.batch * f.heads_q * f.seqlen_q;
+  const int64_t padded_keys = f.batch * f.heads_kv * f.seqlen_k;  // the walk
+  const int64_t total_rows = lse_rows(f);                           // the row arrays
   const int64_t group_size = f.heads_q / f.heads_kv;
   const int dim = static_cast<int>(f.head_dim);
   const ExactScore<Acc> sc{static_cast<Acc>(f.scale), static_cast<Acc>(f.softcap)};
-  const Band band{f.seqlen_q, f.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
 
-  for (int64_t key = static_cast<int64_t>(blockIdx.x) * kExactBwdWarps + threadIdx.x / 32; key < total_keys;
-       key += static_cast<int64_t>(gridDim.x) * kExactBwdWarps) {
-    const int64_t j = key % f.seqlen_k;
-    const int64_t hkv = (key / f.seqlen_k) % f.heads_kv;
-    const int64_t b = key / (f.seqlen_k * f.heads_kv);
+  for (int64_t walk = static_cast<int64_t>(blockIdx.x) * kExactBwdWarps + threadIdx.x / 32; walk < padded_keys;
+       walk += static_cast<int64_t>(gridDim.x) * kExactBwdWarps) {
+    const int64_t j = walk % f.seqlen_k;
+    const int64_t hkv = (walk / f.seqlen_k) % f.heads_kv;
+    const int64_t b = walk / (f.seqlen_k * f.heads_kv);
+    const SequenceRows seq = sequence_rows(f, b);
+    if (j >= seq.seqlen_k) continue;  // past a packed sequence's end (the whole warp)
+    const Band band{seq.seqlen_q, seq.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
+    const int64_t kj = seq.k0 + j;
     Acc k_reg[kExactBwdDimsPerLane], v_reg[kExactBwdDimsPerLane];
-    exact_load_row<T, Acc>(k_reg, static_cast<const T*>(f.k.ptr) + b * f.k.batch_stride + hkv * f.k.head_stride +
-                                      j * f.k.row_stride, dim, lane);
-    exact_load_row<T, Acc>(v_reg, static_cast<const T*>(f.v.ptr) + b * f.v.batch_stride + hkv * f.v.head_stride +
-                                      j * f.v.row_stride, dim, lane);
+    exact_load_row<T, Acc>(k_reg, static_cast<const T*>(f.k.ptr) + seq.stride_batch * f.k.batch_stride +
+                                      hkv * f.k.head_stride + kj * f.k.row_stride, dim, lane);
+    exact_load_row<T, Acc>(v_reg, static_cast<const T*>(f.v.ptr) + seq.stride_batch * f.v.batch_stride +
+                                      hkv * f.v.head_stride + kj * f.v.row_stride, dim, lane);
     Acc dk[kExactBwdDimsPerLane], dv[kExactBwdDimsPerLane];
 #pragma unroll
     for (int c = 0; c < kExactBwdDimsPerLane; ++c) dk[c] = dv[c] = 0;
@@ -235,7 +250,7 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dkdv_kernel(con
     for (int64_t g = 0; g < group_size; ++g) {
       const int64_t h = hkv * group_size + g;
       for (int64_t i = rows.begin; i < rows.end; ++i) {
-        const int64_t row = (b * f.heads_q + h) * f.seqlen_q + i;
+        const int64_t row = lse_offset(f, seq, b, h, i);
         Acc lse, d;
         if constexpr (std::is_same<Acc, double>::value) {
           lse = p.softmax_stats_f64[row];
@@ -245,10 +260,11 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dkdv_kernel(con
           d = p.softmax_d[row];
         }
         Acc q_reg[kExactBwdDimsPerLane], do_reg[kExactBwdDimsPerLane];
-        exact_load_row<T, Acc>(q_reg, static_cast<const T*>(f.q.ptr) + b * f.q.batch_stride + h * f.q.head_stride +
-                                          i * f.q.row_stride, dim, lane);
-        exact_load_row<T, Acc>(do_reg, static_cast<const T*>(p.dout.ptr) + b * p.dout.batch_stride +
-                                           h * p.dout.head_stride + i * p.dout.row_stride, dim, lane);
+        const int64_t qi = seq.q0 + i;
+        exact_load_row<T, Acc>(q_reg, static_cast<const T*>(f.q.ptr) + seq.stride_batch * f.q.batch_stride +
+                                          h * f.q.head_stride + qi * f.q.row_stride, dim, lane);
+        exact_load_row<T, Acc>(do_reg, static_cast<const T*>(p.dout.ptr) + seq.stride_batch * p.dout.batch_stride +
+                                           h * p.dout.head_stride + qi * p.dout.row_stride, dim, lane);
         Acc prob, dx;
         sc.grad(exact_dot(q_reg, k_reg), exact_dot(do_reg, v_reg), exact_lse_use(lse), d, prob, dx);
 #pragma unroll
@@ -258,8 +274,10 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dkdv_kernel(con
         }
       }
     }
-    T* dk_row = static_cast<T*>(p.dk.ptr) + b * p.dk.batch_stride + hkv * p.dk.head_stride + j * p.dk.row_stride;
-    T* dv_row = static_cast<T*>(p.dv.ptr) + b * p.dv.batch_stride + hkv * p.dv.head_stride + j * p.dv.row_stride;
+    T* dk_row = static_cast<T*>(p.dk.ptr) + seq.stride_batch * p.dk.batch_stride + hkv * p.dk.head_stride +
+                kj * p.dk.row_stride;
+    T* dv_row = static_cast<T*>(p.dv.ptr) + seq.stride_batch * p.dv.batch_stride + hkv * p.dv.head_stride +
+                kj * p.dv.row_stride;
 #pragma unroll
     for (int c = 0; c < kExactBwdDimsPerLane; ++c) {
       const int dd = lane + 32 * c;

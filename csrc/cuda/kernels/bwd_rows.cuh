@@ -1,5 +1,6 @@
 // Row-wise kernels around the tensor-core backward (fp16/bf16), one block per
-// (batch, query head, kBwdRowBlock rows) (BwdRowGrid):
+// (batch entry or packed sequence, query head, kBwdRowBlock rows) (BwdRowGrid;
+// blocks past a packed sequence's end exit at once):
 //   bwd_preprocess_kernel:  D = rowsum(dO * O) - dlse -> softmax_d (fp32), and
 //                           in the default mode dq_accum rows := 0
 //   bwd_convert_dq_kernel:  dq = scale * dq_accum in q's dtype and strides
@@ -13,6 +14,7 @@
 
 #include "bwd_kernel_traits.cuh"
 #include "primitives.cuh"
+#include "sequence_rows.cuh"
 #include "swa/kernels/bwd_tiles.h"
 #include "swa/kernels/params.h"
 
@@ -55,18 +57,21 @@ __global__ void __launch_bounds__(kBwdRowThreads)
   const int64_t batch = blk.batch_head / fp.heads_q;
   const int64_t head = blk.batch_head % fp.heads_q;
   const int row0 = static_cast<int>(blk.row_block) * kBwdRowBlock;
+  const SequenceRows seq = sequence_rows(fp, batch);
+  if (row0 >= seq.seqlen_q) return;  // the whole block: no shuffle is left waiting
   const int sub = threadIdx.x % kLanes;  // this thread's chunk of the row
-  const T* dout = static_cast<const T*>(params.dout.ptr) + batch * params.dout.batch_stride +
-                  head * params.dout.head_stride;
-  const T* out = static_cast<const T*>(fp.out) + batch * fp.out_batch_stride + head * fp.out_head_stride;
-  const int64_t row_index0 = blk.batch_head * fp.seqlen_q;
+  const T* dout = static_cast<const T*>(params.dout.ptr) + seq.stride_batch * params.dout.batch_stride +
+                  head * params.dout.head_stride + seq.q0 * params.dout.row_stride;
+  const T* out = static_cast<const T*>(fp.out) + seq.stride_batch * fp.out_batch_stride +
+                 head * fp.out_head_stride + seq.q0 * fp.out_row_stride;
+  const int64_t row_index0 = lse_offset(fp, seq, batch, head, 0);  // of lse, D, dq_accum rows
 
   // Every thread makes the same kBwdRowBlock / kRowsPerPass passes (the
   // shuffles need all 32 lanes).
 #pragma unroll 1
   for (int r = threadIdx.x / kLanes; r < kBwdRowBlock; r += kRowsPerPass) {
     const int row = row0 + r;
-    const bool valid = row < fp.seqlen_q;
+    const bool valid = row < seq.seqlen_q;
     float acc = 0.f;
     if (valid && sub < kChunks) {
       const uint4 dv = *reinterpret_cast<const uint4*>(dout + row * params.dout.row_stride + 8 * sub);
@@ -102,12 +107,15 @@ __global__ void __launch_bounds__(kBwdRowThreads)
   const int64_t batch = blk.batch_head / fp.heads_q;
   const int64_t head = blk.batch_head % fp.heads_q;
   const int row0 = static_cast<int>(blk.row_block) * kBwdRowBlock;
-  T* dq = static_cast<T*>(params.dq.ptr) + batch * params.dq.batch_stride + head * params.dq.head_stride;
-  const float* acc = params.dq_accum + blk.batch_head * fp.seqlen_q * kHeadDim;
+  const SequenceRows seq = sequence_rows(fp, batch);
+  if (row0 >= seq.seqlen_q) return;
+  T* dq = static_cast<T*>(params.dq.ptr) + seq.stride_batch * params.dq.batch_stride +
+          head * params.dq.head_stride + seq.q0 * params.dq.row_stride;
+  const float* acc = params.dq_accum + lse_offset(fp, seq, batch, head, 0) * kHeadDim;
   for (int idx = threadIdx.x; idx < kBwdRowBlock * kChunks; idx += kBwdRowThreads) {
     const int row = row0 + idx / kChunks;
     const int c = idx % kChunks;
-    if (row >= fp.seqlen_q) continue;
+    if (row >= seq.seqlen_q) continue;
     const float4* src = reinterpret_cast<const float4*>(acc + static_cast<int64_t>(row) * kHeadDim + 8 * c);
     const float4 x = src[0], y = src[1];
     uint32_t* dst = reinterpret_cast<uint32_t*>(dq + row * params.dq.row_stride + 8 * c);
