@@ -1,5 +1,5 @@
-"""The packed (varlen) ops on CUDA: attention.varlen's forward and the packed
-cache ops (cache_append.varlen, cache_attention.varlen), against the float64
+"""The packed (varlen) ops on CUDA: attention.varlen's forward and backward
+(attention_backward.varlen, through autograd) and the packed cache ops (cache_append.varlen, cache_attention.varlen), against the float64
 reference per sequence (FlashAttention's rule for 16-bit inputs) and against
 the CPU backend. Skipped without a GPU (the names with "small" run under
 compute-sanitizer in bench/run_gpu.sh); the kernels' packed paths also run
@@ -11,6 +11,8 @@ import torch
 
 import swa_cuda
 from reference import attention_ref
+from test_attention import assert_fa_rule as assert_fa_rule_factor, tolerance
+from test_varlen import CASES as VARLEN_CASES, case_id as varlen_case_id, packed, per_sequence, sinks_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -148,9 +150,101 @@ def test_cache_varlen_step_does_not_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_attention_varlen_backward_says_it_has_no_cuda_kernel():
-    q = torch.randn(10, 2, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    cu = cu_of([4, 6])
-    out = swa_cuda.varlen_attention(q, q, q, cu, cu, 6, 6)
-    with pytest.raises(NotImplementedError, match="no CUDA kernel yet"):
-        out.sum().backward()
+# The backward: the CPU suite's random packed batches (test_varlen.py) at a
+# tensor-core head dim, plus two larger ones (several tiles per sequence).
+BWD_CASES = [dict(c, dim=64) for c in VARLEN_CASES[:8]] + [
+    dict(lens_q=[0, 700, 1, 129, 1000], lens_k=[0, 700, 1, 129, 1000], heads_q=8, heads_kv=2, dim=128,
+         window=(255, 0), softcap=0.0, sink_tokens=0, logits=False),
+    dict(lens_q=[300, 2, 900], lens_k=[500, 2, 900], heads_q=4, heads_kv=4, dim=64, window=(63, 17), softcap=5.0,
+         sink_tokens=3, logits=True),
+]
+BWD_IDS = [("small-" if i < 8 else "") + varlen_case_id(c) for i, c in enumerate(BWD_CASES)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", BWD_CASES, ids=BWD_IDS)
+def test_attention_varlen_backward_matches_reference(case, dtype):
+    # Gradients of (out, lse) through swa_cuda.varlen_attention on the GPU
+    # against autograd through the float64 reference, sequence by sequence.
+    q, k, v, cu_q, cu_k = packed(case["lens_q"], case["lens_k"], case["heads_q"], case["heads_kv"], case["dim"],
+                                 dtype, grad=True)
+    left, right = case["window"]
+    sinks, S = sinks_of(case, dtype), case["sink_tokens"]
+    if sinks is not None:
+        sinks.requires_grad_(True)
+    inputs = (q, k, v) + ((sinks,) if sinks is not None else ())
+    on_gpu = [t.detach().cuda().requires_grad_(True) for t in inputs]
+    out, lse = swa_cuda.varlen_attention(*on_gpu[:3], cu_q.cuda(), cu_k.cuda(), max(case["lens_q"]),
+                                         max(case["lens_k"]), (left, right), softcap=case["softcap"],
+                                         return_lse=True, sinks=on_gpu[3] if sinks is not None else None,
+                                         sink_tokens=S)
+    g = torch.Generator().manual_seed(3)
+    dout = torch.randn(out.shape, generator=g).to(dtype)
+    dlse = torch.randn(lse.shape, generator=g)
+    finite = torch.isfinite(lse).detach().cpu()
+
+    def loss(o, l):
+        return (o.double() * dout.to(o.device).double()).sum() + (l.double() * dlse.to(l.device).double())[
+            finite.to(l.device)].sum()
+
+    grads = torch.autograd.grad(loss(out, lse), on_gpu, allow_unused=True)
+
+    def ref_fn(upcast):
+        return lambda a, b, c: attention_ref(a, b, c, left, right, None, case["softcap"], upcast=upcast, sinks=sinks,
+                                             sink_tokens=S)
+
+    ref = torch.autograd.grad(loss(*per_sequence(ref_fn(True), q, k, v, cu_q, cu_k)), inputs, allow_unused=True)
+    ref_lowp = torch.autograd.grad(loss(*per_sequence(ref_fn(False), q, k, v, cu_q, cu_k)), inputs,
+                                   allow_unused=True)
+    for name, got, r64, rlp in zip(["q", "k", "v", "sinks"], grads, ref, ref_lowp):
+        if r64 is None:  # no row at all (only empty sequences)
+            continue
+        assert got is not None and got.shape == r64.shape, f"grad {name}"
+        atol = tolerance(dtype) * (q.shape[0] if name == "sinks" else 1)
+        assert_fa_rule_factor(got.cpu(), r64, rlp, 3, atol, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_small_attention_varlen_backward_deterministic_is_bitwise_stable(dtype):
+    c = BWD_CASES[-1]
+    q, k, v, cu_q, cu_k = (t.cuda() for t in packed(c["lens_q"], c["lens_k"], c["heads_q"], c["heads_kv"], c["dim"],
+                                                    dtype, seed=1))
+    args = (cu_q, cu_k, max(c["lens_q"]), max(c["lens_k"]), *c["window"], None, c["softcap"])
+    out, lse = torch.ops.swa.attention.varlen(q, k, v, *args)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+
+    def backward(deterministic):
+        return torch.ops.swa.attention_backward.varlen(dout, dlse, q, k, v, out, lse, *args, deterministic)
+
+    first, second, fast = backward(True), backward(True), backward(False)
+    for a, b, f in zip(first[:3], second[:3], fast[:3]):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a.float(), f.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_small_attention_varlen_backward_empty_and_keyless_on_cuda():
+    # No tokens at all, and sequences without keys (their rows: out 0, lse
+    # the sink logit; their gradient flows only into the sinks).
+    q, k, v, cu_q, cu_k = (t.cuda() for t in packed([0], [0], 2, 1, D, torch.bfloat16))
+    out, lse = torch.ops.swa.attention.varlen(q, k, v, cu_q, cu_k, 0, 0)
+    dq, dk, dv, ds = torch.ops.swa.attention_backward.varlen(out, None, q, k, v, out, lse, cu_q, cu_k, 0, 0, -1, 0,
+                                                             None, 0.0)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape and ds.numel() == 0
+    q, k, v, cu_q, cu_k = (t.cuda() for t in packed([3, 5], [0, 0], 2, 1, D, torch.float32))
+    sinks = torch.tensor([0.5, -1.0], device="cuda")
+    out, lse = torch.ops.swa.attention.varlen(q, k, v, cu_q, cu_k, 5, 0, sinks=sinks)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    dq, dk, dv, ds = torch.ops.swa.attention_backward.varlen(dout, dlse, q, k, v, out, lse, cu_q, cu_k, 5, 0, -1, 0,
+                                                             None, 0.0, sinks=sinks)
+    assert torch.equal(dq, torch.zeros_like(q)) and dk.numel() == 0 and dv.numel() == 0
+    # d sinks = sum over rows of exp(sink - lse) (dlse - 0) = sum(dlse) per head (lse = sink).
+    torch.testing.assert_close(ds, dlse.sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_varlen_backward_checks_on_cuda():
+    q, k, v, cu_q, cu_k = (t.cuda() for t in packed([4, 6], [4, 6], 2, 2, D, torch.bfloat16))
+    out, lse = torch.ops.swa.attention.varlen(q, k, v, cu_q, cu_k, 6, 6)
+    with pytest.raises(RuntimeError, match="lse must be float32"):
+        torch.ops.swa.attention_backward.varlen(out, None, q, k, v, out, lse[None], cu_q, cu_k, 6, 6, -1, 0, None, 0.0)
+    with pytest.raises(RuntimeError, match="max_seqlen_k = 2"):
+        torch.ops.swa.attention_backward.varlen(out, None, q, k, v, out, lse, cu_q, cu_k, 6, 2, -1, 0, None, 0.0)

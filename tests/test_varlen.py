@@ -2,7 +2,7 @@
 backward and swa_cuda.varlen_attention, FlashAttention's layout): against the
 padded op run sequence by sequence and against the float64 reference, with
 the sink arguments, bad input, opcheck and torch.compile. CPU (the CUDA
-kernels take the packed layout in a later step).
+backend: test_cuda_varlen.py, which reuses these cases).
 """
 
 import random

@@ -1,28 +1,25 @@
 // CUDA backend of swa::attention_backward and attention_backward.sinks:
-// checks, workspaces, launch, and the gradient of the sink logits.
+// checks, workspaces, launch, and the gradient of the sink logits; the packed
+// overload (attention_varlen.cpp) runs the same with a PackedBackward.
+#include "cuda/attention_backward.h"
+
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "cuda/tensor_params.h"
+#include "cuda/varlen_params.h"
 #include "ops/sinks.h"
 
 namespace swa::cuda {
-namespace {
 
-struct BackwardResult {
-  at::Tensor dq, dk, dv;
-  at::Tensor dsinks;  // [Hq] like the sink logits; empty [0] without them
-};
-
-// Both ops: the plain one is the sinks one without sinks (sinks = None,
-// sink_tokens = 0 are checked the same and change nothing).
 BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out,
                                       const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
                                       const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                                       const at::Tensor& lse, int64_t window_left, int64_t window_right,
                                       std::optional<double> scale, double softcap, bool deterministic,
-                                      const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+                                      const std::optional<at::Tensor>& sinks, int64_t sink_tokens,
+                                      const PackedBackward* packed) {
   const AttentionShape shape = check_attention_backward(op, grad_out, grad_lse, q, k, v, out, lse,
                                                         window_left, window_right, scale, softcap);
   const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q);
@@ -44,15 +41,23 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   // lse, and only the fp64 path (which recomputes lse in float64) reads them.
   const std::vector<at::Tensor> sink_memory = set_sinks(params.fwd, sink_args, q);
   params.dout = tensor_ref(grad_out);
+  params.dq = tensor_ref(dq);
+  params.dk = tensor_ref(dk);
+  params.dv = tensor_ref(dv);
+  if (packed != nullptr) {  // one [1, H, T, D] batch of packed sequences: batch strides not read
+    set_packed_sequences(params.fwd, packed->sequences, packed->tokens_q, packed->tokens_k, packed->max_seqlen_q,
+                         packed->max_seqlen_k, packed->cu_seqlens_q, &packed->cu_seqlens_k);
+    params.fwd.window_left = kernel_window_left(window_left, packed->max_seqlen_k);
+    params.fwd.window_right = kernel_window_right(window_right, packed->max_seqlen_q);
+    params.dout.batch_stride = params.dq.batch_stride = params.dk.batch_stride = params.dv.batch_stride = 0;
+  }
   at::Tensor dlse;
   if (grad_lse.has_value() && grad_lse->defined()) {
     dlse = grad_lse->contiguous();
     params.dlse = dlse.data_ptr<float>();
   }
-  params.dq = tensor_ref(dq);
-  params.dk = tensor_ref(dk);
-  params.dv = tensor_ref(dv);
   // Workspaces (csrc/cuda/kernels/bwd_dispatch.cu): none needs zero-filling.
+  // Packed, [B = 1, Hq, Sq = Tq] is the kernels' [Hq, Tq] row layout.
   const bool half = q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16;
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor softmax_d, dq_accum, softmax_stats_f64;
@@ -81,6 +86,8 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   }
   return {dq, dk, dv, dsinks};
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,

@@ -1,5 +1,5 @@
-// CUDA backend of swa::attention.varlen (packed variable-length sequences):
-// checks, params, launch on the current stream. The values of cu_seqlens_q/k
+// CUDA backend of swa::attention.varlen and attention_backward.varlen (packed
+// variable-length sequences): checks, params, launch on the current stream. The values of cu_seqlens_q/k
 // stay on the device (no sync, as in FlashAttention): the grid comes from the
 // sequence count and max_seqlen_q, and each block reads its sequence's bounds
 // (params.h). What the host checks here is what it can without reading them:
@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/attention_backward.h"
 #include "cuda/tensor_params.h"
 #include "cuda/varlen_params.h"
 #include "ops/varlen_checks.h"
@@ -58,17 +59,37 @@ std::tuple<at::Tensor, at::Tensor> attention_varlen_cuda(
   return {out, lse};
 }
 
-// The packed backward has no CUDA kernel yet: say so by name rather than
-// leave the dispatcher's "could not run" (autograd reaches it from
-// varlen_attention's backward).
+// The packed backward: the portable backward kernels over the [1, H, T, D]
+// views, each block reading its sequence's bounds (attention_backward.h).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_varlen_cuda(
-    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, int64_t,
-    std::optional<double>, double, bool, const std::optional<at::Tensor>&, int64_t) {
-  TORCH_CHECK_NOT_IMPLEMENTED(false,
-                              "swa::attention_backward.varlen: the packed backward has no CUDA kernel yet (the "
-                              "forward, attention.varlen, runs on CUDA); train on packed sequences on the CPU, or "
-                              "pad them and use swa::attention");
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t window_left,
+    int64_t window_right, std::optional<double> scale, double softcap, bool deterministic,
+    const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  const char* op = "swa::attention_backward.varlen";
+  const VarlenShape shape = check_varlen(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                         window_left, window_right, scale, softcap);
+  check_packed(op, "grad_out", grad_out);
+  check_packed(op, "out", out);
+  TORCH_CHECK(lse.dim() == 2, op, ": lse must be float32 [Hq, Tq], got shape ", lse.sizes());
+  const bool has_grad_lse = grad_lse.has_value() && grad_lse->defined();
+  TORCH_CHECK(!has_grad_lse || grad_lse->dim() == 2, op, ": grad_lse must be float32 [Hq, Tq], got shape ",
+              grad_lse->sizes());
+  check_max_seqlen(op, "max_seqlen_q", max_seqlen_q, shape.sequences, shape.tokens_q, "q");
+  check_max_seqlen(op, "max_seqlen_k", max_seqlen_k, shape.sequences, shape.tokens_k, "k");
+  std::optional<at::Tensor> grad_lse_b;
+  if (has_grad_lse) grad_lse_b = grad_lse->unsqueeze(0);
+  const PackedBackward packed{shape.sequences, shape.tokens_q,           shape.tokens_k,
+                              max_seqlen_q,    max_seqlen_k,             cu_seqlens_q.contiguous(),
+                              cu_seqlens_k.contiguous()};
+  BackwardResult r = attention_backward_run(op, packed_as_batch(grad_out), grad_lse_b, packed_as_batch(q),
+                                            packed_as_batch(k), packed_as_batch(v), packed_as_batch(out),
+                                            lse.unsqueeze(0), window_left, window_right, scale, softcap,
+                                            deterministic, sinks, sink_tokens, &packed);
+  // The gradients come back as [1, H, T, D] tensors laid out like the views.
+  return {r.dq.squeeze(0).transpose(0, 1), r.dk.squeeze(0).transpose(0, 1), r.dv.squeeze(0).transpose(0, 1),
+          r.dsinks};
 }
 
 }  // namespace
