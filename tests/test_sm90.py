@@ -71,13 +71,42 @@ SM90_CASES += [
     _case(1, 2, 2, 700, 257, 128, -1, 0, sinks="randn"),       # rows that see nothing: lse = sink
     _case(1, 2, 2, 257, 900, 64, 127, 0, sink_tokens=16, sinks="randn"),  # gap: portable
 ]
+# Packed sequences (attention.varlen): boxes that cross into the next
+# sequence, empty sequences, Sq != Sk per sequence, a key-only sequence whose
+# values are NaN between two others (the V guard must keep them out of its
+# neighbours' P V), sinks of both kinds.
+def _packed_case(seqs, hq, hkv, d, wl, wr, softcap=0.0, sink_tokens=0, sinks=None, poison=None):
+    return dict(_case(len(seqs), hq, hkv, max(sq for sq, _ in seqs), max(sk for _, sk in seqs), d, wl, wr,
+                      softcap, layout="packed", sink_tokens=sink_tokens, sinks=sinks), seqs=seqs, poison=poison)
+
+
+SM90_CASES += [
+    _packed_case([[300, 300], [1, 1], [129, 129], [0, 0], [700, 700]], 2, 2, 128, 127, 0),
+    _packed_case([[300, 300], [0, 200], [257, 257]], 4, 2, 64, 63, 0, poison=1),
+    _packed_case([[200, 333], [130, 260], [500, 500]], 2, 2, 128, 100, 0, softcap=5.0),
+    _packed_case([[400, 400], [70, 70], [260, 260]], 2, 2, 64, 63, 0, sink_tokens=4, sinks="randn"),
+]
 # The random shapes of test_attention.py with a Hopper head dim.
 SM90_CASES += [dict(c, layout="bhsd", misalign=False, sink_tokens=0, sinks=None)
                for c in random_cases(48, seed=1) if c["head_dim"] in (64, 128)][:16]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _cu(lengths, device):
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
 def _inputs(c, dtype, device, seed=0):
+    if c.get("seqs"):  # packed [T, H, D]; sequence `poison`'s keys and values: NaN
+        g = torch.Generator().manual_seed(seed)
+        tq, tk = sum(sq for sq, _ in c["seqs"]), sum(sk for _, sk in c["seqs"])
+        q, k, v = (torch.randn(t, h, c["head_dim"], generator=g).to(dtype)
+                   for t, h in ((tq, c["heads_q"]), (tk, c["heads_kv"]), (tk, c["heads_kv"])))
+        if c["poison"] is not None:
+            cu_k = _cu([sk for _, sk in c["seqs"]], "cpu")
+            k[cu_k[c["poison"]]:cu_k[c["poison"] + 1]] = float("nan")
+            v[cu_k[c["poison"]]:cu_k[c["poison"] + 1]] = float("nan")
+        return q.to(device), k.to(device), v.to(device)
     q, k, v = make_qkv(c["batch"], c["heads_q"], c["heads_kv"], c["seqlen_q"], c["seqlen_k"], c["head_dim"],
                        dtype, device, layout=c["layout"], seed=seed)
     if c["misalign"]:
@@ -104,6 +133,10 @@ def _sinks(c, device):
 
 def _attention(c, q, k, v):
     args = (c["window_left"], c["window_right"], None, c["softcap"])
+    if c.get("seqs"):
+        cu_q, cu_k = (_cu([s[i] for s in c["seqs"]], q.device) for i in (0, 1))
+        return torch.ops.swa.attention.varlen(q, k, v, cu_q, cu_k, c["seqlen_q"], c["seqlen_k"], *args,
+                                              sinks=_sinks(c, q.device), sink_tokens=c["sink_tokens"])
     if c["sink_tokens"] or c["sinks"] is not None:
         return torch.ops.swa.attention.sinks(q, k, v, *args, sinks=_sinks(c, q.device), sink_tokens=c["sink_tokens"])
     return torch.ops.swa.attention(q, k, v, *args)
@@ -127,6 +160,8 @@ def _expected_paths(c, sm90):
     d = 64 / 128, so PackGQA packs GQA groups when Sq <= 64)."""
     if c["misalign"]:
         return {"exact"}  # rows not 16-byte aligned: neither tensor-core kernel
+    if c.get("seqs"):  # packed: the V guard stands in for the seen-keys condition
+        return {"sm90"} if sm90 and (c["heads_q"] == c["heads_kv"] or 2 * c["seqlen_q"] > 128) else {"sm80"}
     packed = c["heads_q"] != c["heads_kv"] and 2 * c["seqlen_q"] <= 128
     # Keys before the first row's window (Sq < Sk): TMA cannot zero them, so
     # the portable kernel runs (a key no query sees must not reach P V).
@@ -207,8 +242,19 @@ def _reference(name, dt, c):
         q, k, v = _inputs(c, DTYPES[dt], "cpu")
         args = (c["window_left"], c["window_right"], None, c["softcap"])
         sinks = dict(sinks=_sinks(c, "cpu"), sink_tokens=c["sink_tokens"])
-        ref, ref_lse = attention_ref(q, k, v, *args, **sinks)
-        ref_lowp, _ = attention_ref(q, k, v, *args, upcast=False, **sinks)
+        if c.get("seqs"):  # sequence by sequence, as [1, H, S, D] problems
+            cu_q, cu_k = (_cu([s[i] for s in c["seqs"]], "cpu") for i in (0, 1))
+            parts = []
+            for b in range(len(c["seqs"])):
+                qb, kb, vb = (t[cu[b]:cu[b + 1]].transpose(0, 1)[None] for t, cu in ((q, cu_q), (k, cu_k), (v, cu_k)))
+                o, l = attention_ref(qb, kb, vb, *args, **sinks)
+                o_lp, _ = attention_ref(qb, kb, vb, *args, upcast=False, **sinks)
+                parts.append((o[0].transpose(0, 1), l[0], o_lp[0].transpose(0, 1)))
+            ref, ref_lse, ref_lowp = torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts], 1), \
+                torch.cat([x[2] for x in parts])
+        else:
+            ref, ref_lse = attention_ref(q, k, v, *args, **sinks)
+            ref_lowp, _ = attention_ref(q, k, v, *args, upcast=False, **sinks)
         ok = ~torch.isnan(ref)
         _REFERENCES[name] = (ref, ref_lse, _max_err(ref_lowp[ok], ref[ok]))
     return _REFERENCES[name]

@@ -63,6 +63,17 @@ void test_tma_shapes() {
   EXPECT(!kn::sm90_tma_shape(aligned_ptr(), 1, 1, 0, 64, 0, 0, 64, 128).ok, "S = 0");
   EXPECT(!kn::sm90_tma_shape(aligned_ptr(), 1, 1, 10, 64, 640, 640, 64, 512).ok, "box > 256 rows");
   EXPECT(!kn::sm90_tma_shape(nullptr, 1, 1, 10, 64, 640, 640, 64, 128).ok, "null");
+  // Packed sequences: one batch of all rows (the batch stride, 0 packed, is
+  // never used and gets a valid value); padded: the call's batch and lengths.
+  {
+    const kn::Sm90Operands packed = kn::sm90_operands(true, 5, 300, 400, 1000, 1200);
+    EXPECT(packed.batch == 1 && packed.rows_q == 1000 && packed.rows_k == 1200, "packed operands");
+    const kn::Sm90Operands padded = kn::sm90_operands(false, 5, 300, 400, 1000, 1200);
+    EXPECT(padded.batch == 5 && padded.rows_q == 300 && padded.rows_k == 400, "padded operands");
+    const int64_t H = 4, D = 64;  // [T, H, D] storage viewed as [1, H, T, D], batch stride 0
+    auto s = kn::sm90_tma_shape(aligned_ptr(), packed.batch, H, packed.rows_q, D, 0, D, H * D, 128);
+    EXPECT(s.ok && s.dims[1] == 1000 && s.dims[3] == 1, "packed map");
+  }
 }
 
 // ---- the swizzled layout through the descriptors ---------------------------------

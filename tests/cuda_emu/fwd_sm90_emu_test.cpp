@@ -5,8 +5,11 @@
 // GQA, softcap, Sq != Sk, lengths that are not tile multiples, several key
 // tiles (stage reuse and barrier parities), strided [B, S, H, D] views,
 // attention sinks of both kinds (sink tokens S in {1, 4, > W}, sink logits
-// -1e4 / 30 / NaN in one head, the two together, rows that see no key). The
-// reference's visibility is written out here (not band.h's). The
+// -1e4 / 30 / NaN in one head, the two together, rows that see no key),
+// packed sequences (cu_seqlens: boxes that run into the next sequence's rows,
+// empty sequences; every K/V row that no query of its sequence sees is NaN,
+// so any leak of such a row, into its own sequence or a neighbour, shows).
+// The reference's visibility is written out here (not band.h's). The
 // tensor maps come from sm90_tma_shape (the host code's shapes). Built and
 // run by run_sm90.sh (g++, C++20; needs no GPU). What it cannot see: timing,
 // asynchrony (wgmma and TMA complete at issue here), register allocation.
@@ -38,6 +41,14 @@ struct Shape {
   const char* name;
   int64_t sink_tokens = 0;
   const float* sinks = nullptr;  // sink logits [Hq] (nullptr: none)
+  // Packed sequences (Sq_b, Sk_b), back to back in one [1, H, T, D] batch
+  // (B, Sq, Sk unused); empty: the padded layout.
+  std::vector<std::pair<int64_t, int64_t>> seqs = {};
+};
+
+// One sequence's rows: batch entry bb (padded) or rows q0 / k0 of the packed batch.
+struct Segment {
+  int64_t bb, q0, k0, sq, sk;
 };
 
 template <typename T>
@@ -85,14 +96,50 @@ template <typename T, int D>
 void run(const Shape& sh, uint32_t seed, unsigned blocks) {
   using Kt = Sm90FwdTraits<T, D>;
   std::mt19937 rng(seed);
+  const bool packed = !sh.seqs.empty();
+  std::vector<Segment> segs;
+  std::vector<int32_t> cu_q{0}, cu_k{0};
+  int64_t max_q = 0, max_k = 0;
+  if (packed) {
+    for (auto [sq, sk] : sh.seqs) {
+      segs.push_back({0, cu_q.back(), cu_k.back(), sq, sk});
+      cu_q.push_back(static_cast<int32_t>(cu_q.back() + sq));
+      cu_k.push_back(static_cast<int32_t>(cu_k.back() + sk));
+      max_q = std::max(max_q, sq), max_k = std::max(max_k, sk);
+    }
+  } else {
+    for (int64_t bb = 0; bb < sh.B; ++bb) segs.push_back({bb, 0, 0, sh.Sq, sh.Sk});
+  }
+  // Storage: [B, H, S, D] padded, [1, H, T, D] packed.
+  const int64_t SB = packed ? 1 : sh.B, SQ = packed ? cu_q.back() : sh.Sq, SK = packed ? cu_k.back() : sh.Sk;
   Operand<T> q, k, v, out;
-  q.init(sh.B, sh.Hq, sh.Sq, D, sh.bshd, rng);
-  k.init(sh.B, sh.Hkv, sh.Sk, D, sh.bshd, rng);
-  v.init(sh.B, sh.Hkv, sh.Sk, D, sh.bshd, rng);
-  out.init(sh.B, sh.Hq, sh.Sq, D, sh.bshd, rng, false);
+  q.init(SB, sh.Hq, SQ, D, sh.bshd, rng);
+  k.init(SB, sh.Hkv, SK, D, sh.bshd, rng);
+  v.init(SB, sh.Hkv, SK, D, sh.bshd, rng);
+  out.init(SB, sh.Hq, SQ, D, sh.bshd, rng, false);
   const T poison = from_d<T>(12345.0);
   for (auto& x : out.data) x = poison;
-  std::vector<float> lse(sh.B * sh.Hq * sh.Sq, 777.f);
+  std::vector<float> lse(SB * sh.Hq * SQ, 777.f);
+
+  // Row i of a sequence (key position pos = i + Sk - Sq) sees key j in its
+  // window, or j < S when j <= pos + wr.
+  auto visible = [&](const Segment& sg, int64_t i, int64_t j) {
+    const int64_t pos = i + sg.sk - sg.sq;
+    const bool right = sh.wr < 0 || j <= pos + sh.wr;
+    const bool left = sh.wl < 0 || j >= pos - sh.wl;
+    return j >= 0 && j < sg.sk && right && (left || j < sh.sink_tokens);
+  };
+  if (packed) {  // K/V rows no query of their sequence sees: NaN (must never reach an output)
+    const T nan = from_d<T>(NAN);
+    for (const Segment& sg : segs)
+      for (int64_t j = 0; j < sg.sk; ++j) {
+        bool seen = false;
+        for (int64_t i = 0; i < sg.sq && !seen; ++i) seen = visible(sg, i, j);
+        if (seen) continue;
+        for (int64_t h = 0; h < sh.Hkv; ++h)
+          for (int d = 0; d < D; ++d) k.at(0, h, sg.k0 + j, d) = v.at(0, h, sg.k0 + j, d) = nan;
+      }
+  }
 
   kn::AttentionParams p;
   p.dtype = std::is_same<T, __half>::value ? kn::DType::kFloat16 : kn::DType::kBFloat16;
@@ -103,16 +150,22 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
   p.out_batch_stride = out.bs, p.out_head_stride = out.hs, p.out_row_stride = out.rs;
   p.lse = lse.data();
   p.batch = sh.B, p.heads_q = sh.Hq, p.heads_kv = sh.Hkv, p.seqlen_q = sh.Sq, p.seqlen_k = sh.Sk, p.head_dim = D;
+  if (packed) {  // as set_packed_sequences does (csrc/cuda/varlen_params.cpp)
+    p.batch = static_cast<int64_t>(segs.size()), p.seqlen_q = max_q, p.seqlen_k = max_k;
+    p.total_q = SQ, p.total_k = SK;
+    p.cu_seqlens_q = cu_q.data(), p.cu_seqlens_k = cu_k.data();
+    p.q.batch_stride = p.k.batch_stride = p.v.batch_stride = p.out_batch_stride = 0;
+  }
   p.window_left = sh.wl, p.window_right = sh.wr;
   p.scale = 1.f / std::sqrt(static_cast<float>(D));
   p.softcap = sh.softcap;
   p.sinks = sh.sinks;
   p.sink_tokens = sh.sink_tokens;
 
-  const CUtensorMap tq = make_map(q.data.data(), sh.B, sh.Hq, sh.Sq, D, q.bs, q.hs, q.rs, Kt::kBlockM);
-  const CUtensorMap tk = make_map(k.data.data(), sh.B, sh.Hkv, sh.Sk, D, k.bs, k.hs, k.rs, Kt::kBlockN);
-  const CUtensorMap tv = make_map(v.data.data(), sh.B, sh.Hkv, sh.Sk, D, v.bs, v.hs, v.rs, Kt::kBlockN);
-  const kn::FwdGrid grid = kn::make_fwd_grid(sh.B, sh.Hq, sh.Hkv, sh.Sq, 1, 1, Kt::kBlockM);
+  const CUtensorMap tq = make_map(q.data.data(), SB, sh.Hq, SQ, D, q.bs, q.hs, q.rs, Kt::kBlockM);
+  const CUtensorMap tk = make_map(k.data.data(), SB, sh.Hkv, SK, D, k.bs, k.hs, k.rs, Kt::kBlockN);
+  const CUtensorMap tv = make_map(v.data.data(), SB, sh.Hkv, SK, D, v.bs, v.hs, v.rs, Kt::kBlockN);
+  const kn::FwdGrid grid = kn::make_fwd_grid(p.batch, sh.Hq, sh.Hkv, p.seqlen_q, 1, 1, Kt::kBlockM);
   FwdScoreScale sc;
   constexpr double kLog2e = 1.4426950408889634;
   sc.use_softcap = p.softcap > 0.f;
@@ -138,27 +191,20 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
       ++failures;
     }
 
-  // float64 reference on the 16-bit inputs. Row i (key position pos = i +
-  // Sk - Sq) sees key j in its window, or j < S when j <= pos + wr.
-  auto visible = [&](int64_t i, int64_t j) {
-    const int64_t pos = i + sh.Sk - sh.Sq;
-    const bool right = sh.wr < 0 || j <= pos + sh.wr;
-    const bool left = sh.wl < 0 || j >= pos - sh.wl;
-    return j >= 0 && j < sh.Sk && right && (left || j < sh.sink_tokens);
-  };
+  // float64 reference on the 16-bit inputs, sequence by sequence.
   const double tol = std::is_same<T, __half>::value ? 4e-3 : 2.5e-2;
   double worst = 0, worst_lse = 0;
   int bad = 0;
-  for (int64_t bb = 0; bb < sh.B; ++bb)
+  for (const Segment& sg : segs)
     for (int64_t h = 0; h < sh.Hq; ++h) {
-      const int64_t hk = h / (sh.Hq / sh.Hkv);
-      for (int64_t i = 0; i < sh.Sq; ++i) {
-        std::vector<double> s(sh.Sk, -INFINITY);
+      const int64_t hk = h / (sh.Hq / sh.Hkv), bb = sg.bb;
+      for (int64_t i = 0; i < sg.sq; ++i) {
+        std::vector<double> s(sg.sk, -INFINITY);
         double mx = -INFINITY;
-        for (int64_t j = 0; j < sh.Sk; ++j) {
-          if (!visible(i, j)) continue;
+        for (int64_t j = 0; j < sg.sk; ++j) {
+          if (!visible(sg, i, j)) continue;
           double dot = 0;
-          for (int d = 0; d < D; ++d) dot += to_d(q.at(bb, h, i, d)) * to_d(k.at(bb, hk, j, d));
+          for (int d = 0; d < D; ++d) dot += to_d(q.at(bb, h, sg.q0 + i, d)) * to_d(k.at(bb, hk, sg.k0 + j, d));
           double x = dot * p.scale;
           if (sh.softcap > 0) x = sh.softcap * std::tanh(x / sh.softcap);
           s[j] = x;
@@ -175,11 +221,11 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
           ref_lse = sink;
         } else {
           double sum = has_sink ? std::exp(sink - top) : 0.0;
-          for (int64_t j = 0; j < sh.Sk; ++j)
+          for (int64_t j = 0; j < sg.sk; ++j)
             if (s[j] > -INFINITY) sum += std::exp(s[j] - top);
           ref_lse = top + std::log(sum);
         }
-        const float got_lse = lse[(bb * sh.Hq + h) * sh.Sq + i];
+        const float got_lse = lse[packed ? h * SQ + sg.q0 + i : (bb * sh.Hq + h) * sh.Sq + i];
         bool lse_ok;
         if (std::isnan(ref_lse)) lse_ok = std::isnan(got_lse);
         else if (mx == -INFINITY) lse_ok = got_lse == static_cast<float>(ref_lse);  // exactly the sink / -inf
@@ -191,9 +237,9 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
         for (int d = 0; d < D; ++d) {
           double o = 0;
           if (mx > -INFINITY)
-            for (int64_t j = 0; j < sh.Sk; ++j)
-              if (s[j] > -INFINITY) o += std::exp(s[j] - ref_lse) * to_d(v.at(bb, hk, j, d));
-          const double got = to_d(out.at(bb, h, i, d));
+            for (int64_t j = 0; j < sg.sk; ++j)
+              if (s[j] > -INFINITY) o += std::exp(s[j] - ref_lse) * to_d(v.at(bb, hk, sg.k0 + j, d));
+          const double got = to_d(out.at(bb, h, sg.q0 + i, d));
           const double err = std::fabs(got - o);
           if (!std::isnan(o)) worst = std::max(worst, std::isnan(err) ? 1e9 : err);
           if (std::isnan(o) ? !std::isnan(got) : !(err <= tol)) {
@@ -201,7 +247,7 @@ void run(const Shape& sh, uint32_t seed, unsigned blocks) {
           }
         }
         for (int d = D; d < D + 8; ++d)  // row padding never written
-          if (to_d(out.at(bb, h, i, d)) != to_d(poison) && ++bad <= 5) std::printf("  padding written at row %lld\n", (long long)i);
+          if (to_d(out.at(bb, h, sg.q0 + i, d)) != to_d(poison) && ++bad <= 5) std::printf("  padding written at row %lld\n", (long long)i);
       }
     }
   std::printf("%-4s %-44s d%-3d %s %u blocks / %lld tiles: max |out err| %.3g, max |lse err| %.3g\n",
@@ -244,6 +290,17 @@ int main(int argc, char** argv) {
       {1, 2, 1, 400, 100, 0, -1, 0, 0.f, false, "sinks: logits -1e4 / 30, empty query tiles", 0, kSinksMixed},
       {1, 4, 2, 520, 520, 0, 63, 0, 0.f, true, "sinks: both, 160 tokens, gqa 4/2, view", 160, kSinksMild},
       {1, 2, 1, 300, 300, 0, 63, 0, 0.f, false, "sinks: NaN logit in head 0 only, 4 tokens", 4, kSinksNan},
+      // Packed sequences (B, Sq, Sk: from seqs).
+      {0, 2, 1, 0, 0, 0, 63, 0, 0.f, false, "varlen: 3 sequences, W 64, gqa 2/1", 0, nullptr,
+       {{300, 300}, {1, 1}, {129, 129}}},
+      {0, 2, 2, 0, 0, 0, 100, 0, 5.f, false, "varlen: Sq < Sk, a key-only sequence between, softcap", 0,
+       nullptr, {{200, 333}, {0, 150}, {130, 260}}},
+      {0, 2, 1, 0, 0, 0, -1, -1, 0.f, false, "varlen: empty sequences, full window", 0, nullptr,
+       {{0, 0}, {250, 250}, {0, 0}, {5, 5}}},
+      {0, 4, 2, 0, 0, 0, 63, 0, 0.f, true, "varlen: sinks of both kinds, gqa 4/2, view", 4, kSinksMild,
+       {{400, 400}, {70, 70}, {260, 260}}},
+      {0, 2, 2, 0, 0, 0, 31, 5, 0.f, false, "varlen: Sq > Sk (rows with no key), (31, 5)", 0, nullptr,
+       {{260, 130}, {10, 300}, {129, 1}}},
   };
   const char* only = argc > 1 ? argv[1] : nullptr;
   uint32_t seed = 1;
@@ -253,7 +310,7 @@ int main(int argc, char** argv) {
     // One block per tile, and persistent blocks that each take several tiles.
     run<__nv_bfloat16, 64>(s, seed, 0);
     run<__half, 128>(s, seed + 100, 2);
-    if (s.softcap > 0 || s.bshd || s.sinks != nullptr) {
+    if (s.softcap > 0 || s.bshd || s.sinks != nullptr || !s.seqs.empty()) {
       run<__half, 64>(s, seed + 200, 1);
       run<__nv_bfloat16, 128>(s, seed + 300, 3);
     }

@@ -14,9 +14,10 @@
 //     split kernel, which spreads them over the SMs; and no PackGQA (with
 //     Hq > Hkv and 2 Sq <= the portable block_m, the portable kernel packs
 //     the group into one block);
-//   - the queries see every key between them (seen_keys of all rows, the
-//     sink run and the band, cover [0, Sk)): the portable kernel zero-fills
-//     keys no query sees, TMA cannot;
+//   - padded, the queries see every key between them (seen_keys of all rows,
+//     the sink run and the band, cover [0, Sk)): the portable kernel
+//     zero-fills keys no query sees, TMA cannot; packed sequences (whose
+//     lengths the host cannot read) take the kernel's V guard instead;
 //   - Sk >= 1, the 32-bit index limits of tensor_core_ok, and TMA can describe
 //     q, k, v (16-byte aligned bases, strides multiples of 16 bytes: sm90_tma.h).
 // Not covered (portable): head dims 32, 96, 256; fp32/fp64; cache_attention;
@@ -257,24 +258,28 @@ constexpr int64_t kSm90BlockN = 128;
 bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
   if (sm90_disabled() || !sm90_built(p.dtype, p.head_dim)) return false;
   if (p.ring.pos != nullptr || p.num_splits > 1 || pack != 1 || p.seqlen_k < 1) return false;
-  // Packed sequences: the portable kernel (its blocks read their sequence's
-  // bounds; TMA boxes would need them masked per row).
-  if (p.cu_seqlens_q != nullptr) return false;
   if (!tensor_core_ok(p, dims, pack)) return false;
   // TMA loads whole 128-key boxes and cannot zero a key inside [0, Sk): a key
   // that no query of the call sees (before the first row's window, after the
   // last row's) could then reach P V as 0 * NaN. The portable kernel
-  // zero-fills those; Hopper takes the calls whose queries see every key.
-  // With sink tokens the keys seen are two runs, [0, sink.end) and the band:
-  // together they must cover [0, Sk) (no gap between the sinks and the band).
-  const Band band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
-  const SeenKeys seen = seen_keys(band, 0, p.seqlen_q);
-  if (seen.band.begin > seen.sink.end || seen.band.end < p.seqlen_k) return false;
-  return sm90_tma_shape(p.q.ptr, p.batch, p.heads_q, p.seqlen_q, p.head_dim, p.q.batch_stride,
+  // zero-fills those; padded, Hopper takes the calls whose queries see every
+  // key. With sink tokens the keys seen are two runs, [0, sink.end) and the
+  // band: together they must cover [0, Sk) (no gap between the sinks and the
+  // band). Packed, the lengths stay on the device and the kernel's V guard
+  // zeroes such rows itself (fwd_sm90_kernel.cuh), the next sequence's too.
+  const bool packed = p.cu_seqlens_q != nullptr;
+  if (!packed) {
+    const Band band{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
+    const SeenKeys seen = seen_keys(band, 0, p.seqlen_q);
+    if (seen.band.begin > seen.sink.end || seen.band.end < p.seqlen_k) return false;
+  }
+  const Sm90Operands ops = sm90_operands(packed, p.batch, p.seqlen_q, p.seqlen_k, p.total_q, p.total_k);
+  if (ops.rows_q > INT32_MAX || ops.rows_k > INT32_MAX) return false;  // the boxes' int32 row coordinates
+  return sm90_tma_shape(p.q.ptr, ops.batch, p.heads_q, ops.rows_q, p.head_dim, p.q.batch_stride,
                         p.q.head_stride, p.q.row_stride, kSm90BlockM).ok &&
-         sm90_tma_shape(p.k.ptr, p.batch, p.heads_kv, p.seqlen_k, p.head_dim, p.k.batch_stride,
+         sm90_tma_shape(p.k.ptr, ops.batch, p.heads_kv, ops.rows_k, p.head_dim, p.k.batch_stride,
                         p.k.head_stride, p.k.row_stride, kSm90BlockN).ok &&
-         sm90_tma_shape(p.v.ptr, p.batch, p.heads_kv, p.seqlen_k, p.head_dim, p.v.batch_stride,
+         sm90_tma_shape(p.v.ptr, ops.batch, p.heads_kv, ops.rows_k, p.head_dim, p.v.batch_stride,
                         p.v.head_stride, p.v.row_stride, kSm90BlockN).ok;
 }
 

@@ -34,6 +34,8 @@
 //                                                    start before V lands)
 //   empty[s]         256 arrivals (every consumer thread, after the P V wgmma
 //                    that read stage s completed)  (consumers -> producer)
+//   v_ready[s]       1 arrival (the V guard, packed sequences only: stage s's
+//                    V tile is masked)              (V guard -> consumers)
 //
 // Per consumer warpgroup, key tiles i = 0 .. n - 1 in descending key order
 // (Sm90Tile::n_block: the band's tiles, then the sink tiles), the softmax of tile i overlapping the P V wgmma
@@ -72,11 +74,22 @@
 // the band (key_end <= Sk, and tiles crossing Sk always take the masked path);
 // rows >= Sq are computed but never stored.
 //
+// Packed sequences (params.cu_seqlens_q/k, read on the device): the maps are
+// [1, H, T, D] (sm90_operands of sm90_tma.h) and a tile's boxes start at its
+// sequence's first row, so a box crossing the sequence's end reads the next
+// sequence's rows. Their queries are computed and not stored, their keys are
+// past the band (masked); their values meet P = 0, which a NaN or inf there
+// would still turn into NaN: the V guard (warp 1 of the producer warpgroup)
+// zeroes, in each landed V tile, the rows no query row of the tile sees, and
+// the consumers wait for it (v_ready) instead of for the TMA (v_full).
+//
 // Softmax: exp2 by ex2.approx.ftz; without a softcap the scale is folded into
 // one FFMA per score (max on the raw scores).
 //
 // Status: compiles for sm_90a (ptxas: 168 registers at launch, setmaxnreg
-// 24 / 240, no spills; SASS has HGMMA, UTMALDG, SYNCS, USETMAXREG) and passes
+// 24 / 240; the packed-only V guard spills 32 bytes under the producer's
+// 24-register cap, off the consumers' path; SASS has HGMMA, UTMALDG, SYNCS,
+// USETMAXREG) and passes
 // the CPU emulation of tests/cuda_emu/run_sm90.sh (real source, emulated
 // TMA / mbarrier / wgmma / named barriers). Not yet run on a GPU: the GPU
 // tests are tests/test_sm90.py, the sanitizers and timings bench/run_gpu.sh.
@@ -91,6 +104,7 @@
 
 #include "fwd_score.cuh"
 #include "primitives.cuh"
+#include "sequence_rows.cuh"
 #include "sm90_primitives.cuh"
 #include "swa/kernels/band.h"
 #include "swa/kernels/fwd_tiles.h"
@@ -126,7 +140,7 @@ struct Sm90FwdTraits {
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kBarOffset = kVOffset + kStages * kKvBytes;
-  static constexpr int kBarCount = 2 + 3 * kStages;  // q_full, q_empty, k_full, v_full, empty
+  static constexpr int kBarCount = 2 + 4 * kStages;  // q_full, q_empty, k_full, v_full, empty, v_ready
   // + 1024: the dynamic shared memory base is rounded up to 1024 bytes.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarCount + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "sm_90 shared memory per block");
@@ -163,24 +177,32 @@ __device__ __forceinline__ void wgmma_o(float (&d)[64], const uint32_t (&a)[4], 
 // (all below the band's, sink_tile_range of band.h).
 struct Sm90Tile {
   int64_t b, h, hkv;
-  int m0, m_end;                     // query rows [m0, m_end)
+  SequenceRows seq;                  // batch entry b's rows (packed: sequence b's)
+  Band band;                         // on seq's lengths
+  int64_t tma_batch;                 // the batch coordinate of the TMA boxes (packed: 0)
+  int m0, m_end;                     // query rows [m0, m_end) of seq
   int n_end, n_band, n_sink, n_tiles;
   int unmasked_begin, unmasked_end;  // key tiles that need no element mask
   // The key tile of visit i (0 <= i < n_tiles).
   __device__ __forceinline__ int n_block(int i) const { return i < n_band ? n_end - 1 - i : n_tiles - 1 - i; }
 };
 
+// Packed sequences: grid.rows is the longest sequence; a tile past its own
+// sequence's end has no rows and no key tiles.
 template <typename Kt>
-__device__ __forceinline__ Sm90Tile sm90_tile(const AttentionParams& p, const FwdGrid& grid, const Band& band,
-                                              int64_t index) {
+__device__ __forceinline__ Sm90Tile sm90_tile(const AttentionParams& p, const FwdGrid& grid, int64_t index) {
   const FwdBlock blk = fwd_block(grid, index);
   Sm90Tile t;
   t.b = blk.batch;
   t.h = blk.head;  // query head (pack = 1)
   t.hkv = t.h / (p.heads_q / p.heads_kv);
+  t.seq = sequence_rows(p, t.b);
+  t.band = Band{t.seq.seqlen_q, t.seq.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
+  const Band& band = t.band;
+  t.tma_batch = t.seq.stride_batch;
   t.m0 = static_cast<int>(blk.m_block) * Kt::kBlockM;
-  t.m_end = static_cast<int>(band_min64(t.m0 + Kt::kBlockM, p.seqlen_q));
-  const KeyRange q_rows = packed_query_rows(blk.m_block, Kt::kBlockM, 1, grid.rows);
+  t.m_end = static_cast<int>(band_min64(t.m0 + Kt::kBlockM, t.seq.seqlen_q));
+  const KeyRange q_rows = packed_query_rows(blk.m_block, Kt::kBlockM, 1, t.seq.seqlen_q);
   const TileRange tiles = rows_key_tile_range(band, q_rows, Kt::kBlockN);
   t.n_end = static_cast<int>(tiles.n_block_max);
   t.n_band = static_cast<int>(tiles.size());
@@ -199,13 +221,14 @@ __device__ __forceinline__ void sm90_store_empty(const AttentionParams& p, const
                                                  int nthreads) {
   using T = typename Kt::Element;
   constexpr int kD = Kt::kHeadDim;
-  T* const out = static_cast<T*>(p.out) + t.b * p.out_batch_stride + t.h * p.out_head_stride;
+  T* const out = static_cast<T*>(p.out) + t.seq.stride_batch * p.out_batch_stride + t.h * p.out_head_stride +
+                 t.seq.q0 * p.out_row_stride;
   for (int idx = thread; idx < (t.m_end - t.m0) * kD; idx += nthreads) {
     const int m = t.m0 + idx / kD;
     out[static_cast<int64_t>(m) * p.out_row_stride + idx % kD] = from_float<T>(0.f);
   }
   const float lse = p.sinks != nullptr ? p.sinks[t.h] : -INFINITY;
-  for (int m = t.m0 + thread; m < t.m_end; m += nthreads) p.lse[(t.b * p.heads_q + t.h) * p.seqlen_q + m] = lse;
+  for (int m = t.m0 + thread; m < t.m_end; m += nthreads) p.lse[lse_offset(p, t.seq, t.b, t.h, m)] = lse;
 }
 
 // Persistent: block x takes query tiles x, x + gridDim.x, ... (the launcher
@@ -238,10 +261,13 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   auto k_full = [&](int s) { return bars + 8u * (2 + s); };
   auto v_full = [&](int s) { return bars + 8u * (2 + kStages + s); };
   auto empty = [&](int s) { return bars + 8u * (2 + 2 * kStages + s); };
+  auto v_ready = [&](int s) { return bars + 8u * (2 + 3 * kStages + s); };
+  // Packed sequences: the V tiles pass through the V guard (below) before the
+  // consumers read them.
+  const bool guard_v = params.cu_seqlens_q != nullptr;  // uniform
 
   const int tid = threadIdx.x;
   const int64_t num_tiles = grid.blocks();
-  const Band band{params.seqlen_q, params.seqlen_k, params.window_left, params.window_right, params.sink_tokens};
 
   if (tid == 0) {
     tma_prefetch_desc(&tm_q);
@@ -253,6 +279,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       mbar_init(k_full(s), 1);
       mbar_init(v_full(s), 1);
       mbar_init(empty(s), 128 * Kt::kConsumers);
+      mbar_init(v_ready(s), 1);
     }
     mbar_init_fence();
   }
@@ -266,14 +293,15 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       int q_iter = 0, kv_iter = 0;
 #pragma unroll 1
       for (int64_t index = blockIdx.x; index < num_tiles; index += gridDim.x) {
-        const Sm90Tile t = sm90_tile<Kt>(params, grid, band, index);
+        const Sm90Tile t = sm90_tile<Kt>(params, grid, index);
         if (t.n_tiles == 0) continue;  // the consumers write its empty rows
-        const int hq = static_cast<int>(t.h), hk = static_cast<int>(t.hkv), bb = static_cast<int>(t.b);
+        const int hq = static_cast<int>(t.h), hk = static_cast<int>(t.hkv), bb = static_cast<int>(t.tma_batch);
+        const int q_row0 = static_cast<int>(t.seq.q0), k_row0 = static_cast<int>(t.seq.k0);
         mbar_wait(q_empty, (q_iter & 1) ^ 1);  // both consumers are past the previous tile's S
         mbar_arrive_expect_tx(q_full, Kt::kQBytes);
 #pragma unroll
         for (int cb = 0; cb < Kt::kColBlocks; ++cb)
-          tma_load_4d(s_q + cb * kM * 128, &tm_q, q_full, cb * 64, t.m0, hq, bb);
+          tma_load_4d(s_q + cb * kM * 128, &tm_q, q_full, cb * 64, q_row0 + t.m0, hq, bb);
 #pragma unroll 1
         for (int i = 0; i < t.n_tiles; ++i, ++kv_iter) {
           const int n_block = t.n_block(i);
@@ -283,13 +311,57 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
           mbar_arrive_expect_tx(k_full(stage), Kt::kKvBytes);
 #pragma unroll
           for (int cb = 0; cb < Kt::kColBlocks; ++cb)
-            tma_load_4d(s_k + stage * Kt::kKvBytes + cb * kN * 128, &tm_k, k_full(stage), cb * 64, n_block * kN, hk, bb);
+            tma_load_4d(s_k + stage * Kt::kKvBytes + cb * kN * 128, &tm_k, k_full(stage), cb * 64,
+                        k_row0 + n_block * kN, hk, bb);
           mbar_arrive_expect_tx(v_full(stage), Kt::kKvBytes);
 #pragma unroll
           for (int cb = 0; cb < Kt::kColBlocks; ++cb)
-            tma_load_4d(s_v + stage * Kt::kKvBytes + cb * kN * 128, &tm_v, v_full(stage), cb * 64, n_block * kN, hk, bb);
+            tma_load_4d(s_v + stage * Kt::kKvBytes + cb * kN * 128, &tm_v, v_full(stage), cb * 64,
+                        k_row0 + n_block * kN, hk, bb);
         }
         ++q_iter;
+      }
+    } else if (guard_v && tid / 32 == 1) {
+      // ---- V guard (packed sequences; warp 1 of the producer warpgroup).
+      // A V box starting inside a sequence runs on into the next one's rows,
+      // and P V multiplies them by P = 0: finite rows add nothing, but a NaN
+      // or inf there (another sequence's data) would give 0 * inf = NaN. So
+      // each landed V tile has the rows that no query row of the tile sees
+      // (past the sequence's end, or outside every row's band and sink run)
+      // zeroed before the consumers read it (v_ready instead of v_full).
+      // Stages and phases follow the producer's (kv_iter).
+      const int lane = tid % 32;
+      int kv_iter = 0;
+#pragma unroll 1
+      for (int64_t index = blockIdx.x; index < num_tiles; index += gridDim.x) {
+        const Sm90Tile t = sm90_tile<Kt>(params, grid, index);
+        if (t.n_tiles == 0) continue;
+        // The keys the tile's rows see: [0, sink_end) and [band_begin, band_end)
+        // (32-bit: the TMA row coordinates are; 24 registers here).
+        const SeenKeys seen = seen_keys(t.band, t.m0, t.m_end);
+        const int sink_end = seen.sink.empty() ? 0 : static_cast<int>(seen.sink.end);
+        const int band_begin = static_cast<int>(seen.band.begin), band_end = static_cast<int>(seen.band.end);
+#pragma unroll 1
+        for (int i = 0; i < t.n_tiles; ++i, ++kv_iter) {
+          const int stage = kv_iter % kStages;
+          mbar_wait(v_full(stage), (kv_iter / kStages) & 1);
+          const int key0 = t.n_block(i) * kN;
+          const bool whole = (key0 >= band_begin && key0 + kN <= band_end) || key0 + kN <= sink_end;  // uniform
+          if (!whole) {
+            // Row r of column block cb: the 128 bytes at cb * kN * 128 + r * 128
+            // (the 128-byte swizzle permutes 16-byte chunks within a row).
+            const uint32_t tile = s_v + stage * Kt::kKvBytes;
+#pragma unroll 1
+            for (int idx = lane; idx < Kt::kColBlocks * kN * 8; idx += 32) {
+              const int key = key0 + (idx / 8) % kN;
+              if (key >= sink_end && (key < band_begin || key >= band_end))
+                st_shared_zero16(tile + (idx / 8) * 128 + (idx % 8) * 16);
+            }
+            fence_proxy_async_smem();  // these generic-proxy stores before wgmma's async-proxy reads
+          }
+          __syncwarp();
+          if (lane == 0) mbar_arrive(v_ready(stage));
+        }
       }
     }
     return;
@@ -442,7 +514,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   int q_iter = 0, kv_iter = 0;
 #pragma unroll 1
   for (int64_t index = blockIdx.x; index < num_tiles; index += gridDim.x) {
-    const Sm90Tile t = sm90_tile<Kt>(params, grid, band, index);
+    const Sm90Tile t = sm90_tile<Kt>(params, grid, index);
+    const Band& band = t.band;
     if (t.n_tiles == 0) {
       sm90_store_empty<Kt>(params, t, 128 * consumer + ctid, 128 * Kt::kConsumers);
       continue;
@@ -463,6 +536,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     for (int e = 0; e < kD / 2; ++e) acc_o[e] = 0.f;
     auto stage_of = [&](int i) { return (kv_iter + i) % kStages; };
     auto phase_of = [&](int i) { return static_cast<uint32_t>(((kv_iter + i) / kStages) & 1); };
+    auto v_landed = [&](int i) { return guard_v ? v_ready(stage_of(i)) : v_full(stage_of(i)); };
 
     mbar_wait_watchdog(q_full, q_iter & 1);
 
@@ -485,7 +559,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
       const int stage = stage_of(i);
       const int prev = stage_of(i - 1);
       mbar_wait_watchdog(k_full(stage), phase_of(i));
-      mbar_wait_watchdog(v_full(prev), phase_of(i - 1));
+      mbar_wait_watchdog(v_landed(i - 1), phase_of(i - 1));
       turn_begin();
       issue_s(stage);
       issue_pv(prev);
@@ -507,7 +581,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     const float sink_logit = has_sink ? params.sinks[t.h] : -INFINITY;
     {
       const int last = stage_of(t.n_tiles - 1);
-      mbar_wait_watchdog(v_full(last), phase_of(t.n_tiles - 1));
+      mbar_wait_watchdog(v_landed(t.n_tiles - 1), phase_of(t.n_tiles - 1));
       issue_pv(last);
       wgmma_wait<0>();
       fence_pv_done();
@@ -517,8 +591,9 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
     ++q_iter;
 
     // ---- normalise and store this thread's two rows
-    T* const out_head = static_cast<T*>(params.out) + t.b * params.out_batch_stride + t.h * params.out_head_stride;
-    float* const lse_head = params.lse + (t.b * params.heads_q + t.h) * params.seqlen_q;
+    T* const out_head = static_cast<T*>(params.out) + t.seq.stride_batch * params.out_batch_stride +
+                        t.h * params.out_head_stride + t.seq.q0 * params.out_row_stride;
+    float* const lse_head = params.lse + lse_offset(params, t.seq, t.b, t.h, 0);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int m = t.m0 + 64 * consumer + 16 * warp + group + 8 * i;

@@ -2,7 +2,9 @@
 // three TMA tensor maps on the host per call (sm90_tma.h gives their shape;
 // cuTensorMapEncodeTiled is reached through cudaGetDriverEntryPointByVersion,
 // so nothing links libcuda) and launches one block per (batch, query head,
-// query tile). One explicit instantiation per (dtype, head dim) in
+// query tile); packed sequences: one [1, H, T, D] map per operand
+// (sm90_operands), one block per (sequence, query head, query tile of the
+// longest sequence). One explicit instantiation per (dtype, head dim) in
 // fwd_sm90_hdim<D>_<fp16|bf16>.cu, compiled for sm_90a only.
 //
 // Returns cudaErrorNotSupported, launching nothing, when TMA cannot describe
@@ -93,11 +95,13 @@ cudaError_t run_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
   using Kt = Sm90FwdTraits<T, kHeadDim>;
   if (p.head_dim != kHeadDim || p.ring.pos != nullptr || p.num_splits > 1) return cudaErrorNotSupported;
   CUtensorMap tm_q, tm_k, tm_v;
-  if (!sm90_encode(&tm_q, Kt::kBf16, p.q.ptr, p.batch, p.heads_q, p.seqlen_q, kHeadDim, p.q.batch_stride,
+  const Sm90Operands ops =
+      sm90_operands(p.cu_seqlens_q != nullptr, p.batch, p.seqlen_q, p.seqlen_k, p.total_q, p.total_k);
+  if (!sm90_encode(&tm_q, Kt::kBf16, p.q.ptr, ops.batch, p.heads_q, ops.rows_q, kHeadDim, p.q.batch_stride,
                    p.q.head_stride, p.q.row_stride, Kt::kBlockM) ||
-      !sm90_encode(&tm_k, Kt::kBf16, p.k.ptr, p.batch, p.heads_kv, p.seqlen_k, kHeadDim, p.k.batch_stride,
+      !sm90_encode(&tm_k, Kt::kBf16, p.k.ptr, ops.batch, p.heads_kv, ops.rows_k, kHeadDim, p.k.batch_stride,
                    p.k.head_stride, p.k.row_stride, Kt::kBlockN) ||
-      !sm90_encode(&tm_v, Kt::kBf16, p.v.ptr, p.batch, p.heads_kv, p.seqlen_k, kHeadDim, p.v.batch_stride,
+      !sm90_encode(&tm_v, Kt::kBf16, p.v.ptr, ops.batch, p.heads_kv, ops.rows_k, kHeadDim, p.v.batch_stride,
                    p.v.head_stride, p.v.row_stride, Kt::kBlockN))
     return cudaErrorNotSupported;
   const FwdGrid grid = make_fwd_grid(p.batch, p.heads_q, p.heads_kv, p.seqlen_q, 1, 1, Kt::kBlockM);

@@ -147,6 +147,18 @@ __device__ __forceinline__ void named_bar_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
+// ---- generic-proxy stores into TMA / wgmma tiles ------------------------------------
+
+// Zeroes the 16 bytes of shared memory at addr (16-byte aligned).
+__device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+}
+// Orders this thread's generic-proxy shared-memory stores before later
+// async-proxy accesses (wgmma operand reads, TMA) that synchronise with it.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // ---- registers -------------------------------------------------------------------
 
 template <int kRegs>

@@ -175,6 +175,12 @@ inline float ex2_approx(float x) {  // ex2.approx.ftz: the approximation error i
   return y < 1.17549435e-38f ? 0.f : y;
 }
 
+inline void st_shared_zero16(uint32_t addr) {
+  check_smem(addr, 16, 16);
+  std::memset(bwd_smem + addr, 0, 16);
+}
+inline void fence_proxy_async_smem() {}  // the emulator has one proxy
+
 template <int kRegs>
 inline void setmaxnreg_dec() {}
 template <int kRegs>

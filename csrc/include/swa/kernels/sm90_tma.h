@@ -71,6 +71,19 @@ inline Sm90TmaShape sm90_tma_shape(const void* ptr, int64_t batch, int64_t heads
   return s;
 }
 
+// The (batch, rows) extents of the three tensor maps: the padded layout's
+// [B, H, S, D], or packed sequences (params.h: cu_seqlens_*) as one batch of
+// all T rows, each sequence's boxes starting at its first row (a box that
+// runs past the sequence's end reads the next one's rows; the kernel masks
+// them).
+struct Sm90Operands {
+  int64_t batch, rows_q, rows_k;
+};
+inline Sm90Operands sm90_operands(bool packed, int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t total_q,
+                                  int64_t total_k) {
+  return packed ? Sm90Operands{1, total_q, total_k} : Sm90Operands{batch, seqlen_q, seqlen_k};
+}
+
 }  // namespace SWA_KERNEL_NS
 
 namespace SWA_KERNEL_NS {
