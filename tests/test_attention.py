@@ -10,19 +10,10 @@ import pytest
 import torch
 
 from conftest import DEVICES, case_id, make_qkv, random_cases
-from reference import attention_ref
+from reference import assert_fa_rule, attention_ref, max_err
 
 CASES = random_cases(24, seed=1)
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-
-
-def max_err(a, b):
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-
-
-def assert_fa_rule(got, ref64, ref_lowp, factor, atol, what):
-    err, err_pt = max_err(got, ref64), max_err(ref_lowp, ref64)
-    assert err <= factor * err_pt + atol, f"{what}: error {err:.3g} > {factor} x {err_pt:.3g} + {atol:g}"
 
 
 def tolerance(dtype):

@@ -18,8 +18,8 @@ import torch
 
 import swa_cuda
 from conftest import DEVICES, make_qkv
-from reference import attention_ref, band_mask
-from test_attention import assert_fa_rule, max_err, tolerance
+from reference import assert_fa_rule, attention_ref, band_mask, max_err
+from test_attention import tolerance
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 

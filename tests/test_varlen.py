@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import swa_cuda
-from reference import attention_ref
-from test_attention import assert_fa_rule, tolerance
+from reference import assert_fa_rule, attention_ref
+from test_attention import tolerance
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
