@@ -14,6 +14,7 @@ from ._library import cmake_prefix_path, include_dir, library_path  # noqa: E402
 from .cache import RollingKVCache  # noqa: E402  (also registers the cache ops' fake kernels)
 from . import distributed  # noqa: E402  (context parallelism: swa_cuda.distributed.sliding_window_attention)
 from .ops import local_attention, sliding_window_attention, varlen_attention  # noqa: E402
+from .longformer import longformer_attention  # noqa: E402  (dilation, global tokens)
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "sliding_window_attention",
     "local_attention",
     "varlen_attention",
+    "longformer_attention",
     "RollingKVCache",
     "include_dir",
     "library_path",

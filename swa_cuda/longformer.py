@@ -1,0 +1,210 @@
+"""Longformer's attention patterns, exact and O(n·(W + g)), composed from the
+banded op (torch.ops.swa.attention) through its differentiable lse:
+
+- dilation d: query position p sees key j iff (p - j) % d == 0 and
+  -right <= (p - j) / d <= left. The positions of one residue class mod d
+  form an ordinary banded problem with the same (left, right), so the op runs
+  once per class on strided views of q, k, v (sequence stride x d, no copy;
+  the CPU and CUDA kernels take any strides with a contiguous last dim). The
+  last query and the last key of a class sit at the same position, so the
+  op's bottom-right alignment holds inside each class when Sq != Sk.
+- global tokens (global_mask [B, Sk]): every query also sees the global keys,
+  each counted once (a global key inside a row's band is left to the band),
+  through a dense [Sq, g] score block merged with the band through lse; a
+  global query (Sq == Sk) sees every key, through a dense [g, Sk] block that
+  replaces its row. Sizing g (the largest number of global tokens in the
+  batch) reads one integer back to the host.
+
+Autograd runs through the op's backward and the merge; everything is
+differentiable in q, k, v (and the global projections). The merge weighs
+the band by the op's lse, which is float32 for every dtype: float64 inputs
+with global tokens are exact to about 1e-7 relative, not to float64.
+"""
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .ops import _is_int, _result, _window_pair
+
+_FN = "longformer_attention"
+
+
+def longformer_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window_size: Tuple[int, int],
+    *,
+    dilation: int = 1,
+    global_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+    global_q: Optional[Tensor] = None,
+    global_k: Optional[Tensor] = None,
+    global_v: Optional[Tensor] = None,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Longformer attention: a (dilated) band plus global tokens.
+
+    q: [B, Hq, Sq, D]; k, v: [B, Hkv, Sk, D] (Hq a multiple of Hkv); query
+    row i sits at key position p = i + Sk - Sq (bottom-right alignment).
+    `window_size=(left, right)` as in local_attention, counted in steps of
+    `dilation` (-1 = unbounded): row i sees key j iff (p - j) % dilation == 0
+    and -right <= (p - j) / dilation <= left. `global_mask` bool [B, Sk]:
+    global key positions, seen by every query; when Sq == Sk the queries at
+    those positions are global and see every key. `global_q` [B, Hq, Sq, D],
+    `global_k` / `global_v` [B, Hkv, Sk, D] (all three or none; Longformer's
+    query_global / key_global / value_global): the global rows' queries,
+    keys and values instead of q, k, v (only their global rows of global_q
+    are read). Returns out [B, Hq, Sq, D] (and lse [B, Hq, Sq] float32).
+    """
+    left, right = _window_pair(_FN, window_size)
+    if not _is_int(dilation) or int(dilation) < 1:
+        raise ValueError(f"{_FN}: dilation must be an int >= 1 (1 = the plain band), got {dilation!r}")
+    dilation = int(dilation)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.dim() != 4:
+            raise ValueError(f"{_FN}: {name} must be a 4-d tensor [B, H, S, D], got "
+                             f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    global_qkv = _check_global(q, k, v, global_mask, global_q, global_k, global_v)
+
+    out, lse = _dilated_band(q, k, v, left, right, dilation, scale, softcap)
+    if global_mask is not None:
+        out, lse = _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, dilation, scale,
+                                      softcap)
+    return _result(out, lse, return_lse)
+
+
+def _check_global(q, k, v, global_mask, global_q, global_k, global_v):
+    projections = (global_q, global_k, global_v)
+    given = [t is not None for t in projections]
+    if any(given) and not all(given):
+        raise ValueError(f"{_FN}: global_q, global_k and global_v go together (all three or none)")
+    if global_mask is None:
+        if any(given):
+            raise ValueError(f"{_FN}: global_q/global_k/global_v need global_mask (which rows are global)")
+        return None
+    B, Sk = k.shape[0], k.shape[2]
+    if not isinstance(global_mask, Tensor) or global_mask.dtype != torch.bool:
+        raise TypeError(f"{_FN}: global_mask must be a bool tensor [B, Sk] = [{B}, {Sk}], got "
+                        f"{global_mask.dtype if isinstance(global_mask, Tensor) else type(global_mask).__name__}")
+    if tuple(global_mask.shape) != (B, Sk):
+        raise ValueError(f"{_FN}: global_mask must have shape [B, Sk] = [{B}, {Sk}] (one flag per key "
+                         f"position), got {list(global_mask.shape)}")
+    if global_mask.device != k.device:
+        raise ValueError(f"{_FN}: global_mask must be on k's device ({k.device}), got {global_mask.device}")
+    if not any(given):
+        return None
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"{_FN}: global_q/global_k/global_v need Sq == Sk (global query rows are the global "
+                         f"key positions), got Sq = {q.shape[2]}, Sk = {k.shape[2]}")
+    for name, t, like in (("global_q", global_q, q), ("global_k", global_k, k), ("global_v", global_v, v)):
+        if not isinstance(t, Tensor) or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            what = f"{list(t.shape)} {t.dtype} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{_FN}: {name} must match its local counterpart ({list(like.shape)} {like.dtype} "
+                             f"on {like.device}), got {what}")
+    return projections
+
+
+def _dilated_band(q, k, v, left, right, dilation, scale, softcap):
+    """(out, lse) of the dilated band: the op once per residue class."""
+    Sq, Sk = q.shape[2], k.shape[2]
+    if dilation == 1 or Sq == 0 or Sk == 0:
+        return torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
+    out = q.new_empty(q.shape)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    for r in range(min(dilation, Sk)):  # key positions r, r + d, ...
+        first = (r - (Sk - Sq)) % dilation  # the first query row at a position in the class
+        if first >= Sq:
+            continue
+        o, l = torch.ops.swa.attention(q[:, :, first::dilation], k[:, :, r::dilation], v[:, :, r::dilation],
+                                       left, right, scale, softcap)
+        out[:, :, first::dilation] = o
+        lse[:, :, first::dilation] = l
+    return out, lse
+
+
+def _scores(q, k, scale, softcap):
+    """[B, Hkv, group, Sq, Sk] scores of q [B, Hq, Sq, D] against k [B, Hkv, Sk, D],
+    in the accumulation dtype (float64 for float64 inputs, else float32)."""
+    B, Hq, Sq, D = q.shape
+    Hkv = k.shape[1]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if scale is None:
+        scale = D ** -0.5
+    s = torch.matmul(q.to(acc).reshape(B, Hkv, Hq // Hkv, Sq, D), k.to(acc)[:, :, None].transpose(-1, -2))
+    s = s * scale
+    return softcap * torch.tanh(s / softcap) if softcap > 0 else s
+
+
+def _softmax_rows(s, v, keep):
+    """(out [B, Hq, Sq, D] in the accumulation dtype, lse [B, Hq, Sq] float32)
+    of the scores s [B, Hkv, group, Sq, n] over keys where keep, values v
+    [B, Hkv, n, D]; rows that keep nothing give 0 and -inf (and no NaN in
+    the gradients)."""
+    s = s.masked_fill(~keep, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    e = torch.exp(s - m)
+    total = e.sum(-1, keepdim=True)
+    empty = total == 0
+    total = torch.where(empty, torch.ones_like(total), total)
+    out = torch.matmul(e / total, v.to(s.dtype)[:, :, None])
+    lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(total)).squeeze(-1)
+    B, Hkv, group, Sq, D = out.shape
+    return out.reshape(B, Hkv * group, Sq, D), lse.reshape(B, Hkv * group, Sq).float()
+
+
+def _merge(out_a, lse_a, out_b, lse_b):
+    """Softmax over the union of two disjoint key sets from each one's (out, lse)."""
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    wa, wb = torch.exp(lse_a - m), torch.exp(lse_b - m)
+    total = wa + wb
+    empty = total == 0
+    total = torch.where(empty, torch.ones_like(total), total)
+    lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(total))
+    acc = out_b.dtype
+    out = out_a.to(acc) * (wa / total).to(acc)[..., None] + out_b * (wb / total).to(acc)[..., None]
+    return out, lse
+
+
+def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, dilation, scale, softcap):
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    count = global_mask.sum(-1)
+    g = int(count.max()) if global_mask.numel() else 0  # the one host read
+    if g == 0 or Sq == 0:
+        return out, lse
+    # The global positions of each sequence first (stable: in order), then padding.
+    positions = torch.sort((~global_mask).to(torch.uint8), dim=-1, stable=True).indices[:, :g]  # [B, g]
+    valid = torch.arange(g, device=q.device)[None, :] < count[:, None]  # [B, g]
+
+    # Every query row and the global keys outside its band.
+    k_g = k.gather(2, positions[:, None, :, None].expand(B, Hkv, g, D))
+    v_g = v.gather(2, positions[:, None, :, None].expand(B, Hkv, g, D))
+    delta = (torch.arange(Sq, device=q.device) + (Sk - Sq))[None, :, None] - positions[:, None, :]  # [B, Sq, g]
+    in_band = delta % dilation == 0
+    if left >= 0:
+        in_band &= delta <= left * dilation
+    if right >= 0:
+        in_band &= delta >= -right * dilation
+    keep = (valid[:, None, :] & ~in_band)[:, None, None]  # [B, 1, 1, Sq, g]
+    out_g, lse_g = _softmax_rows(_scores(q, k_g, scale, softcap), v_g, keep)
+    out, lse = _merge(out, lse, out_g, lse_g)
+
+    if Sq == Sk:  # the global query rows see every key
+        q_rows, k_all, v_all = global_qkv if global_qkv is not None else (q, k, v)
+        index = positions[:, None, :, None].expand(B, Hq, g, D)
+        q_g = q_rows.gather(2, index)
+        everything = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=q.device)
+        out_rows, lse_rows = _softmax_rows(_scores(q_g, k_all, scale, softcap), v_all, everything)
+        # Padding entries (past a sequence's count) write back what is there.
+        row_valid = valid[:, None, :]  # [B, 1, g]
+        out_rows = torch.where(row_valid[..., None], out_rows, out.gather(2, index))
+        lse_rows = torch.where(row_valid, lse_rows, lse.gather(2, positions[:, None, :].expand(B, Hq, g)))
+        out = out.scatter(2, index, out_rows)
+        lse = lse.scatter(2, positions[:, None, :].expand(B, Hq, g), lse_rows)
+    return out.to(q.dtype), lse
