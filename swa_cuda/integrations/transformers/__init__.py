@@ -87,6 +87,7 @@ from ._constants import ATTN_IMPLEMENTATION, TESTED_TRANSFORMERS  # noqa: E402
 from ._mask import SWAMask, swa_mask  # noqa: E402
 from ._attention import swa_attention_forward  # noqa: E402
 from ._cache import RollingSlidingWindowLayer, SWARollingCache  # noqa: E402
+from ._longformer import disable_longformer, enable_longformer, longformer_forward  # noqa: E402
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -97,6 +98,9 @@ __all__ = [
     "SWAMask",
     "SWARollingCache",
     "RollingSlidingWindowLayer",
+    "enable_longformer",
+    "disable_longformer",
+    "longformer_forward",
 ]
 
 # ---- registration ----------------------------------------------------------------
