@@ -74,7 +74,7 @@ def longformer_attention(
     if global_mask is not None:
         out, lse = _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, dilation, scale,
                                       softcap)
-    return _result(out, lse, return_lse)
+    return _result(out, lse.float(), return_lse)
 
 
 def _check_global(q, k, v, global_mask, global_q, global_k, global_v):
@@ -140,7 +140,7 @@ def _scores(q, k, scale, softcap):
 
 
 def _softmax_rows(s, v, keep):
-    """(out [B, Hq, Sq, D] in the accumulation dtype, lse [B, Hq, Sq] float32)
+    """(out [B, Hq, Sq, D], lse [B, Hq, Sq], both in the accumulation dtype)
     of the scores s [B, Hkv, group, Sq, n] over keys where keep, values v
     [B, Hkv, n, D]; rows that keep nothing give 0 and -inf (and no NaN in
     the gradients)."""
@@ -154,7 +154,7 @@ def _softmax_rows(s, v, keep):
     out = torch.matmul(e / total, v.to(s.dtype)[:, :, None])
     lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(total)).squeeze(-1)
     B, Hkv, group, Sq, D = out.shape
-    return out.reshape(B, Hkv * group, Sq, D), lse.reshape(B, Hkv * group, Sq).float()
+    return out.reshape(B, Hkv * group, Sq, D), lse.reshape(B, Hkv * group, Sq)
 
 
 def _merge(out_a, lse_a, out_b, lse_b):
@@ -207,4 +207,4 @@ def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, 
         lse_rows = torch.where(row_valid, lse_rows, lse.gather(2, positions[:, None, :].expand(B, Hq, g)))
         out = out.scatter(2, index, out_rows)
         lse = lse.scatter(2, positions[:, None, :].expand(B, Hq, g), lse_rows)
-    return out.to(q.dtype), lse
+    return out.to(q.dtype), lse  # lse in the accumulation dtype (the caller returns float32)

@@ -30,8 +30,8 @@ def cases(n, seed):
         out.append(dict(batch=rng.choice([1, 2, 3]), heads_q=heads_kv * rng.choice([1, 2]), heads_kv=heads_kv,
                         seqlen_q=seqlen_q, seqlen_k=seqlen_k, dim=rng.choice([16, 32, 64]),
                         window=(rng.choice([-1, 0, 2, 7, 20]), rng.choice([0, 0, 3, -1])),
-                        dilation=rng.choice([1, 2, 3, 5]), softcap=rng.choice([0.0, 0.0, 4.0]),
-                        globals=rng.choice([0, 0, 1, 3, "all"]), projections=rng.choice([False, True])))
+                        dilation=rng.choice([1, 2, 3, 8]), softcap=rng.choice([0.0, 0.0, 4.0]),
+                        globals=rng.choice([0, 0, 1, 7, "edges", "all"]), projections=rng.choice([False, True])))
     return out
 
 
@@ -46,7 +46,8 @@ def case_id(c):
 
 def global_mask_of(c, device, seed=0):
     """[B, Sk]: up to c['globals'] random global positions per sequence (a
-    different number in each), or all of them, or None."""
+    different number in each), "edges" (the first, the last and two adjacent
+    ones in the middle), all of them, or None."""
     if c["globals"] == 0:
         return None
     g = torch.Generator().manual_seed(seed)
@@ -54,6 +55,9 @@ def global_mask_of(c, device, seed=0):
     if c["globals"] == "all":
         return torch.ones(B, Sk, dtype=torch.bool, device=device)
     mask = torch.zeros(B, Sk, dtype=torch.bool)
+    if c["globals"] == "edges":
+        mask[:, [0, Sk - 1, Sk // 2, min(Sk - 1, Sk // 2 + 1)]] = True
+        return mask.to(device)
     for b in range(B):
         count = min(Sk, c["globals"] - b % 2)  # sequences hold different counts (one may hold none)
         mask[b, torch.randperm(Sk, generator=g)[:count]] = True
@@ -205,3 +209,35 @@ def test_bad_arguments_are_named(kwargs, message):
         swa_cuda.longformer_attention(q, q, q, (2, 2), **kwargs)
     with pytest.raises(TypeError, match="window_size must be a pair"):
         swa_cuda.longformer_attention(q, q, q, 3)
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 3, 8])
+def test_gradcheck_dilation_float64(dilation):
+    """The dilated band in float64 end to end (the op's float64 path)."""
+    q, k, v = make_qkv(1, 2, 1, 19, 23, 8, torch.float64, "cpu", requires_grad=True)
+    fn = lambda a, b, c: swa_cuda.longformer_attention(a, b, c, (2, 1), dilation=dilation, softcap=3.0)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+@pytest.mark.parametrize("dilation, projections", [(1, False), (3, True)])
+def test_gradcheck_global_tokens_float64(dilation, projections):
+    """The global-token part in float64: the merge with the band and the
+    global rows, given the band's (out, lse) as inputs (the op's own lse is
+    float32 for every dtype, too coarse for finite differences; the op's
+    gradcheck is test_attention's)."""
+    from swa_cuda.longformer import _add_global_tokens
+
+    B, H, S, D = 2, 2, 17, 8
+    q, k, v = make_qkv(B, H, H, S, S, D, torch.float64, "cpu", requires_grad=True)
+    g = torch.Generator().manual_seed(4)
+    band_out = torch.randn(B, H, S, D, generator=g, dtype=torch.float64, requires_grad=True)
+    band_lse = torch.randn(B, H, S, generator=g, dtype=torch.float64).requires_grad_(True)
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    mask[0, [0, 5, 6, S - 1]] = True
+    mask[1, 9] = True
+    extra = make_qkv(B, H, H, S, S, D, torch.float64, "cpu", requires_grad=True, seed=5) if projections else ()
+
+    def fn(q, k, v, band_out, band_lse, *qkv_g):
+        return _add_global_tokens(q, k, v, band_out, band_lse, mask, qkv_g or None, 3, 0, dilation, None, 2.0)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, band_out, band_lse, *extra))
