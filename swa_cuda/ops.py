@@ -86,6 +86,63 @@ def _attention_backward_varlen_fake(grad_out, grad_lse, q, k, v, out, lse, cu_se
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_sinks
 
 
+def _check_head_windows(op: str, q, window_left, window_right) -> None:
+    """The shape and dtype checks of attention.per_head's windows (values are
+    the kernels' to check: they are data)."""
+    for name, w in (("window_left", window_left), ("window_right", window_right)):
+        torch._check(w.dtype in (torch.int32, torch.int64),
+                     lambda: f"{op}: {name} must be an int32 or int64 tensor of one window per query head, "
+                             f"got {w.dtype}")
+        torch._check(w.dim() == 1 and w.shape[0] == q.shape[1],
+                     lambda: f"{op}: {name} must be a 1-d tensor of one window per query head, shape "
+                             f"[{q.shape[1]}], got shape {list(w.shape)}")
+
+
+@torch.library.register_fake("swa::attention.per_head")
+def _attention_per_head_fake(q, k, v, window_left, window_right, scale=None, softcap=0.0, *, sinks=None,
+                             sink_tokens=0):
+    op = "swa::attention.per_head"
+    check_same_device(op, "q", q, k=k, v=v, sinks=sinks)
+    _check_head_windows(op, q, window_left, window_right)
+    _check_sink_args(op, q, sinks, sink_tokens)
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.register_fake("swa::attention_backward.per_head")
+def _attention_backward_per_head_fake(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right, scale,
+                                      softcap, deterministic=False, *, sinks=None, sink_tokens=0):
+    op = "swa::attention_backward.per_head"
+    check_same_device(op, "q", q, grad_out=grad_out, grad_lse=grad_lse, k=k, v=v, out=out, lse=lse, sinks=sinks)
+    _check_head_windows(op, q, window_left, window_right)
+    _check_sink_args(op, q, sinks, sink_tokens)
+    grad_sinks = torch.empty_like(sinks) if sinks is not None else q.new_empty((0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_sinks
+
+
+def _head_window(fn: str, name: str, w, heads: int) -> Tensor:
+    """One side's window as an int64 tensor [heads]: an int broadcast, or the
+    caller's int tensor [heads] (values >= -1, checked by the op)."""
+    if isinstance(w, Tensor):
+        if w.dtype not in (torch.int32, torch.int64) or w.dim() != 1 or w.shape[0] != heads:
+            raise TypeError(f"{fn}: {name} as a tensor must be int32/int64 of shape [{heads}] (one window per "
+                            f"query head), got {w.dtype} of shape {list(w.shape)}")
+        return w
+    return torch.full((heads,), int(w), dtype=torch.int64)
+
+
+def _attend_any(fn: str, q, k, v, left, right, scale, softcap, sinks, sink_tokens):
+    """_attend, or attention.per_head when either side is a tensor [Hq]."""
+    if not isinstance(left, Tensor) and not isinstance(right, Tensor):
+        return _attend(q, k, v, left, right, scale, softcap, sinks, sink_tokens)
+    heads = q.shape[1] if q.dim() == 4 else 0
+    left_t = _head_window(fn, "window_size[0] (left)", left, heads)
+    right_t = _head_window(fn, "window_size[1] (right)", right, heads)
+    return torch.ops.swa.attention.per_head(q, k, v, left_t, right_t, scale, softcap, sinks=sinks,
+                                            sink_tokens=sink_tokens)
+
+
 def _attend(q, k, v, left: int, right: int, scale, softcap, sinks, sink_tokens):
     """The plain op without sinks (the same graph as before they existed),
     else attention.sinks."""
@@ -112,23 +169,26 @@ def _is_int(x) -> bool:
     return not isinstance(x, (bool, Tensor)) and hasattr(type(x), "__index__")
 
 
-def _window_pair(fn: str, window_size) -> Tuple[int, int]:
+def _window_pair(fn: str, window_size, per_head: bool = False):
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise TypeError(f"{fn}: window_size must be a pair (left, right) of ints (-1 = unbounded), e.g. "
                         f"(3, 3) for a two-sided band of 3 keys on each side or (W - 1, 0) for a sliding "
                         f"window of W keys; got {window_size!r}")
     left, right = window_size
     for name, w in (("window_size[0] (left)", left), ("window_size[1] (right)", right)):
+        if per_head and isinstance(w, Tensor):
+            continue
         if not _is_int(w):
-            raise TypeError(f"{fn}: {name} must be an int (-1 = unbounded), got {w!r}")
-    return int(left), int(right)
+            kinds = "an int or an int tensor [Hq]" if per_head else "an int"
+            raise TypeError(f"{fn}: {name} must be {kinds} (-1 = unbounded), got {w!r}")
+    return (left if isinstance(left, Tensor) else int(left)), (right if isinstance(right, Tensor) else int(right))
 
 
 def sliding_window_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window: Optional[int],
+    window: Union[int, Tensor, None],
     *,
     scale: Optional[float] = None,
     softcap: float = 0.0,
@@ -149,9 +209,21 @@ def sliding_window_attention(
     (gpt-oss `s_aux`; not scaled, not capped; the lse includes it);
     `sink_tokens=S`, the first S keys seen by every query beside its window
     (StreamingLLM).
+
+    Per-head windows: `window` may be an int tensor [Hq], query head h seeing
+    its window[h] most recent keys (attention.per_head).
     """
     if window is None:
         window_left = -1
+    elif isinstance(window, Tensor):  # per-head windows: W[h] keys for query head h
+        if window.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"sliding_window_attention: window as a tensor must be int32/int64 [Hq] (keys "
+                            f"seen per query by each head), got {window.dtype}")
+        if not torch.compiler.is_compiling() and bool((window < 1).any()):
+            raise ValueError(f"sliding_window_attention: every entry of window must be >= 1, got "
+                             f"{window.tolist()}")
+        # (Traced, a window < 1 becomes window_left -2, which the op rejects.)
+        window_left = torch.where(window >= 1, window.to(torch.int64) - 1, -2)
     else:
         if not _is_int(window):
             raise TypeError(f"sliding_window_attention: window must be an int >= 1 (keys seen per query, "
@@ -161,7 +233,8 @@ def sliding_window_attention(
             raise ValueError(f"sliding_window_attention: window must be >= 1 or None, got {window}")
         window_left = window - 1
     sink_tokens = _sink_tokens("sliding_window_attention", sink_tokens)
-    out, lse = _attend(q, k, v, window_left, 0, scale, softcap, sinks, sink_tokens)
+    out, lse = _attend_any("sliding_window_attention", q, k, v, window_left, 0, scale, softcap, sinks,
+                           sink_tokens)
     return _result(out, lse, return_lse)
 
 
@@ -182,10 +255,14 @@ def local_attention(
     used everywhere in swa_cuda. Query row i sits at key position
     i + Sk - Sq and sees keys in [p - left, p + right]. `sinks` and
     `sink_tokens` as in sliding_window_attention (sink keys j <= p + right).
+
+    Per-head windows: either entry of `window_size` may be an int tensor
+    [Hq], query head h then using (left[h], right[h]) (an int entry applies
+    to every head); one call of attention.per_head.
     """
-    left, right = _window_pair("local_attention", window_size)
+    left, right = _window_pair("local_attention", window_size, per_head=True)
     sink_tokens = _sink_tokens("local_attention", sink_tokens)
-    out, lse = _attend(q, k, v, left, right, scale, softcap, sinks, sink_tokens)
+    out, lse = _attend_any("local_attention", q, k, v, left, right, scale, softcap, sinks, sink_tokens)
     return _result(out, lse, return_lse)
 
 

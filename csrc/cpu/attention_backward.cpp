@@ -27,7 +27,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
                                       const at::Tensor& lse, int64_t window_left, int64_t window_right,
                                       std::optional<double> scale, double softcap,
                                       const std::optional<at::Tensor>& sinks, int64_t sink_tokens,
-                                      const PackedLayout* packed) {
+                                      const PackedLayout* packed, const HeadWindowArgs* heads) {
   const AttentionShape shape = check_attention_backward(op, grad_out_in, grad_lse, q_in, k_in, v_in, out_in, lse,
                                                         window_left, window_right, scale, softcap);
   const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q_in);
@@ -81,6 +81,11 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   p.n_blocks = (shape.seqlen_k + kTileLanes - 1) / kTileLanes;
   p.band = SWA_KERNEL_NS::Band{shape.seqlen_q, shape.seqlen_k, kernel_window_left(window_left, shape.seqlen_k),
                                kernel_window_right(window_right, shape.seqlen_q), sink_args.tokens};
+  if (heads != nullptr) {
+    p.band.window_left = heads->union_left;
+    p.band.window_right = heads->union_right;
+    p.head_windows = {heads->left(), heads->right()};
+  }
   p.scale = softmax_scale(scale, shape.head_dim);
   p.softcap = kernel_softcap(softcap);
   at::Tensor sink_logits;  // [Hq] float64, contiguous

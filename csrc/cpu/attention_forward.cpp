@@ -17,7 +17,7 @@ namespace swa::cpu {
 void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t window_left, int64_t window_right, double scale,
                             double softcap, at::Tensor& out, at::Tensor& lse, const SinkArgs& sinks,
-                            const PackedLayout* packed) {
+                            const PackedLayout* packed, const HeadWindowArgs* heads) {
   if (q_in.numel() == 0) return;
   // The kernel reads and writes rows with unit stride along the head dim.
   const at::Tensor q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
@@ -43,6 +43,11 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
   p.m_blocks = (p.seqlen_q + kTileLanes - 1) / kTileLanes;
   p.band = SWA_KERNEL_NS::Band{p.seqlen_q, k.size(2), kernel_window_left(window_left, k.size(2)),
                                kernel_window_right(window_right, p.seqlen_q), sinks.tokens};
+  if (heads != nullptr) {
+    p.band.window_left = heads->union_left;
+    p.band.window_right = heads->union_right;
+    p.head_windows = {heads->left(), heads->right()};
+  }
   p.scale = scale;
   p.softcap = kernel_softcap(softcap);
   at::Tensor sink_logits;  // [Hq] float64, contiguous

@@ -58,6 +58,9 @@ struct BackwardCommon {
     const TaskSpot t = by_keys ? task_spot(task, p.heads_kv, p.n_blocks, p.seqs, p.k_task_begin, R, true)
                                : task_spot(task, p.heads_q, p.m_blocks, p.seqs, p.q_task_begin, R, false);
     band = sequence_band(p.band, p.seqs, t.seq);
+    // A dQ task is one query head's: its own window. A dK/dV task keeps the
+    // union and narrows it per query head of the group (run_tile).
+    if (!by_keys) band = p.head_windows.of_head(band, t.head);
     q_row0 = t.seq < 0 ? 0 : p.seqs.cu_q[t.seq];
     k_row0 = t.seq < 0 ? 0 : p.seqs.cu_k[t.seq];
     return t;
@@ -509,35 +512,43 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     // that see them through their sink runs: here the rows whose bands see
     // the tile, and the dQ tasks' sums for its sink keys after them.
     const bool dq_took_sinks = p.sink_grads != nullptr;
-    const auto rows_of_keys = [&](int64_t j0, int64_t j1) {
-      return dq_took_sinks ? SWA_KERNEL_NS::band_row_range(band, j0, j1) : SWA_KERNEL_NS::row_range(band, j0, j1);
+    const auto rows_of_keys = [&](const Band& hb, int64_t j0, int64_t j1) {
+      return dq_took_sinks ? SWA_KERNEL_NS::band_row_range(hb, j0, j1) : SWA_KERNEL_NS::row_range(hb, j0, j1);
     };
-    const auto rows = rows_of_keys(n0, n0 + keys);  // rows that see the tile (here)
-    if (!rows.empty()) {
-      for (int64_t j = 0; j < keys; ++j) {
-        const auto seen_by = rows_of_keys(n0 + j, n0 + j + 1);
-        tile.lane_begin[j] = seen_by.empty() ? 0 : seen_by.begin;
-        tile.lane_end[j] = seen_by.empty() ? 0 : seen_by.end;
-      }
-      tile.finish(keys);
-      pack_lanes<Cfg, T, In>(k, p.k_stride[2], keys, D, T(1), kt);
-      pack_lanes<Cfg, T, In>(vv, p.v_stride[2], keys, D, T(1), vt);
-      for (int64_t g = 0; g < p.group; ++g) {
-        const int64_t h = hk * p.group + g;
-        const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + this->q_row0 * p.q_stride[2];
-        const In* dout =
-            static_cast<const In*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + this->q_row0 * p.dout_stride[2];
-        const T* lse2 = this->stats(p.lse2, b, h);
-        const T* delta = this->stats(p.delta, b, h);
-        for (int64_t i0 = rows.begin; i0 < rows.end; i0 += kItems) {
-          const int64_t i1 = std::min(i0 + kItems, rows.end);
-          tile.make_runs(i0, i1);
-          if (tile.nruns == 0) continue;
-          int64_t q_rs, do_rs;
-          const T* q_rows = this->rows_of(q, p.q_stride[2], i0, i1, qb, q_rs);
-          const T* do_rows = this->rows_of(dout, p.dout_stride[2], i0, i1, dob, do_rs);
-          row_block(i0, i1, q_rows, q_rs, do_rows, do_rs, lse2, delta);
+    bool packed_kv = false;  // K / V of the tile packed as lanes (once, when some head needs them)
+    for (int64_t g = 0; g < p.group; ++g) {
+      const int64_t h = hk * p.group + g;
+      const Band head_band = p.head_windows.of_head(band, h);  // the union's narrowing to head h
+      const auto rows = rows_of_keys(head_band, n0, n0 + keys);  // rows that see the tile (here)
+      if (rows.empty()) continue;
+      // The lanes (keys) hold the rows that see them; the same for every head
+      // without per-head windows, so set once then.
+      if (g == 0 || p.head_windows.set()) {
+        for (int64_t j = 0; j < keys; ++j) {
+          const auto seen_by = rows_of_keys(head_band, n0 + j, n0 + j + 1);
+          tile.lane_begin[j] = seen_by.empty() ? 0 : seen_by.begin;
+          tile.lane_end[j] = seen_by.empty() ? 0 : seen_by.end;
         }
+        tile.finish(keys);
+      }
+      if (!packed_kv) {
+        pack_lanes<Cfg, T, In>(k, p.k_stride[2], keys, D, T(1), kt);
+        pack_lanes<Cfg, T, In>(vv, p.v_stride[2], keys, D, T(1), vt);
+        packed_kv = true;
+      }
+      const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + this->q_row0 * p.q_stride[2];
+      const In* dout =
+          static_cast<const In*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + this->q_row0 * p.dout_stride[2];
+      const T* lse2 = this->stats(p.lse2, b, h);
+      const T* delta = this->stats(p.delta, b, h);
+      for (int64_t i0 = rows.begin; i0 < rows.end; i0 += kItems) {
+        const int64_t i1 = std::min(i0 + kItems, rows.end);
+        tile.make_runs(i0, i1);
+        if (tile.nruns == 0) continue;
+        int64_t q_rs, do_rs;
+        const T* q_rows = this->rows_of(q, p.q_stride[2], i0, i1, qb, q_rs);
+        const T* do_rows = this->rows_of(dout, p.dout_stride[2], i0, i1, dob, do_rs);
+        row_block(i0, i1, q_rows, q_rs, do_rows, do_rs, lse2, delta);
       }
     }
     const int64_t sinks = std::clamp<int64_t>(band.sink_tokens - n0, 0, keys);  // the tile's sink keys

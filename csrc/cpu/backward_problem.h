@@ -33,6 +33,8 @@ struct BackwardProblem {
   void* delta;
   int64_t heads_q, heads_kv, group, seqlen_q, seqlen_k, head_dim, m_blocks, n_blocks;
   SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
+  // Per-head windows (attention.per_head; band.h): band then holds their union.
+  SWA_KERNEL_NS::HeadWindows head_windows;
   double scale, softcap;
   const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null: they join lse2
   // With few sink tokens (band.sink_tokens <= kDqSinkKeys) the dQ pass also

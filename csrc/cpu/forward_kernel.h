@@ -399,7 +399,7 @@ struct ForwardKernel {
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
         const TaskSpot t = task_spot(task, p.heads_q, p.m_blocks, p.seqs, p.task_begin, R, false);
-        band = sequence_band(p.band, p.seqs, t.seq);
+        band = p.head_windows.of_head(sequence_band(p.band, p.seqs, t.seq), t.head);
         q_row0 = t.seq < 0 ? 0 : p.seqs.cu_q[t.seq];
         k_row0 = t.seq < 0 ? 0 : p.seqs.cu_k[t.seq];
         run_tile<In>(t.b, t.head, t.block * R);

@@ -45,6 +45,8 @@ struct ForwardProblem {
   int64_t q_stride[3], k_stride[3], v_stride[3], out_stride[3], lse_stride[3];
   int64_t heads_q, group, seqlen_q, head_dim, m_blocks;
   SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
+  // Per-head windows (attention.per_head; band.h): band then holds their union.
+  SWA_KERNEL_NS::HeadWindows head_windows;
   double scale, softcap;
   const double* sinks = nullptr;  // [Hq] sink logits (natural base), or null
   // Packed sequences (cpu/packed_sequences.h): batch 1, rows offset per

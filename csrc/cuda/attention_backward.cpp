@@ -19,7 +19,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
                                       const at::Tensor& lse, int64_t window_left, int64_t window_right,
                                       std::optional<double> scale, double softcap, bool deterministic,
                                       const std::optional<at::Tensor>& sinks, int64_t sink_tokens,
-                                      const PackedBackward* packed) {
+                                      const PackedBackward* packed, const HeadWindowArgs* heads) {
   const AttentionShape shape = check_attention_backward(op, grad_out, grad_lse, q, k, v, out, lse,
                                                         window_left, window_right, scale, softcap);
   const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q);
@@ -40,6 +40,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   // Sink tokens change which keys a row sees; the sink logits are already in
   // lse, and only the fp64 path (which recomputes lse in float64) reads them.
   const std::vector<at::Tensor> sink_memory = set_sinks(params.fwd, sink_args, q);
+  const at::Tensor head_window_memory = heads != nullptr ? set_head_windows(params.fwd, *heads, q) : at::Tensor();
   params.dout = tensor_ref(grad_out);
   params.dq = tensor_ref(dq);
   params.dk = tensor_ref(dk);

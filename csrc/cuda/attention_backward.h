@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "ops/head_windows.h"
+
 namespace swa::cuda {
 
 // The gradients of attention (dq, dk, dv, shaped like q, k, v) and of its
@@ -26,13 +28,16 @@ struct PackedBackward {
 };
 
 // Checks the arguments as `op` and runs the backward on the current stream.
-// The plain op is the sinks one with sinks = None, sink_tokens = 0.
+// The plain op is the sinks one with sinks = None, sink_tokens = 0. heads:
+// per-head windows (attention_backward.per_head; window_left / window_right
+// are then their union).
 BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out,
                                       const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
                                       const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                                       const at::Tensor& lse, int64_t window_left, int64_t window_right,
                                       std::optional<double> scale, double softcap, bool deterministic,
                                       const std::optional<at::Tensor>& sinks, int64_t sink_tokens,
-                                      const PackedBackward* packed = nullptr);
+                                      const PackedBackward* packed = nullptr,
+                                      const HeadWindowArgs* heads = nullptr);
 
 }  // namespace swa::cuda

@@ -81,6 +81,15 @@ std::vector<at::Tensor> set_sinks(kn::AttentionParams& params, const SinkArgs& s
   return keep;
 }
 
+at::Tensor set_head_windows(kn::AttentionParams& params, const HeadWindowArgs& heads, const at::Tensor& q) {
+  at::Tensor on_device = heads.kernel_form.to(q.device());
+  params.window_left = heads.union_left;
+  params.window_right = heads.union_right;
+  const int64_t* windows = on_device.data_ptr<int64_t>();
+  params.head_windows = {windows, windows + on_device.size(1)};
+  return on_device;
+}
+
 void launch_forward(kn::AttentionParams& params, const at::Tensor& q) {
   at::Tensor out_accum, lse_accum;
   params.num_splits = kn::attention_num_splits(params, params.device_sm_count);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/checks.h"
+#include "ops/head_windows.h"
 #include "ops/sinks.h"
 #include "swa/kernels/launch.h"
 
@@ -42,6 +43,11 @@ kn::AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, c
 // returned tensors own that memory; keep them until the launch is queued (the
 // caching allocator then keeps it valid for the stream's work).
 std::vector<at::Tensor> set_sinks(kn::AttentionParams& params, const SinkArgs& sinks, const at::Tensor& q);
+
+// Points params at checked per-head windows (ops/head_windows.h): their
+// union as the window, the heads' own copied to q's device. The returned
+// tensor owns that memory (keep it as set_sinks' ones).
+at::Tensor set_head_windows(kn::AttentionParams& params, const HeadWindowArgs& heads, const at::Tensor& q);
 
 // Chooses split-KV for small problems, allocates its workspaces from the
 // caching allocator and launches the forward on the current stream.

@@ -64,6 +64,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
                  deterministic, sinks, sink_tokens);
 }
 
+std::tuple<at::Tensor, at::Tensor> per_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      const at::Tensor& window_left, const at::Tensor& window_right,
+                                                      std::optional<double> scale, double softcap,
+                                                      const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  static auto op = find_op<decltype(per_head_attention)>("swa::attention", "per_head");
+  return op.call(q, k, v, window_left, window_right, scale, softcap, sinks, sink_tokens);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> per_head_attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& window_left, const at::Tensor& window_right, std::optional<double> scale, double softcap,
+    bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  static auto op = find_op<decltype(per_head_attention_backward)>("swa::attention_backward", "per_head");
+  return op.call(grad_out, grad_lse, q, k, v, out, lse, window_left, window_right, scale, softcap, deterministic,
+                 sinks, sink_tokens);
+}
+
 std::tuple<at::Tensor, at::Tensor> varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                     const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
                                                     int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t window_left,

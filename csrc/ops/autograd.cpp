@@ -169,6 +169,48 @@ std::tuple<at::Tensor, at::Tensor> attention_varlen_autograd(
   return {outputs[0], outputs[1]};
 }
 
+// attention.per_head: the windows are tensors [Hq] (saved, not differentiable).
+class AttentionPerHeadFunction : public torch::autograd::Function<AttentionPerHeadFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& window_left, const at::Tensor& window_right,
+                               std::optional<double> scale, double softcap, const std::optional<at::Tensor>& sinks,
+                               int64_t sink_tokens) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, lse] =
+        swa::per_head_attention(q, k, v, window_left, window_right, scale, softcap, sinks, sink_tokens);
+    std::vector<at::Tensor> saved{q, k, v, out, lse, window_left, window_right};
+    if (sinks.has_value()) saved.push_back(*sinks);
+    ctx->save_for_backward(saved);
+    Options{-1, -1, scale, softcap, sink_tokens}.save(ctx);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const std::optional<at::Tensor> sinks = saved.size() > 7 ? std::optional<at::Tensor>(saved[7]) : std::nullopt;
+    const UpstreamGrads g(grads, out);
+    const Options o = Options::load(ctx);
+    auto [dq, dk, dv, dsinks] = swa::per_head_attention_backward(
+        g.grad_out, g.grad_lse, q, k, v, out, lse, saved[5], saved[6], o.scale, o.softcap,
+        at::globalContext().deterministicAlgorithms(), sinks, o.sink_tokens);
+    variable_list result(9);
+    result[0] = dq, result[1] = dk, result[2] = dv;
+    if (sinks.has_value()) result[7] = dsinks;
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> attention_per_head_autograd(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& window_left,
+    const at::Tensor& window_right, std::optional<double> scale, double softcap,
+    const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  auto outputs = AttentionPerHeadFunction::apply(q, k, v, window_left, window_right, scale, softcap,
+                                                 defined_or_none(sinks), sink_tokens);
+  return {outputs[0], outputs[1]};
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_autograd(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v, int64_t window_left,
                                                       int64_t window_right,
@@ -183,6 +225,7 @@ TORCH_LIBRARY_IMPL(swa, Autograd, m) {
   m.impl("attention", &attention_autograd);
   m.impl("attention.sinks", &attention_sinks_autograd);
   m.impl("attention.varlen", &attention_varlen_autograd);
+  m.impl("attention.per_head", &attention_per_head_autograd);
 }
 
 }  // namespace swa

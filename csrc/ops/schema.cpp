@@ -30,6 +30,21 @@ TORCH_LIBRARY(swa, m) {
       "Tensor out, Tensor lse, int window_left, int window_right, float? scale, float softcap, "
       "bool deterministic=False, *, Tensor? sinks=None, int sink_tokens=0) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_sinks)");
+  // Per-head windows (Longformer's and later models' mixed windows):
+  // window_left / window_right are integer tensors [Hq], query head h seeing
+  // keys p - window_left[h] .. p + window_right[h] (-1: unbounded), in one
+  // call; the kernels read their head's window and skip its tiles. The
+  // windows are read on the host (a CUDA tensor costs one synchronisation).
+  // The sink arguments as in attention.sinks.
+  m.def(
+      "attention.per_head(Tensor q, Tensor k, Tensor v, Tensor window_left, Tensor window_right, "
+      "float? scale=None, float softcap=0.0, *, Tensor? sinks=None, int sink_tokens=0) "
+      "-> (Tensor out, Tensor lse)");
+  m.def(
+      "attention_backward.per_head(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, Tensor window_left, Tensor window_right, float? scale, float softcap, "
+      "bool deterministic=False, *, Tensor? sinks=None, int sink_tokens=0) "
+      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_sinks)");
   // Packed variable-length sequences (FlashAttention's varlen layout): q
   // [Tq, Hq, D], k/v [Tk, Hkv, D] hold the tokens of B sequences back to
   // back; sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 (int32

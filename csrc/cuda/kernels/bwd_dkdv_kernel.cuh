@@ -238,6 +238,9 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     const int stage = Kt::kStages == 2 ? (step & 1) : 0;
     const int m_block = step_m_block(step);
     const int m0 = m_block * kM;
+    // The step's query head's band (the walk covers the union's tiles: with
+    // per-head windows a step outside the head's band is masked whole).
+    const Band step_band = fp.head_windows.of_head(band, step_head(step));
     const uint32_t stage_bytes = static_cast<uint32_t>(stage * Kt::kStageBytes);
 
     // The only group in flight is this step's tile. The barrier also ends the
@@ -295,7 +298,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     // only where needed.
     uint32_t p16[kWQ / 16][4], dx16[kWQ / 16][4];
     {
-      const bool need_mask = bwd_tile_needs_mask(band, m_block, kM, blk.n_block, kN);
+      const bool need_mask = bwd_tile_needs_mask(step_band, m_block, kM, blk.n_block, kN);
       // Key row i (key n0 + key0 + group + 8 i) is seen by the query rows
       // key_query_rows(key) (empty for keys past Sk; for a sink key its band
       // rows and sink rows, one contiguous range); relative to the warp's
@@ -305,7 +308,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
       int lo[2], hi[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const KeyRange rows = key_query_rows(band, n0 + key0 + group + 8 * i);
+        const KeyRange rows = key_query_rows(step_band, n0 + key0 + group + 8 * i);
         lo[i] = static_cast<int>(rows.begin) - q_first;
         hi[i] = static_cast<int>(rows.end) - q_first;
       }

@@ -96,7 +96,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1)
   const SequenceRows seq = sequence_rows(fp, batch);
   const int m0 = static_cast<int>(blk.m_block) * kM;
   if (m0 >= seq.seqlen_q) return;
-  const Band band{seq.seqlen_q, seq.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens};
+  const Band band =
+      fp.head_windows.of_head(Band{seq.seqlen_q, seq.seqlen_k, fp.window_left, fp.window_right, fp.sink_tokens}, head);
   const int seqlen_q = static_cast<int>(seq.seqlen_q);
   const TileRange tiles = key_tile_range(band, blk.m_block, kM, kN);
   const int n_begin = static_cast<int>(tiles.n_block_min);

@@ -125,7 +125,8 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dq_kernel(const
     const int64_t b = walk / (f.seqlen_q * f.heads_q);
     const SequenceRows seq = sequence_rows(f, b);
     if (i >= seq.seqlen_q) continue;  // past a packed sequence's end (the whole warp)
-    const Band band{seq.seqlen_q, seq.seqlen_k, f.window_left, f.window_right, f.sink_tokens};
+    const Band band =
+        f.head_windows.of_head(Band{seq.seqlen_q, seq.seqlen_k, f.window_left, f.window_right, f.sink_tokens}, h);
     const int64_t row = lse_offset(f, seq, b, h, i);
     const int64_t hkv = h / group_size;
     const int64_t qi = seq.q0 + i;
@@ -246,9 +247,9 @@ __global__ void __launch_bounds__(kExactBwdWarps * 32) exact_bwd_dkdv_kernel(con
 #pragma unroll
     for (int c = 0; c < kExactBwdDimsPerLane; ++c) dk[c] = dv[c] = 0;
 
-    const KeyRange rows = key_query_rows(band, j);
     for (int64_t g = 0; g < group_size; ++g) {
       const int64_t h = hkv * group_size + g;
+      const KeyRange rows = key_query_rows(f.head_windows.of_head(band, h), j);  // band: the union
       for (int64_t i = rows.begin; i < rows.end; ++i) {
         const int64_t row = lse_offset(f, seq, b, h, i);
         Acc lse, d;

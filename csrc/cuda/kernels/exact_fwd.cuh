@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kExactWarps * 32)
     const int64_t b = row / (p.seqlen_q * p.heads_q);
     const SequenceRows seq = sequence_rows(p, b);
     if (i >= seq.seqlen_q) continue;  // past a packed sequence's end
-    const Band band = batch_band(p, seq, b);
+    const Band band = batch_band(p, seq, b, h);
     const KeySource<T> keys = make_key_source<T>(p, seq, b, h / group_size);
 
     const T* q = static_cast<const T*>(p.q.ptr) + seq.stride_batch * p.q.batch_stride + h * p.q.head_stride +

@@ -191,7 +191,9 @@ bool tensor_core_ok(const AttentionParams& p, const TileDims& dims, int64_t pack
 // PackGQA for short query sequences: the G query heads of a kv head share a
 // block (rows m -> query row m / G, head hkv * G + m % G) when the plain tile
 // would be at most half full, so K/V are read once per group.
+// With per-head windows a block holds one query head (its band is the head's).
 int64_t pack_of(const AttentionParams& p, const TileDims& dims) {
+  if (p.head_windows.set()) return 1;
   const int64_t group = p.heads_q / p.heads_kv;
   return (group > 1 && 2 * p.seqlen_q <= dims.block_m) ? group : 1;
 }
@@ -258,6 +260,9 @@ constexpr int64_t kSm90BlockN = 128;
 bool sm90_problem_ok(const AttentionParams& p, const TileDims& dims, int64_t pack) {
   if (sm90_disabled() || !sm90_built(p.dtype, p.head_dim)) return false;
   if (p.ring.pos != nullptr || p.num_splits > 1 || pack != 1 || p.seqlen_k < 1) return false;
+  // Per-head windows run on the portable kernel: the key-coverage test below
+  // would need every head's window, which is in device memory.
+  if (p.head_windows.set()) return false;
   if (!tensor_core_ok(p, dims, pack)) return false;
   // TMA loads whole 128-key boxes and cannot zero a key inside [0, Sk): a key
   // that no query of the call sees (before the first row's window, after the

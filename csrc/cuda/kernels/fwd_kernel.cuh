@@ -183,7 +183,8 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocksPerSm)
     if (m0 >= seq_rows) return;
     const PackedRows rows{blk.batch, blk.head * grid.pack, static_cast<int>(grid.pack), seq};
     const int64_t hkv = rows.head0 / group_size;
-    const Band band = batch_band(params, seq, blk.batch);
+    // One query head per block with per-head windows (pack 1, fwd_launch.cuh).
+    const Band band = batch_band(params, seq, blk.batch, rows.head0);
     const int m_end = static_cast<int>(band_min64(m0 + kM, seq_rows));
     const int valid_rows = m_end - m0;  // 1 .. kM
     const KeyRange q_rows = packed_query_rows(blk.m_block, kM, grid.pack, seq_rows);

@@ -22,10 +22,13 @@ __device__ __forceinline__ RingView ring_view(const AttentionParams& p, const Se
   return RingView{p.ring.pos[b], seq.seqlen_q, p.ring.window, p.ring.capacity, p.ring.sink_tokens};
 }
 
-// The band of batch entry b: the plain window (with its sink tokens), or the
-// ring's virtual sequence (seqlen_k, window and sink run from the view).
-__device__ __forceinline__ Band batch_band(const AttentionParams& p, const SequenceRows& seq, int64_t b) {
-  if (p.ring.pos == nullptr) return Band{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right, p.sink_tokens};
+// The band of query head h of batch entry b: the plain window (with its sink
+// tokens; head h's own with per-head windows), or the ring's virtual sequence
+// (seqlen_k, window and sink run from the view).
+__device__ __forceinline__ Band batch_band(const AttentionParams& p, const SequenceRows& seq, int64_t b,
+                                           int64_t h) {
+  if (p.ring.pos == nullptr)
+    return p.head_windows.of_head(Band{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right, p.sink_tokens}, h);
   return ring_view(p, seq, b).band();
 }
 

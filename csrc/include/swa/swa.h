@@ -51,6 +51,22 @@ SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bac
     int64_t window_left, int64_t window_right, std::optional<double> scale, double softcap,
     bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens = 0);
 
+// Per-head windows (swa::attention.per_head): window_left / window_right
+// are integer tensors [Hq] (any device; read on the host), query head h
+// seeing keys p - window_left[h] .. p + window_right[h] (-1: unbounded).
+// Sinks as in attention above. Differentiable in q, k, v and sinks.
+SWA_API std::tuple<at::Tensor, at::Tensor> per_head_attention(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& window_left,
+    const at::Tensor& window_right, std::optional<double> scale = std::nullopt, double softcap = 0.0,
+    const std::optional<at::Tensor>& sinks = std::nullopt, int64_t sink_tokens = 0);
+
+// (grad_q, grad_k, grad_v, grad_sinks) of per_head_attention.
+SWA_API std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> per_head_attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& window_left, const at::Tensor& window_right, std::optional<double> scale, double softcap,
+    bool deterministic = false, const std::optional<at::Tensor>& sinks = std::nullopt, int64_t sink_tokens = 0);
+
 // Packed variable-length sequences (swa::attention.varlen, FlashAttention's
 // layout): q [Tq, Hq, D], k/v [Tk, Hkv, D], cu_seqlens_q/k int32 [B + 1]
 // prefix sums from 0; each sequence is banded on its own lengths. Returns

@@ -84,6 +84,25 @@ struct Band {
   }
 };
 
+// Per-head windows (attention.per_head): query head h has its own
+// (window_left, window_right), in the kernel form above (-1: unbounded), read
+// from two arrays of Hq entries (host memory for the CPU kernels, device
+// memory for the CUDA ones). The problem's own Band then carries the union of
+// the heads' windows (what grids and tile walks are sized by); each head's
+// kernel work narrows it to its own window with of_head.
+struct HeadWindows {
+  const int64_t* left = nullptr;   // [Hq]; nullptr: every head has the Band's window
+  const int64_t* right = nullptr;  // [Hq]
+  SWA_HOST_DEVICE bool set() const { return left != nullptr; }
+  SWA_HOST_DEVICE Band of_head(Band band, int64_t head) const {
+    if (left != nullptr) {
+      band.window_left = left[head];
+      band.window_right = right[head];
+    }
+    return band;
+  }
+};
+
 // The element masks of the kernels' score tiles: is column c of a tile
 // visible to a row whose band holds the tile's columns [lo, hi) and whose
 // sink run holds [0, sink_hi) (relative to the tile's first key; sink_hi <= 0

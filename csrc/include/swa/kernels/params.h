@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "swa/kernels/band.h"
 #include "swa/kernels/namespace.h"
 
 namespace SWA_KERNEL_NS {
@@ -66,6 +67,12 @@ struct AttentionParams {
   // a float64 check must not see them rounded to float32); nullptr: use sinks.
   const double* sinks_f64 = nullptr;
   int64_t sink_tokens = 0;
+
+  // Per-head windows (attention.per_head; band.h): device arrays [Hq] of each
+  // query head's window in kernel form; window_left / window_right above then
+  // hold their union, which sizes the grids and walks. Unset: every head has
+  // window_left / window_right. Not combined with a ring or packed sequences.
+  HeadWindows head_windows;
 
   // Optional rolling-cache key source (cache_attention); ring.pos == nullptr
   // means plain attention over params.k / params.v.
