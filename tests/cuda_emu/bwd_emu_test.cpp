@@ -54,7 +54,17 @@ struct Shape {
   // (layout 0: head-major [H, T, D], 1: token-major with padded rows) and
   // B, Sq, Sk above are ignored.
   std::vector<std::pair<int64_t, int64_t>> seqs = {};
+  // Per-head windows (attention_backward.per_head) when not empty: query head
+  // h's (wl, wr), kernel form; wl / wr above are ignored (params: the union).
+  std::vector<int64_t> head_wl = {}, head_wr = {};
 };
+
+// The case's shape as query head h sees it (its own window).
+Shape head_shape(const Shape& s, int64_t h) {
+  Shape t = s;
+  if (!s.head_wl.empty()) t.wl = s.head_wl[h], t.wr = s.head_wr[h];
+  return t;
+}
 
 // One sequence of a case: the padded layout's batch entry b (operand batch b,
 // offsets 0), or a packed sequence (operand batch 0, its first rows).
@@ -250,15 +260,17 @@ void run_case(const Shape& s, uint64_t seed) {
   // Keys that no query sees hold NaN: their dK, dV must come out 0 and they
   // must not reach dQ (the loaders zero-fill them; 0 * NaN is NaN). With
   // sink tokens that includes the gap between the sink run and the band.
+  // With per-head windows: the keys that no query head of the group sees.
   for (const Segment& g : segs) {
     const Shape gs = with_lengths(s, g);
-    for (int64_t j = 0; j < g.sk; ++j) {
-      bool seen = false;
-      for (int64_t i = 0; i < g.sq && !seen; ++i) seen = sees(gs, i, j);
-      if (seen) continue;
-      for (int64_t h = 0; h < Hkv; ++h)
-        for (int64_t d = 0; d < D; ++d) k.at(g.bb, h, g.k0 + j, d) = v.at(g.bb, h, g.k0 + j, d) = from_d<T>(NAN);
-    }
+    for (int64_t hk = 0; hk < Hkv; ++hk)
+      for (int64_t j = 0; j < g.sk; ++j) {
+        bool seen = false;
+        for (int64_t h = hk * G; h < (hk + 1) * G && !seen; ++h)
+          for (int64_t i = 0; i < g.sq && !seen; ++i) seen = sees(head_shape(gs, h), i, j);
+        if (seen) continue;
+        for (int64_t d = 0; d < D; ++d) k.at(g.bb, hk, g.k0 + j, d) = v.at(g.bb, hk, g.k0 + j, d) = from_d<T>(NAN);
+      }
   }
 
   auto score = [&](int64_t b, int64_t h, int64_t i, int64_t j, double& t) {
@@ -273,15 +285,18 @@ void run_case(const Shape& s, uint64_t seed) {
     return x;
   };
   // The keys query row r (an operand row) sees, ascending, as operand rows
-  // (every key of the row, counted once); the same for every batch entry.
-  std::vector<std::vector<int64_t>> row_keys(static_cast<size_t>(Sq));
-  for (const Segment& g : segs) {
-    if (g.bb > 0) continue;
-    const Shape gs = with_lengths(s, g);
-    for (int64_t i = 0; i < g.sq; ++i)
-      for (int64_t j = 0; j < g.sk; ++j)
-        if (sees(gs, i, j)) row_keys[g.q0 + i].push_back(g.k0 + j);
-  }
+  // (every key of the row, counted once); the same for every batch entry,
+  // per query head (row_keys[h][r]: their windows may differ).
+  std::vector<std::vector<std::vector<int64_t>>> row_keys(
+      static_cast<size_t>(Hq), std::vector<std::vector<int64_t>>(static_cast<size_t>(Sq)));
+  for (int64_t h = 0; h < Hq; ++h)
+    for (const Segment& g : segs) {
+      if (g.bb > 0) continue;
+      const Shape gs = head_shape(with_lengths(s, g), h);
+      for (int64_t i = 0; i < g.sq; ++i)
+        for (int64_t j = 0; j < g.sk; ++j)
+          if (sees(gs, i, j)) row_keys[h][g.q0 + i].push_back(g.k0 + j);
+    }
   // Forward in float64; out rounded to T, lse to float (what the forward
   // stores). The sink logit joins the softmax without a value: lse =
   // log(sum_j exp(s_ij) + exp(sink)); a row that sees no key has out 0 and
@@ -292,9 +307,9 @@ void run_case(const Shape& s, uint64_t seed) {
         const int64_t row = (b * Hq + h) * Sq + i;
         const double sink = has_sink_logits ? sink_of(h) : -INFINITY;
         double m = -INFINITY, l = 0, t;
-        for (int64_t j : row_keys[i]) m = std::max(m, score(b, h, i, j, t));
+        for (int64_t j : row_keys[h][i]) m = std::max(m, score(b, h, i, j, t));
         std::vector<double> o(static_cast<size_t>(D), 0.0);
-        for (int64_t j : row_keys[i]) {
+        for (int64_t j : row_keys[h][i]) {
           const double p = std::exp(score(b, h, i, j, t) - m);
           l += p;
           for (int64_t d = 0; d < D; ++d) o[d] += p * to_d(v.at(b, h / G, j, d));
@@ -320,7 +335,7 @@ void run_case(const Shape& s, uint64_t seed) {
         if (s.dlse) dd -= dlse[row];
         const double l = f64 ? lse_d[row] : static_cast<double>(lse[row]);
         if (has_sink_logits) ref_dsinks[h] -= std::exp(sink_of(h) - l) * dd;
-        for (int64_t j : row_keys[i]) {
+        for (int64_t j : row_keys[h][i]) {
           double t;
           const double sc = score(b, h, i, j, t);
           const double p = std::exp(sc - l);
@@ -348,6 +363,13 @@ void run_case(const Shape& s, uint64_t seed) {
   f.lse = lse.data();
   f.batch = B, f.heads_q = Hq, f.heads_kv = Hkv, f.seqlen_q = Sq, f.seqlen_k = Sk, f.head_dim = D;
   f.window_left = s.wl, f.window_right = s.wr;
+  if (!s.head_wl.empty()) {  // as set_head_windows fills them: the union, and the heads' own
+    auto wider = [](int64_t a, int64_t w) { return a < 0 || w < 0 ? -1 : std::max(a, w); };
+    f.window_left = s.head_wl[0], f.window_right = s.head_wr[0];
+    for (int64_t h = 1; h < Hq; ++h)
+      f.window_left = wider(f.window_left, s.head_wl[h]), f.window_right = wider(f.window_right, s.head_wr[h]);
+    f.head_windows = {s.head_wl.data(), s.head_wr.data()};
+  }
   f.scale = static_cast<float>(scale);
   f.softcap = s.softcap;
   f.sinks = has_sink_logits ? sinks.data() : nullptr;
@@ -529,6 +551,36 @@ void run_varlen_cases(const Want& want) {
   if (want(x16.name)) run_case<__nv_bfloat16, true, 0>(x16, 232);
 }
 
+// Per-head windows: one GQA group whose heads see far-apart tile ranges (the
+// dK/dV walk covers the union; a step outside its head's band is masked
+// whole), unbounded and two-sided heads, both dQ modes, sinks of both kinds,
+// Sq != Sk, the exact kernels.
+template <typename Want>
+void run_per_head_cases(const Want& want) {
+  using W = std::vector<int64_t>;
+  //     B  Hq Hkv  Sq   Sk   D   wl  wr  softcap dlse layout det   name                  S  logits seqs
+  Shape a{1, 4, 1, 300, 300, 64, 0, 0, 0.f, true, 0, false, "per-head d64 gqa mixed", 0, 0, {}, W{3, 200, -1, 64},
+          W{0, 0, 5, 64}};
+  Shape b{1, 4, 1, 300, 300, 64, 0, 0, 0.f, false, 1, true, "per-head d64 det gqa mixed", 0, 0, {},
+          W{3, 200, -1, 64}, W{0, 0, 5, 64}};
+  Shape c{2, 4, 2, 100, 230, 128, 0, 0, 10.f, true, 1, false, "per-head d128 sq<sk softcap", 0, 0, {},
+          W{9, 130, 0, -1}, W{3, 0, 0, -1}};
+  Shape d{1, 2, 1, 200, 200, 64, 0, 0, 0.f, true, 0, true, "per-head d64 det sinks", 4, kModerate, {}, W{20, 150},
+          W{0, 2}};
+  Shape e{1, 2, 1, 200, 200, 64, 0, 0, 0.f, true, 1, false, "per-head d64 sinks", 70, kLarge, {}, W{20, -1},
+          W{0, 0}};
+  Shape x32{1, 3, 1, 37, 53, 40, 0, 0, 15.f, true, 1, true, "per-head exact f32 d40", 2, kModerate, {}, W{5, -1, 0},
+            W{0, 3, -1}};
+  Shape x64{1, 2, 2, 33, 45, 19, 0, 0, 0.f, true, 0, true, "per-head exact f64 d19", 0, 0, {}, W{1, 31}, W{1, 0}};
+  if (want(a.name)) run_case<__nv_bfloat16, false, 64>(a, 300);
+  if (want(b.name)) run_case<__half, false, 64>(b, 301);
+  if (want(c.name)) run_case<__nv_bfloat16, false, 128>(c, 302);
+  if (want(d.name)) run_case<__half, false, 64>(d, 303);
+  if (want(e.name)) run_case<__nv_bfloat16, false, 64>(e, 304);
+  if (want(x32.name)) run_case<float, true, 0>(x32, 305);
+  if (want(x64.name)) run_case<double, true, 0>(x64, 306);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -563,6 +615,7 @@ int main(int argc, char** argv) {
   if (want(sx64.name)) run_case<double, true, 0>(sx64, 13);
   run_sink_cases(want);
   run_varlen_cases(want);
+  run_per_head_cases(want);
   std::printf("%d passed, %d failed\n", cases_run - cases_failed, cases_failed);
   return failures == 0 ? 0 : 1;
 }

@@ -295,6 +295,9 @@ struct Case {
   // maxima (the case's own Sq, Sk are ignored). q, k, v, out are [T, H, D]
   // (one [1, H, T, D] tensor of the case's layout), lse [Hq, Tq].
   std::vector<int64_t> seq_q = {}, seq_k = {};
+  // Per-head windows (attention.per_head): query head h's (wl, wr) in kernel
+  // form; wl / wr above are ignored then (params get the union).
+  std::vector<int64_t> head_wl = {}, head_wr = {};
 };
 
 // Sink logits per query head h: none; N(0, 2); an extreme set cycling over
@@ -378,18 +381,24 @@ void run_attention_case(const Case& c, uint64_t seed) {
   k.randomize(rng, 1.0);
   v.randomize(rng, 1.0);
   const int64_t S = c.sink_tokens;
+  const bool per_head = !c.head_wl.empty();
+  auto wl_of = [&](int64_t h) { return per_head ? c.head_wl[h] : c.wl; };
+  auto wr_of = [&](int64_t h) { return per_head ? c.head_wr[h] : c.wr; };
   if (!ring) {
     // Keys that no query of the call sees hold NaN: they must never reach an
-    // output (the loader zero-fills them; 0 * NaN would be NaN in P V).
-    for (int64_t b = 0; b < B; ++b) {
-      const kn::Band band{len_q[b], len_k[b], c.wl, c.wr, S};
-      const kn::SeenKeys seen = kn::seen_keys(band, 0, len_q[b]);
-      for (int64_t j = 0; j < len_k[b]; ++j) {
-        if (seen.contains(j)) continue;
-        for (int64_t h = 0; h < Hkv; ++h)
-          for (int64_t d = 0; d < D; ++d) K(b, h, j, d) = V(b, h, j, d) = nan_value<T>();
-      }
-    }
+    // output (the loader zero-fills them; 0 * NaN would be NaN in P V). With
+    // per-head windows: keys that no query head of the kv head's group sees.
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t hk = 0; hk < Hkv; ++hk)
+        for (int64_t j = 0; j < len_k[b]; ++j) {
+          bool seen_by_any = false;
+          for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+            const kn::Band band{len_q[b], len_k[b], wl_of(h), wr_of(h), S};
+            seen_by_any = seen_by_any || kn::seen_keys(band, 0, len_q[b]).contains(j);
+          }
+          if (seen_by_any) continue;
+          for (int64_t d = 0; d < D; ++d) K(b, hk, j, d) = V(b, hk, j, d) = nan_value<T>();
+        }
   }
   float* lse = static_cast<float*>(guarded_alloc(static_cast<size_t>(lse_count) * 4, "lse"));
   for (int64_t i = 0; i < lse_count; ++i) lse[i] = canary_value<float>();
@@ -438,6 +447,13 @@ void run_attention_case(const Case& c, uint64_t seed) {
   p.batch = B, p.heads_q = Hq, p.heads_kv = Hkv, p.seqlen_q = Sq, p.seqlen_k = Sk, p.head_dim = D;
   p.window_left = ring ? c.window - 1 : c.wl;
   p.window_right = ring ? 0 : c.wr;
+  if (per_head) {  // as set_head_windows fills them: the union, and the heads' own
+    auto wider = [](int64_t a, int64_t w) { return a < 0 || w < 0 ? -1 : std::max(a, w); };
+    p.window_left = c.head_wl[0], p.window_right = c.head_wr[0];
+    for (int64_t h = 1; h < Hq; ++h)
+      p.window_left = wider(p.window_left, c.head_wl[h]), p.window_right = wider(p.window_right, c.head_wr[h]);
+    p.head_windows = {c.head_wl.data(), c.head_wr.data()};
+  }
   p.scale = static_cast<float>(c.scale > 0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(D)));
   p.softcap = c.softcap;
   p.device_sm_count = c.sm_count;
@@ -548,8 +564,9 @@ void run_attention_case(const Case& c, uint64_t seed) {
         } else {  // row i at key position i + Sk - Sq sees [p - wl, p + wr], and j < S if j <= p + wr
           const int64_t P = i + len_k[b] - len_q[b];
           for (int64_t j = 0; j < len_k[b]; ++j) {
-            const bool right = c.wr < 0 || j <= P + c.wr;
-            if (((c.wl < 0 || j >= P - c.wl) && right) || (j < S && right)) keys.push_back({0, j});
+            const int64_t wl = wl_of(h), wr = wr_of(h);
+            const bool right = wr < 0 || j <= P + wr;
+            if (((wl < 0 || j >= P - wl) && right) || (j < S && right)) keys.push_back({0, j});
           }
         }
         const double sink = sinks ? static_cast<double>(sinks[h]) : -INFINITY;  // the float the kernel gets
@@ -1077,6 +1094,45 @@ int main(int argc, char** argv) {
   RUN_VARLEN(float, "ring varlen fp32 exact", 2, 1, 32, 0, 0, 0.f, kBSHD, (Lens{1, 12}), (Lens{}),
              c.window = 16, c.capacity = 20, c.pos = (Lens{40, 3}), c.expect_kernel = 'x');
 #undef RUN_VARLEN
+  // Per-head windows (attention.per_head): heads of one GQA group with very
+  // different windows (tile skipping per head, NaN keys that only another
+  // head sees), unbounded sides, two-sided, Sq != Sk, split-KV, sinks, the
+  // exact kernels; PackGQA is off (a block holds one head).
+  auto run_per_head = [&](Case c, std::vector<int64_t> wl, std::vector<int64_t> wr, auto tag) {
+    using T = decltype(tag);
+    c.head_wl = std::move(wl), c.head_wr = std::move(wr);
+    if (want(c.name)) run_isolated(c.name, [&] { run_attention_case<T>(c, seed); });
+    ++seed;
+  };
+  run_per_head({"per-head d64 gqa mixed", 1, 4, 1, 300, 300, 64, 0, 0, 0.f, kBHSD}, {3, 200, -1, 64}, {0, 0, 5, 64},
+               H{});
+  run_per_head({"per-head d128 two-sided sq<sk", 2, 4, 2, 100, 230, 128, 0, 0, 3.f, kBSHD}, {9, 130, 0, -1},
+               {3, 0, 0, -1}, BF{});
+  {
+    Case c{"per-head d64 gqa mixed one split", 1, 4, 1, 300, 300, 64, 0, 0, 0.f, kBSHD};
+    c.forced_splits = 1, c.expect_split = 0;
+    run_per_head(c, {3, 200, -1, 64}, {0, 0, 5, 64}, BF{});
+  }
+  {
+    Case c{"per-head d64 decode no packgqa split", 1, 8, 2, 1, 900, 64, 0, 0, 0.f, kBHSD};
+    c.forced_splits = 3;
+    run_per_head(c, {0, 10, 100, 500, -1, 7, 63, 64}, {0, 0, 0, 0, 0, 0, 0, 0}, H{});
+  }
+  {
+    Case c{"per-head d64 sinks", 1, 2, 1, 200, 200, 64, 0, 0, 0.f, kBHSD};
+    c.sink_tokens = 4, c.sink_logits = kMildSinks;
+    run_per_head(c, {20, 150}, {0, 2}, BF{});
+  }
+  {
+    Case c{"per-head fp32 exact", 1, 3, 1, 70, 90, 40, 0, 0, 0.f, kBSHD};
+    c.expect_kernel = 'x', c.sink_tokens = 2;
+    run_per_head(c, {5, -1, 0}, {0, 3, -1}, float{});
+  }
+  {
+    Case c{"per-head fp64 exact", 1, 2, 2, 33, 33, 16, 0, 0, 0.f, kBHSD};
+    c.expect_kernel = 'x';
+    run_per_head(c, {1, 31}, {1, 0}, double{});
+  }
   // Attention sinks (both kinds): sink tokens below, inside and past a key
   // tile, logits mild / extreme / NaN, split-KV (the combine adds the sink
   // logit), PackGQA, rows and tiles that see no key, the ring's sink slots.
