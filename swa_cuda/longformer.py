@@ -15,6 +15,12 @@ banded op (torch.ops.swa.attention) through its differentiable lse:
   replaces its row. Sizing g (the largest number of global tokens in the
   batch) reads one integer back to the host.
 
+- per-head windows and dilations (window_size entries and dilation as int
+  tensors [Hq]): the heads of one dilation run together, their windows
+  through attention.per_head (one call per residue class); the global part
+  tests each head's band. Grouping by dilation reads the dilations back to
+  the host.
+
 Autograd runs through the op's backward and the merge; everything is
 differentiable in q, k, v (and the global projections). The merge weighs
 the band by the op's lse, which is float32 for every dtype: float64 inputs
@@ -26,7 +32,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .ops import _is_int, _result, _window_pair
+from .ops import _head_window, _is_int, _result, _window_pair
 
 _FN = "longformer_attention"
 
@@ -35,9 +41,9 @@ def longformer_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window_size: Tuple[int, int],
+    window_size: Tuple[Union[int, Tensor], Union[int, Tensor]],
     *,
-    dilation: int = 1,
+    dilation: Union[int, Tensor] = 1,
     global_mask: Optional[Tensor] = None,
     scale: Optional[float] = None,
     softcap: float = 0.0,
@@ -59,18 +65,30 @@ def longformer_attention(
     query_global / key_global / value_global): the global rows' queries,
     keys and values instead of q, k, v (only their global rows of global_q
     are read). Returns out [B, Hq, Sq, D] (and lse [B, Hq, Sq] float32).
+
+    Per head: either entry of `window_size` and `dilation` may be int
+    tensors [Hq] (query head h then uses left[h], right[h], dilation[h]).
     """
-    left, right = _window_pair(_FN, window_size)
-    if not _is_int(dilation) or int(dilation) < 1:
-        raise ValueError(f"{_FN}: dilation must be an int >= 1 (1 = the plain band), got {dilation!r}")
-    dilation = int(dilation)
+    left, right = _window_pair(_FN, window_size, per_head=True)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"{_FN}: {name} must be a 4-d tensor [B, H, S, D], got "
                              f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    if isinstance(dilation, Tensor):
+        dilation = _head_window(_FN, "dilation", dilation, q.shape[1])
+        if bool((dilation < 1).any()):
+            raise ValueError(f"{_FN}: every dilation must be >= 1 (1 = the plain band), got {dilation.tolist()}")
+    elif not _is_int(dilation) or int(dilation) < 1:
+        raise ValueError(f"{_FN}: dilation must be an int >= 1 (1 = the plain band) or an int tensor [Hq], "
+                         f"got {dilation!r}")
+    else:
+        dilation = int(dilation)
     global_qkv = _check_global(q, k, v, global_mask, global_q, global_k, global_v)
 
-    out, lse = _dilated_band(q, k, v, left, right, dilation, scale, softcap)
+    if isinstance(dilation, Tensor):
+        out, lse = _per_head_dilated_band(q, k, v, left, right, dilation, scale, softcap)
+    else:
+        out, lse = _dilated_band(q, k, v, left, right, dilation, scale, softcap)
     if global_mask is not None:
         out, lse = _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, dilation, scale,
                                       softcap)
@@ -108,19 +126,56 @@ def _check_global(q, k, v, global_mask, global_q, global_k, global_v):
     return projections
 
 
+def _band(q, k, v, left, right, scale, softcap):
+    """The banded op; attention.per_head when a window is per head."""
+    if not isinstance(left, Tensor) and not isinstance(right, Tensor):
+        return torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
+    heads = q.shape[1]
+    return torch.ops.swa.attention.per_head(q, k, v, _head_window(_FN, "window_size[0] (left)", left, heads),
+                                            _head_window(_FN, "window_size[1] (right)", right, heads), scale,
+                                            softcap)
+
+
+def _per_head_dilated_band(q, k, v, left, right, dilation, scale, softcap):
+    """(out, lse) with a dilation per query head: the heads of each dilation
+    together (their kv heads gathered per query head unless they are whole
+    GQA groups), each group a dilated band."""
+    Hq, Hkv = q.shape[1], k.shape[1]
+    group = Hq // Hkv if Hkv else 1
+    left_t = _head_window(_FN, "window_size[0] (left)", left, Hq)
+    right_t = _head_window(_FN, "window_size[1] (right)", right, Hq)
+    values = dilation.tolist()  # the host read
+    if len(set(values)) == 1:
+        return _dilated_band(q, k, v, left_t, right_t, values[0], scale, softcap)
+    out = q.new_empty(q.shape)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    for d in sorted(set(values)):
+        heads = [h for h in range(Hq) if values[h] == d]
+        whole_groups = all(all(values[g * group + i] == d for i in range(group)) for g in {h // group for h in heads})
+        kv = sorted({h // group for h in heads}) if whole_groups else [h // group for h in heads]
+        hq = torch.tensor(heads, device=q.device)
+        hk = torch.tensor(kv, device=q.device)
+        o, l = _dilated_band(q.index_select(1, hq), k.index_select(1, hk), v.index_select(1, hk),
+                             left_t.index_select(0, hq.to(left_t.device)),
+                             right_t.index_select(0, hq.to(right_t.device)), d, scale, softcap)
+        out = out.index_copy(1, hq, o)
+        lse = lse.index_copy(1, hq, l)
+    return out, lse
+
+
 def _dilated_band(q, k, v, left, right, dilation, scale, softcap):
     """(out, lse) of the dilated band: the op once per residue class."""
     Sq, Sk = q.shape[2], k.shape[2]
     if dilation == 1 or Sq == 0 or Sk == 0:
-        return torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
+        return _band(q, k, v, left, right, scale, softcap)
     out = q.new_empty(q.shape)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     for r in range(min(dilation, Sk)):  # key positions r, r + d, ...
         first = (r - (Sk - Sq)) % dilation  # the first query row at a position in the class
         if first >= Sq:
             continue
-        o, l = torch.ops.swa.attention(q[:, :, first::dilation], k[:, :, r::dilation], v[:, :, r::dilation],
-                                       left, right, scale, softcap)
+        o, l = _band(q[:, :, first::dilation], k[:, :, r::dilation], v[:, :, r::dilation], left, right, scale,
+                     softcap)
         out[:, :, first::dilation] = o
         lse[:, :, first::dilation] = l
     return out, lse
@@ -186,12 +241,21 @@ def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, 
     k_g = k.gather(2, positions[:, None, :, None].expand(B, Hkv, g, D))
     v_g = v.gather(2, positions[:, None, :, None].expand(B, Hkv, g, D))
     delta = (torch.arange(Sq, device=q.device) + (Sk - Sq))[None, :, None] - positions[:, None, :]  # [B, Sq, g]
-    in_band = delta % dilation == 0
-    if left >= 0:
-        in_band &= delta <= left * dilation
-    if right >= 0:
-        in_band &= delta >= -right * dilation
-    keep = (valid[:, None, :] & ~in_band)[:, None, None]  # [B, 1, 1, Sq, g]
+    if any(isinstance(x, Tensor) for x in (left, right, dilation)):  # per head: [B, Hq, Sq, g]
+        def per_head(x):
+            return _head_window(_FN, "window", x, Hq).to(q.device).view(1, Hq, 1, 1)
+
+        d, lo, hi = per_head(dilation), per_head(left), per_head(right)
+        delta = delta[:, None]
+        in_band = (delta % d == 0) & ((lo < 0) | (delta <= lo * d)) & ((hi < 0) | (delta >= -hi * d))
+        keep = (valid[:, None, None, :] & ~in_band).view(B, Hkv, Hq // Hkv, Sq, g)
+    else:
+        in_band = delta % dilation == 0
+        if left >= 0:
+            in_band &= delta <= left * dilation
+        if right >= 0:
+            in_band &= delta >= -right * dilation
+        keep = (valid[:, None, :] & ~in_band)[:, None, None]  # [B, 1, 1, Sq, g]
     out_g, lse_g = _softmax_rows(_scores(q, k_g, scale, softcap), v_g, keep)
     out, lse = _merge(out, lse, out_g, lse_g)
 

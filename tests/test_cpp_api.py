@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import swa_cuda
-from reference import attention_ref
+from reference import attention_ref, per_head_attention_ref
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -103,6 +103,20 @@ def test_consumer_extension_sinks(consumer_extension):
     qr, kr, vr, sr = (t.clone().requires_grad_() for t in (q, k, v, sinks))
     out, lse = attention_ref(qr, kr, vr, 4, 0, sinks=sr, sink_tokens=2)
     ref = torch.autograd.grad(out.sum() + lse.sum(), (qr, kr, vr, sr))
+    torch.testing.assert_close(got[0], out.detach())
+    for a, b in zip(got[1:], ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # lse is float32 by contract
+
+
+def test_consumer_extension_per_head_windows(consumer_extension):
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 30, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 30, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    lefts, rights = [0, 5, -1, 12], [0, 0, 2, -1]
+    got = consumer_extension.per_head_attention_grads(q, k, v, torch.tensor(lefts), torch.tensor(rights))
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    out, lse = per_head_attention_ref(qr, kr, vr, lefts, rights)
+    ref = torch.autograd.grad(out.sum() + lse.sum(), (qr, kr, vr))
     torch.testing.assert_close(got[0], out.detach())
     for a, b in zip(got[1:], ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # lse is float32 by contract

@@ -241,3 +241,68 @@ def test_gradcheck_global_tokens_float64(dilation, projections):
         return _add_global_tokens(q, k, v, band_out, band_lse, mask, qkv_g or None, 3, 0, dilation, None, 2.0)
 
     assert torch.autograd.gradcheck(fn, (q, k, v, band_out, band_lse, *extra))
+
+
+def per_head_ref(q, k, v, lefts, rights, dilations, mask, upcast=True):
+    """longformer_ref head by head (each with its own window and dilation)."""
+    group = q.shape[1] // k.shape[1]
+    outs, lses = [], []
+    for h in range(q.shape[1]):
+        hk = h // group
+        o, l = longformer_ref(q[:, h:h + 1], k[:, hk:hk + 1], v[:, hk:hk + 1], lefts[h], rights[h], dilations[h],
+                              mask, upcast=upcast)
+        outs.append(o)
+        lses.append(l)
+    return torch.cat(outs, 1), torch.cat(lses, 1)
+
+
+# GQA groups whose heads share a dilation (a whole group) or not, unbounded
+# and two-sided heads, Sq != Sk, global tokens or none.
+PER_HEAD_CASES = [
+    dict(heads_q=4, heads_kv=2, seqlen_q=90, seqlen_k=90, lefts=[3, 10, -1, 4], rights=[0, 2, 0, 4],
+         dilations=[1, 2, 3, 3], globals=True),
+    dict(heads_q=4, heads_kv=1, seqlen_q=40, seqlen_k=75, lefts=[5, 5, 0, 12], rights=[0, -1, 0, 1],
+         dilations=[2, 1, 2, 8], globals=False),
+    dict(heads_q=2, heads_kv=2, seqlen_q=64, seqlen_k=64, lefts=[7, 7], rights=[7, 0], dilations=[1, 1],
+         globals=True),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", PER_HEAD_CASES, ids=lambda c: f"h{c['heads_q']}x{c['dilations']}")
+def test_per_head_windows_and_dilations(case, dtype, device):
+    """window_size entries and dilation as int tensors [Hq], with global
+    tokens: each head as longformer_ref with its own window and dilation,
+    forward and backward."""
+    q, k, v = make_qkv(2, case["heads_q"], case["heads_kv"], case["seqlen_q"], case["seqlen_k"], 16, dtype, device,
+                       requires_grad=True, seed=4)
+    mask = None
+    if case["globals"]:
+        mask = torch.zeros(2, case["seqlen_k"], dtype=torch.bool)
+        mask[0, [0, 17, 18]] = True
+        mask[1, [case["seqlen_k"] - 1]] = True
+        mask = mask.to(device)
+    lefts, rights, dils = (torch.tensor(case[n], device=device) for n in ("lefts", "rights", "dilations"))
+    out, lse = swa_cuda.longformer_attention(q, k, v, (lefts, rights), dilation=dils, global_mask=mask,
+                                             return_lse=True)
+    ref, ref_lse = per_head_ref(q, k, v, case["lefts"], case["rights"], case["dilations"], mask)
+    ref_lowp, _ = per_head_ref(q, k, v, case["lefts"], case["rights"], case["dilations"], mask, upcast=False)
+    lowp = None if dtype == torch.float64 else ref_lowp
+    assert_fa_rule(out, ref, lowp, 2, tol(dtype, mask), "out")
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse.float()[finite], rtol=1e-3, atol=1e-3)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=dtype)
+    grads = torch.autograd.grad((out.double() * g.double()).sum(), (q, k, v))
+    r64 = torch.autograd.grad((ref.double() * g.double()).sum(), (q, k, v))
+    rlp = torch.autograd.grad((ref_lowp.double() * g.double()).sum(), (q, k, v))
+    for name, a, b, c in zip("qkv", grads, r64, rlp):
+        assert_fa_rule(a, b, None if dtype == torch.float64 else c, 3, tol(dtype, mask), f"grad {name}")
+
+
+def test_per_head_dilation_errors():
+    q, k, v = make_qkv(1, 2, 1, 10, 10, 8, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="every dilation must be >= 1"):
+        swa_cuda.longformer_attention(q, k, v, (2, 0), dilation=torch.tensor([1, 0]))
+    with pytest.raises(TypeError, match="shape \\[2\\]"):
+        swa_cuda.longformer_attention(q, k, v, (2, 0), dilation=torch.tensor([1, 2, 3]))

@@ -41,6 +41,19 @@ std::vector<at::Tensor> sink_attention_grads(const at::Tensor& q, const at::Tens
   return {out.detach(), qg.grad(), kg.grad(), vg.grad(), sg.grad()};
 }
 
+// Per-head windows from C++ (Longformer-style mixed heads): the output and
+// the gradients of sum(out) + sum(lse) with respect to q, k, v.
+std::vector<at::Tensor> per_head_attention_grads(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const at::Tensor& window_left, const at::Tensor& window_right) {
+  at::AutoGradMode enable(true);
+  auto qg = q.detach().requires_grad_(true);
+  auto kg = k.detach().requires_grad_(true);
+  auto vg = v.detach().requires_grad_(true);
+  auto [out, lse] = swa::per_head_attention(qg, kg, vg, window_left, window_right);
+  (out.sum() + lse.sum()).backward();
+  return {out.detach(), qg.grad(), kg.grad(), vg.grad()};
+}
+
 // One continuous-batching step from C++: attend the packed new tokens of B
 // sequences over their rolling caches, then append them (cache rows in place).
 at::Tensor packed_serve_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -59,6 +72,9 @@ TORCH_LIBRARY(swa_consumer, m) {
   m.def("packed_serve_step(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, Tensor(a!) k_cache, "
         "Tensor(b!) v_cache, Tensor pos, int window) -> Tensor",
         &packed_serve_step);
+  m.def("per_head_attention_grads(Tensor q, Tensor k, Tensor v, Tensor window_left, Tensor window_right) "
+        "-> Tensor[]",
+        &per_head_attention_grads);
   m.def("mistral_attention(Tensor q, Tensor k, Tensor v, int window) -> Tensor", &mistral_attention);
   m.def("attention_grads(Tensor q, Tensor k, Tensor v, int window_left, int window_right) -> Tensor[]",
         &attention_grads);
