@@ -41,7 +41,7 @@ fi
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_init_order=1:detect_stack_use_after_return=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-tests=(test_attention.py test_sinks.py test_varlen.py test_cache.py test_hardening.py test_op_contract.py test_fuzz.py)
+tests=(test_attention.py test_sinks.py test_varlen.py test_per_head_windows.py test_cache.py test_hardening.py test_op_contract.py test_fuzz.py)
 cd tests
 # native: the best build the processor runs (cpu/isa.cpp); AVX2 is a path of
 # its own only where native is the AVX-512 one.
@@ -55,7 +55,7 @@ for isa in "${isas[@]}"; do
   [ "$isa" = native ] || env_isa=(SWA_CPU_ISA="$isa")
   # The fuzzing runs once (native ISA); the other paths take the fixed tests.
   selection=("${tests[@]}")
-  [ "$isa" = native ] || selection=(test_attention.py test_sinks.py test_varlen.py test_cache.py test_hardening.py)
+  [ "$isa" = native ] || selection=(test_attention.py test_sinks.py test_varlen.py test_per_head_windows.py test_cache.py test_hardening.py)
   env "${env_isa[@]}" LD_PRELOAD="$preload" "$VENV/bin/python" -m pytest -q -x -p no:cacheprovider \
     "${selection[@]}" "$@"
 done
