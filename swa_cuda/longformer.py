@@ -163,11 +163,38 @@ def _per_head_dilated_band(q, k, v, left, right, dilation, scale, softcap):
     return out, lse
 
 
+def _classes_as_batch(q, k, v, left, right, dilation, scale, softcap):
+    """The dilated band of one batch entry (q [1, Hq, n, D], k, v [1, Hkv, n,
+    D], n a multiple of d) as ONE call of the op whose batch is the d residue
+    classes: [1, H, n, D] viewed as [d, H, n / d, D] (class r = positions r,
+    r + d, ...; strides (D, n D, d D, 1), no copy). The op's outputs and
+    gradients take their input's strides (empty_like), so out comes back in
+    q's layout as a view, and autograd hands q, k, v their gradients without
+    a scatter; only lse ([d, H, n / d] -> [1, H, n], a row each) is copied."""
+    def classes(t):
+        H, n, D = t.shape[1:]
+        return t.reshape(H, n // dilation, dilation, D).permute(2, 0, 1, 3)
+
+    out_c, lse_c = _band(classes(q), classes(k), classes(v), left, right, scale, softcap)
+    Hq, n, D = q.shape[1:]
+    out = out_c.permute(1, 2, 0, 3).reshape(1, Hq, n, D)  # a view when out_c has q's strides
+    lse = lse_c.permute(1, 2, 0).reshape(1, Hq, n)
+    return out, lse
+
+
 def _dilated_band(q, k, v, left, right, dilation, scale, softcap):
-    """(out, lse) of the dilated band: the op once per residue class."""
+    """(out, lse) of the dilated band: the op once per residue class (or,
+    for equal lengths divisible by d, one call per batch entry over all
+    classes at once: _classes_as_batch)."""
     Sq, Sk = q.shape[2], k.shape[2]
     if dilation == 1 or Sq == 0 or Sk == 0:
         return _band(q, k, v, left, right, scale, softcap)
+    if Sq == Sk and Sq % dilation == 0 and q.shape[0] > 0:
+        if q.shape[0] == 1:
+            return _classes_as_batch(q, k, v, left, right, dilation, scale, softcap)
+        parts = [_classes_as_batch(qb[None], kb[None], vb[None], left, right, dilation, scale, softcap)
+                 for qb, kb, vb in zip(q.unbind(0), k.unbind(0), v.unbind(0))]
+        return torch.cat([o for o, _ in parts]), torch.cat([l for _, l in parts])
     out = q.new_empty(q.shape)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     for r in range(min(dilation, Sk)):  # key positions r, r + d, ...

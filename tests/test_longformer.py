@@ -141,26 +141,52 @@ def test_plain_band_is_the_op():
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
 
 
-def test_dilation_runs_the_op_on_strided_views_without_copies(monkeypatch):
-    """Each residue class reaches the op as a strided view of the caller's
-    storage (sequence stride x dilation), not a copy."""
-    q, k, v = make_qkv(1, 2, 2, 40, 40, 16, torch.float32, "cpu")
+def spy_on_op(monkeypatch):
+    """Records (q, k, out) of each call of torch.ops.swa.attention."""
     seen = []
     op = torch.ops.swa.attention
 
     class Spy:
         def __call__(self, q_, k_, v_, *args):
-            seen.append((q_.data_ptr(), q_.stride(2), k_.data_ptr(), k_.stride(2)))
-            return op(q_, k_, v_, *args)
+            out, lse = op(q_, k_, v_, *args)
+            seen.append((q_, k_, out))
+            return out, lse
 
     monkeypatch.setattr(torch.ops.swa, "attention", Spy())
+    return seen
+
+
+def test_dilation_runs_the_op_on_strided_views_without_copies(monkeypatch):
+    """Lengths not divisible by d: each residue class reaches the op as a
+    strided view of the caller's storage (sequence stride x dilation)."""
+    q, k, v = make_qkv(1, 2, 2, 42, 42, 16, torch.float32, "cpu")
+    seen = spy_on_op(monkeypatch)
     swa_cuda.longformer_attention(q, k, v, (3, 3), dilation=4)
     monkeypatch.undo()
     item = q.element_size()
     assert len(seen) == 4
-    for r, (qp, qs, kp, ks) in enumerate(seen):
-        assert qs == 4 * q.stride(2) and ks == 4 * k.stride(2)
-        assert qp == q.data_ptr() + r * q.stride(2) * item and kp == k.data_ptr() + r * k.stride(2) * item
+    for r, (q_, k_, _) in enumerate(seen):
+        assert q_.stride(2) == 4 * q.stride(2) and k_.stride(2) == 4 * k.stride(2)
+        assert q_.data_ptr() == q.data_ptr() + r * q.stride(2) * item
+        assert k_.data_ptr() == k.data_ptr() + r * k.stride(2) * item
+
+
+def test_dilation_classes_as_one_batch_without_copies(monkeypatch):
+    """Sq = Sk divisible by d: one call whose batch is the d residue classes,
+    a view of q's storage ([d, H, n / d, D], class r at offset r rows), and
+    the returned out is a view of that call's output (no scatter copy)."""
+    q, k, v = make_qkv(1, 2, 2, 40, 40, 16, torch.float32, "cpu")
+    seen = spy_on_op(monkeypatch)
+    out = swa_cuda.longformer_attention(q, k, v, (3, 3), dilation=4)
+    monkeypatch.undo()
+    assert len(seen) == 1
+    q_, k_, out_ = seen[0]
+    assert q_.shape == (4, 2, 10, 16) and q_.data_ptr() == q.data_ptr()
+    assert q_.stride() == (q.stride(2), q.stride(1), 4 * q.stride(2), 1)
+    assert k_.data_ptr() == k.data_ptr() and k_.stride(2) == 4 * k.stride(2)
+    assert out.data_ptr() == out_.data_ptr()
+    ref, _ = longformer_ref(q, k, v, 3, 3, 4)
+    assert_fa_rule(out, ref, None, 2, 2e-5, "out")
 
 
 def test_transposed_layout_and_empty_inputs():
