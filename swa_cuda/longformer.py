@@ -13,7 +13,8 @@ banded op (torch.ops.swa.attention) through its differentiable lse:
   through a dense [Sq, g] score block merged with the band through lse; a
   global query (Sq == Sk) sees every key, through a dense [g, Sk] block that
   replaces its row. Sizing g (the largest number of global tokens in the
-  batch) reads one integer back to the host.
+  batch) reads one integer back to the host, whether the counts differ one
+  more.
 
 - per-head windows and dilations (window_size entries and dilation as int
   tensors [Hq]): the heads of one dilation run together, their windows
@@ -248,9 +249,10 @@ def _merge(out_a, lse_a, out_b, lse_b):
     empty = total == 0
     total = torch.where(empty, torch.ones_like(total), total)
     lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(total))
+    # wa / total + wb / total = 1: one fused pass over the rows, out_a +
+    # (wb / total) (out_b - out_a) (a row seeing neither set has out_a = 0).
     acc = out_b.dtype
-    out = out_a.to(acc) * (wa / total).to(acc)[..., None] + out_b * (wb / total).to(acc)[..., None]
-    return out, lse
+    return torch.lerp(out_a.to(acc), out_b, (wb / total).to(acc)[..., None]), lse
 
 
 def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, dilation, scale, softcap):
@@ -260,6 +262,7 @@ def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, 
     g = int(count.max()) if global_mask.numel() else 0  # the one host read
     if g == 0 or Sq == 0:
         return out, lse
+    padded = bool((count < g).any())  # (and a second: do the sequences' counts differ?)
     # The global positions of each sequence first (stable: in order), then padding.
     positions = torch.sort((~global_mask).to(torch.uint8), dim=-1, stable=True).indices[:, :g]  # [B, g]
     valid = torch.arange(g, device=q.device)[None, :] < count[:, None]  # [B, g]
@@ -292,10 +295,14 @@ def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, 
         q_g = q_rows.gather(2, index)
         everything = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=q.device)
         out_rows, lse_rows = _softmax_rows(_scores(q_g, k_all, scale, softcap), v_all, everything)
-        # Padding entries (past a sequence's count) write back what is there.
-        row_valid = valid[:, None, :]  # [B, 1, g]
-        out_rows = torch.where(row_valid[..., None], out_rows, out.gather(2, index))
-        lse_rows = torch.where(row_valid, lse_rows, lse.gather(2, positions[:, None, :].expand(B, Hq, g)))
-        out = out.scatter(2, index, out_rows)
-        lse = lse.scatter(2, positions[:, None, :].expand(B, Hq, g), lse_rows)
+        lse_index = positions[:, None, :].expand(B, Hq, g)
+        if padded:  # padding entries (past a sequence's count) write back what is there
+            row_valid = valid[:, None, :]  # [B, 1, g]
+            out_rows = torch.where(row_valid[..., None], out_rows, out.gather(2, index))
+            lse_rows = torch.where(row_valid, lse_rows, lse.gather(2, lse_index))
+            out, lse = out.scatter(2, index, out_rows), lse.scatter(2, lse_index, lse_rows)
+        else:
+            # In place: out and lse are the merge's fresh results, which no
+            # backward saved (lerp keeps its inputs and weight).
+            out, lse = out.scatter_(2, index, out_rows), lse.scatter_(2, lse_index, lse_rows)
     return out.to(q.dtype), lse  # lse in the accumulation dtype (the caller returns float32)
