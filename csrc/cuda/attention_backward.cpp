@@ -1,4 +1,5 @@
-// CUDA backend of swa::attention_backward and attention_backward.sinks:
+// CUDA backend of swa::attention_backward, attention_backward.sinks and
+// attention_backward.per_head (each query head's window, band.h):
 // checks, workspaces, launch, and the gradient of the sink logits; the packed
 // overload (attention_varlen.cpp) runs the same with a PackedBackward.
 #include "cuda/attention_backward.h"
@@ -112,11 +113,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_si
   return {r.dq, r.dk, r.dv, r.dsinks};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_per_head_cuda(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& window_left, const at::Tensor& window_right, std::optional<double> scale, double softcap,
+    bool deterministic, const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+  const char* op = "swa::attention_backward.per_head";
+  const AttentionShape shape = check_attention(op, q, k, v, -1, -1, scale, softcap);
+  const HeadWindowArgs heads =
+      check_head_windows(op, window_left, window_right, shape.heads_q, shape.seqlen_q, shape.seqlen_k);
+  BackwardResult r = attention_backward_run(op, grad_out, grad_lse, q, k, v, out, lse, heads.union_left,
+                                            heads.union_right, scale, softcap, deterministic, sinks, sink_tokens,
+                                            nullptr, &heads);
+  return {r.dq, r.dk, r.dv, r.dsinks};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(swa, CUDA, m) {
   m.impl("attention_backward", &attention_backward_cuda);
   m.impl("attention_backward.sinks", &attention_backward_sinks_cuda);
+  m.impl("attention_backward.per_head", &attention_backward_per_head_cuda);
 }
 
 }  // namespace swa::cuda

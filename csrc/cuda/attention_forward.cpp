@@ -1,20 +1,32 @@
-// CUDA backend of swa::attention and attention.sinks: checks, params, launch
-// on the current stream.
+// CUDA backend of swa::attention, attention.sinks and attention.per_head:
+// checks, params, launch on the current stream. Per-head windows (band.h,
+// HeadWindows) are read by the kernels from device memory, the params'
+// window being the heads' union; the Hopper forward declines those calls (the
+// portable tensor-core kernel takes them, one query head per block).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "cuda/tensor_params.h"
+#include "ops/head_windows.h"
 
 namespace swa::cuda {
 namespace {
 
-// Both overloads: no sink arguments is SinkArgs{}.
+// Per-head windows: the (window_left, window_right) tensors [Hq].
+using PerHead = std::pair<const at::Tensor&, const at::Tensor&>;
+
+// Every overload: no sink arguments is SinkArgs{}; per_head replaces the
+// window (then passed as -1, -1).
 std::tuple<at::Tensor, at::Tensor> run_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v, int64_t window_left, int64_t window_right,
                                                  std::optional<double> scale, double softcap,
-                                                 const std::optional<at::Tensor>& sinks, int64_t sink_tokens) {
+                                                 const std::optional<at::Tensor>& sinks, int64_t sink_tokens,
+                                                 const std::optional<PerHead>& per_head = std::nullopt) {
   const AttentionShape shape = check_attention(op, q, k, v, window_left, window_right, scale, softcap);
+  std::optional<HeadWindowArgs> heads;
+  if (per_head.has_value())
+    heads = check_head_windows(op, per_head->first, per_head->second, shape.heads_q, shape.seqlen_q, shape.seqlen_k);
   const SinkArgs sink_args = check_sinks(op, sinks, sink_tokens, q);
   check_cuda_head_dim(op, q);
   c10::cuda::CUDAGuard guard(q.device());
@@ -33,6 +45,7 @@ std::tuple<at::Tensor, at::Tensor> run_attention(const char* op, const at::Tenso
   kn::AttentionParams params =
       attention_params(q, k, v, out, lse, shape, window_left, window_right, scale, softcap);
   const std::vector<at::Tensor> sink_memory = set_sinks(params, sink_args, q);
+  const at::Tensor head_window_memory = heads.has_value() ? set_head_windows(params, *heads, q) : at::Tensor();
   launch_forward(params, q);
   return {out, lse};
 }
@@ -53,11 +66,22 @@ std::tuple<at::Tensor, at::Tensor> attention_sinks_cuda(const at::Tensor& q, con
                        sink_tokens);
 }
 
+std::tuple<at::Tensor, at::Tensor> attention_per_head_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& window_left,
+                                                           const at::Tensor& window_right,
+                                                           std::optional<double> scale, double softcap,
+                                                           const std::optional<at::Tensor>& sinks,
+                                                           int64_t sink_tokens) {
+  return run_attention("swa::attention.per_head", q, k, v, -1, -1, scale, softcap, sinks, sink_tokens,
+                       PerHead{window_left, window_right});
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(swa, CUDA, m) {
   m.impl("attention", &attention_cuda);
   m.impl("attention.sinks", &attention_sinks_cuda);
+  m.impl("attention.per_head", &attention_per_head_cuda);
 }
 
 }  // namespace swa::cuda
