@@ -33,27 +33,24 @@ def attention_ref(q, k, v, window_left=-1, window_right=0, scale=None, softcap=0
     sinks: [Hq] logits that join each row's softmax without a value (not
     scaled, not capped); a row that sees no key then gives 0 and sinks[h].
     sink_tokens: keys 0 .. S-1 seen beside the band (band_mask)."""
-    dtype = q.dtype
-    if upcast:
-        q, k, v = q.double(), k.double(), v.double()
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if softcap > 0:
-        s = softcap * torch.tanh(s / softcap)
     visible = band_mask(q.shape[2], k.shape[2], window_left, window_right, q.device, sink_tokens)
-    if sinks is not None:
-        return _attention_ref_sinks(s, v, visible, sinks, dtype, upcast)
-    return _masked_softmax_ref(s, v, visible, dtype, upcast)
+    return _visible_attention_ref(q, k, v, visible, scale, softcap, upcast, sinks)
 
 
 def per_head_attention_ref(q, k, v, window_left, window_right, scale=None, softcap=0.0, upcast=True,
                            sinks=None, sink_tokens=0):
     """attention_ref with one window per query head: window_left[h],
     window_right[h] (sequences of ints) for head h, masks stacked per head."""
+    masks = [band_mask(q.shape[2], k.shape[2], int(l), int(r), q.device, sink_tokens)
+             for l, r in zip(window_left, window_right)]
+    visible = torch.stack(masks).unsqueeze(0) if masks else torch.zeros(1, 0, q.shape[2], k.shape[2],
+                                                                         dtype=torch.bool)
+    return _visible_attention_ref(q, k, v, visible, scale, softcap, upcast, sinks)
+
+
+def _visible_attention_ref(q, k, v, visible, scale, softcap, upcast, sinks):
+    """(out, lse) of softmax(capped scale q k^T) v over the keys where visible
+    (broadcasting to [B, Hq, Sq, Sk]), GQA by repeating k / v per group."""
     dtype = q.dtype
     if upcast:
         q, k, v = q.double(), k.double(), v.double()
@@ -65,10 +62,6 @@ def per_head_attention_ref(q, k, v, window_left, window_right, scale=None, softc
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
-    masks = [band_mask(q.shape[2], k.shape[2], int(l), int(r), q.device, sink_tokens)
-             for l, r in zip(window_left, window_right)]
-    visible = torch.stack(masks).unsqueeze(0) if masks else torch.zeros(1, 0, q.shape[2], k.shape[2],
-                                                                         dtype=torch.bool)
     if sinks is not None:
         return _attention_ref_sinks(s, v, visible, sinks, dtype, upcast)
     return _masked_softmax_ref(s, v, visible, dtype, upcast)
