@@ -40,13 +40,11 @@ HeadWindowArgs check_head_windows(const char* op, const at::Tensor& window_left,
   int64_t* kr = kl + heads_q;
   const int64_t* l = left.data_ptr<int64_t>();
   const int64_t* r = right.data_ptr<int64_t>();
-  args.union_left = heads_q > 0 ? -2 : -1;
-  args.union_right = heads_q > 0 ? -2 : -1;
   for (int64_t h = 0; h < heads_q; ++h) {
     kl[h] = kernel_window_left(l[h], seqlen_k);
     kr[h] = kernel_window_right(r[h], seqlen_q);
-    args.union_left = args.union_left == -2 ? kl[h] : wider(args.union_left, kl[h]);
-    args.union_right = args.union_right == -2 ? kr[h] : wider(args.union_right, kr[h]);
+    args.union_left = h == 0 ? kl[0] : wider(args.union_left, kl[h]);
+    args.union_right = h == 0 ? kr[0] : wider(args.union_right, kr[h]);
   }
   return args;
 }
