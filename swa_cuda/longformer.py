@@ -33,7 +33,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .ops import _head_window, _is_int, _result, _window_pair
+from .ops import _attend_any, _head_window, _is_int, _result, _window_pair
 
 _FN = "longformer_attention"
 
@@ -129,12 +129,7 @@ def _check_global(q, k, v, global_mask, global_q, global_k, global_v):
 
 def _band(q, k, v, left, right, scale, softcap):
     """The banded op; attention.per_head when a window is per head."""
-    if not isinstance(left, Tensor) and not isinstance(right, Tensor):
-        return torch.ops.swa.attention(q, k, v, left, right, scale, softcap)
-    heads = q.shape[1]
-    return torch.ops.swa.attention.per_head(q, k, v, _head_window(_FN, "window_size[0] (left)", left, heads),
-                                            _head_window(_FN, "window_size[1] (right)", right, heads), scale,
-                                            softcap)
+    return _attend_any(_FN, q, k, v, left, right, scale, softcap, None, 0)
 
 
 def _per_head_dilated_band(q, k, v, left, right, dilation, scale, softcap):
