@@ -105,7 +105,7 @@ struct BackwardCommon {
       out_rs = rs;
       return head + n0 * rs;
     } else {
-      convert_rows(head, rs, n0, n1, D, buf);
+      convert_rows<Cfg, T>(head, rs, n0, n1, D, buf);
       out_rs = D;
       return buf;
     }

@@ -217,6 +217,71 @@ struct LaneTile {
 
 // ---- moving rows in and out of lane-major buffers ------------------------
 
+// Whole vectors of In rows load into / store from vectors of S: In = T, and
+// 16-bit rows into float vectors where the build has the conversions (bf16:
+// shifts, in the AVX-512 and AVX2 builds; fp16: vcvtph2ps / vcvtps2ph, in the
+// AVX-512 build). Elsewhere rows go element by element.
+template <class S, class In>
+constexpr bool kVectorRows =
+    std::is_same_v<In, typename S::scalar> ||
+#if defined(__x86_64__) || defined(__i386__)
+    (std::is_same_v<typename S::scalar, float> &&
+     ((std::is_same_v<In, c10::BFloat16> && (sizeof(typename S::vec) == 64 || sizeof(typename S::vec) == 32)) ||
+      (std::is_same_v<In, c10::Half> && sizeof(typename S::vec) == 64))) ||
+#endif
+    false;
+
+template <class S, class In>
+SWA_INLINE typename S::vec load_row(const In* src) {
+  using vec = typename S::vec;
+  if constexpr (std::is_same_v<In, typename S::scalar>) {
+    return S::load(src);
+  } else {
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (sizeof(vec) == 64 && std::is_same_v<In, c10::Half>) {
+      return vec(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
+    } else if constexpr (sizeof(vec) == 64) {  // bf16: the high half of a float
+      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+      return vec(_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    } else {
+      const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+      return vec(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+#endif
+  }
+}
+
+// Rounds to nearest even, as c10's conversions do (a NaN stays a NaN).
+template <class S, class In>
+SWA_INLINE void store_row(In* dst, typename S::vec x) {
+  if constexpr (std::is_same_v<In, typename S::scalar>) {
+    S::store(dst, x);
+  } else {
+#if defined(__x86_64__) || defined(__i386__)
+    using vec = typename S::vec;
+    if constexpr (sizeof(vec) == 64 && std::is_same_v<In, c10::Half>) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtps_ph(__m512(x), _MM_FROUND_TO_NEAREST_INT));
+    } else if constexpr (sizeof(vec) == 64) {
+      const __m512i bits = _mm512_castps_si512(__m512(x));
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+      const __mmask16 nan = _mm512_cmp_ps_mask(__m512(x), __m512(x), _CMP_UNORD_Q);
+      r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(r));
+    } else {
+      const __m256i bits = _mm256_castps_si256(__m256(x));
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(__m256(x), __m256(x), _CMP_UNORD_Q));
+      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+      // 8 x 32-bit -> 8 x 16-bit (values < 2^16: packus is exact)
+      const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), packed);
+    }
+#endif
+  }
+}
+
 // dst[d * R + i] = scale * src[i * rs + d] for lanes i < n, 0 for n <= i < R.
 // L x L blocks go through in-register transposes; 16-bit inputs and a
 // head-dim tail element by element.
@@ -227,7 +292,7 @@ SWA_INLINE void pack_lanes(const In* src, int64_t rs, int64_t n, int64_t depth, 
   constexpr int L = S::kLanes;
   constexpr int R = int(kTileLanes);
   int64_t d_vec = 0;
-  if constexpr (std::is_same_v<In, T>) {
+  if constexpr (kVectorRows<S, In>) {
     d_vec = depth / L * L;
     const vec sc = S::set1(scale);
     for (int64_t i0 = 0; i0 < R; i0 += L) {
@@ -240,10 +305,10 @@ SWA_INLINE void pack_lanes(const In* src, int64_t rs, int64_t n, int64_t depth, 
         vec x[L];  // (L lanes, L dims), then (L dims, L lanes)
         if (whole) {
 #pragma GCC unroll 64
-          for (int i = 0; i < L; ++i) x[i] = S::load(src + (i0 + i) * rs + d0) * sc;
+          for (int i = 0; i < L; ++i) x[i] = load_row<S>(src + (i0 + i) * rs + d0) * sc;
         } else {
 #pragma GCC unroll 64
-          for (int i = 0; i < L; ++i) x[i] = i0 + i < n ? S::load(src + (i0 + i) * rs + d0) * sc : S::zero();
+          for (int i = 0; i < L; ++i) x[i] = i0 + i < n ? load_row<S>(src + (i0 + i) * rs + d0) * sc : S::zero();
         }
         S::transpose(x);
 #pragma GCC unroll 64
@@ -266,9 +331,9 @@ SWA_INLINE void unpack_lanes(const T* src, const typename Simd<T, Cfg::kBytes>::
   using vec = typename S::vec;
   constexpr int L = S::kLanes;
   constexpr int R = int(kTileLanes);
-  const int64_t d_vec = std::is_same_v<In, T> ? depth / L * L : 0;
+  const int64_t d_vec = kVectorRows<S, In> ? depth / L * L : 0;
   for (int64_t i0 = 0, v = 0; i0 < n; i0 += L, ++v) {
-    if constexpr (std::is_same_v<In, T>) {
+    if constexpr (kVectorRows<S, In>) {
       for (int64_t d0 = 0; d0 < d_vec; d0 += L) {
         vec x[L];  // (L dims, L lanes), then (L lanes, L dims)
 #pragma GCC unroll 64
@@ -276,7 +341,7 @@ SWA_INLINE void unpack_lanes(const T* src, const typename Simd<T, Cfg::kBytes>::
         S::transpose(x);
 #pragma GCC unroll 64
         for (int i = 0; i < L; ++i)
-          if (i0 + i < n) S::store(dst + (i0 + i) * rs + d0, x[i]);
+          if (i0 + i < n) store_row<S>(dst + (i0 + i) * rs + d0, x[i]);
       }
     }
     for (int i = 0; i < L && i0 + i < n; ++i) {
@@ -286,11 +351,18 @@ SWA_INLINE void unpack_lanes(const T* src, const typename Simd<T, Cfg::kBytes>::
   }
 }
 
-// Rows [n0, n1) of a [S, depth] matrix (row stride rs) as T, into dst (n, depth).
-template <class T, class In>
+// Rows [n0, n1) of a [S, depth] matrix (row stride rs) as T, into dst (n,
+// depth); whole vectors where the build converts In (kVectorRows).
+template <class Cfg, class T, class In>
 SWA_INLINE void convert_rows(const In* src, int64_t rs, int64_t n0, int64_t n1, int64_t depth, T* dst) {
-  for (int64_t j = n0; j < n1; ++j)
-    for (int64_t d = 0; d < depth; ++d) dst[(j - n0) * depth + d] = T(src[j * rs + d]);
+  using S = Simd<T, Cfg::kBytes>;
+  for (int64_t j = n0; j < n1; ++j) {
+    int64_t d = 0;
+    if constexpr (kVectorRows<S, In>) {
+      for (; d + S::kLanes <= depth; d += S::kLanes) S::store(dst + (j - n0) * depth + d, load_row<S>(src + j * rs + d));
+    }
+    for (; d < depth; ++d) dst[(j - n0) * depth + d] = T(src[j * rs + d]);
+  }
 }
 
 }  // namespace swa::cpu::SWA_CPU_ISA_NS
