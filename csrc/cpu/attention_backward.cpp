@@ -98,6 +98,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   void (*dkdv_pass)(const BackwardProblem&, TaskQueue&) = backward_dkdv_tasks_baseline;
 #if defined(__x86_64__) || defined(__i386__)
   switch (cpu_isa()) {
+    case Isa::kAvx512Bf16:  // the backward has no bf16 dot-product build
     case Isa::kAvx512: dq_pass = backward_dq_tasks_avx512, dkdv_pass = backward_dkdv_tasks_avx512; break;
     case Isa::kAvx2: dq_pass = backward_dq_tasks_avx2, dkdv_pass = backward_dkdv_tasks_avx2; break;
     case Isa::kBaseline: break;

@@ -5,6 +5,9 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "cpu/attention.h"
 #include "cpu/forward_problem.h"
 #include "cpu/isa.h"
@@ -57,13 +60,27 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
   }
 
   void (*run)(const ForwardProblem&, TaskQueue&) = forward_tasks_baseline;
+  const char* path = "cpu-baseline";
 #if defined(__x86_64__) || defined(__i386__)
   switch (cpu_isa()) {
-    case Isa::kAvx512: run = forward_tasks_avx512; break;
-    case Isa::kAvx2: run = forward_tasks_avx2; break;
+    case Isa::kAvx512Bf16:  // bf16 with an even head dim: vdpbf16ps products
+      if (p.dtype == at::kBFloat16 && p.head_dim % 2 == 0) {
+        run = forward_tasks_avx512_bf16, path = "cpu-avx512_bf16";
+        break;
+      }
+      [[fallthrough]];
+    case Isa::kAvx512: run = forward_tasks_avx512, path = "cpu-avx512"; break;
+    case Isa::kAvx2: run = forward_tasks_avx2, path = "cpu-avx2"; break;
     case Isa::kBaseline: break;
   }
 #endif
+  // SWA_DEBUG_FORWARD_PATH=1: the kernel build of every call on stderr, as
+  // on CUDA ("swa_cuda: forward path cpu-avx512_bf16"); the tests read it.
+  static const bool debug_path = [] {
+    const char* env = std::getenv("SWA_DEBUG_FORWARD_PATH");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  if (debug_path) std::fprintf(stderr, "swa_cuda: forward path %s\n", path);
   int64_t tasks = q.size(0) * p.heads_q * p.m_blocks;
   if (packed != nullptr) {
     p.seqs = packed->seqs;

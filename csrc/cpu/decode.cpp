@@ -146,6 +146,7 @@ void run_problem(DecodeProblem& p, int64_t count, const DecodeInputs& in, at::Te
   void (*run)(const DecodeProblem&, TaskQueue&) = decode_tasks_baseline;
 #if defined(__x86_64__) || defined(__i386__)
   switch (cpu_isa()) {
+    case Isa::kAvx512Bf16:  // the decode has no bf16 dot-product build
     case Isa::kAvx512: run = decode_tasks_avx512; break;
     case Isa::kAvx2: run = decode_tasks_avx2; break;
     case Isa::kBaseline: break;

@@ -22,6 +22,7 @@
 
 #include "cpu/forward_problem.h"
 #include "cpu/lane_tile.h"
+#include "cpu/lane_pairs.h"
 #include "cpu/row_softmax.h"
 #include "cpu/simd.h"
 
@@ -37,8 +38,10 @@ constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
 
-// The forward kernel of one instruction set (Cfg) and accumulation type T.
-template <class Cfg, class T>
+// The forward kernel of one instruction set (Cfg) and accumulation type T;
+// kDot: bf16 inputs through the bf16 pair products (cpu/micro_gemm_bf16.h;
+// AVX512-BF16 build only, even head dims).
+template <class Cfg, class T, bool kDot = false>
 struct ForwardKernel {
   using Tile = LaneTile<Cfg, T>;
   using S = typename Tile::S;
@@ -47,6 +50,9 @@ struct ForwardKernel {
   static constexpr int R = Tile::R;
   static constexpr int kVecs = Tile::kVecs;
   static constexpr int64_t kKeys = kForwardTileKeys;
+  static_assert(!kDot || (std::is_same_v<T, float> && Cfg::kBytes == 64));
+  // What a K row is read as: T, or the bf16 bits of the input (kDot).
+  using KRow = std::conditional_t<kDot, uint16_t, T>;
 
   const ForwardProblem& p;
   const int64_t D;
@@ -58,16 +64,28 @@ struct ForwardKernel {
   T* ot;  // (D, R)      unnormalised O^T
   T* kb;  // (kKeys, D)  converted K rows (16-bit inputs)
   T* vb;  // (kKeys, D)  converted V rows (16-bit inputs)
+  // kDot: bf16 pairs (cpu/micro_gemm_bf16.h) instead of qt, vb and P^T.
+  AlignedBuffer<uint32_t> qp_buf, vp_buf, pp_buf;
+  uint32_t* qp;  // (D / 2, R)     Q^T, unscaled: word c of each query row
+  uint32_t* vp;  // (kKeys / 2, D) V rows of key pairs
+  uint32_t* pp;  // (kKeys / 2, R) P^T of key pairs
 
   Tile tile;                  // lanes: the query rows of the task
   int64_t rows = 0;           // valid rows
   SWA_KERNEL_NS::Band band;   // the task's band (its sequence's when packed)
   int64_t q_row0 = 0, k_row0 = 0;  // the task's sequence's first query / key row
   vec m[kVecs], l[kVecs];     // running row max (or reference, see probs) and row sum
+  // kDot: l adds the probabilities as rounded to bf16 (the weights of the
+  // value product, so out's weights sum to 1), l_exact adds them unrounded
+  // (for lse).
+  vec l_exact[kVecs];
   vec m_off[kVecs];           // m where finite, else 0: the exponent offset of probs
   vec rel_begin[kVecs], rel_end[kVecs];  // the lanes' windows in the block (probs)
   // A reference raised by probs() lies this far above the scores' max.
   static constexpr T kHeadroom = T(8);
+  // The exponential's polynomial (cpu/simd.h): kDot's probabilities are
+  // rounded to bf16 for the value product, the lower degree is 700x finer.
+  static constexpr int kExpDegree = kDot ? 4 : 6;
   // Lines fetched ahead while probs() computes (see prefetch_setup()).
   static constexpr int kStreams = 4;
   const char* pf_base[kStreams];
@@ -83,7 +101,13 @@ struct ForwardKernel {
         qt_buf(prob.head_dim * R),
         st_buf(kKeys * R),
         ot_buf(prob.head_dim * R),
-        kv_buf(prob.dtype == c10::kHalf || prob.dtype == c10::kBFloat16 ? 2 * kKeys * prob.head_dim : 1) {
+        kv_buf(!kDot && (prob.dtype == c10::kHalf || prob.dtype == c10::kBFloat16) ? 2 * kKeys * prob.head_dim : 1),
+        qp_buf(kDot ? prob.head_dim / 2 * R : 1),
+        vp_buf(kDot ? kKeys / 2 * prob.head_dim : 1),
+        pp_buf(kDot ? kKeys / 2 * R : 1) {
+    qp = qp_buf.data;
+    vp = vp_buf.data;
+    pp = pp_buf.data;
     qt = qt_buf.data;
     st = st_buf.data;
     ot = ot_buf.data;
@@ -97,6 +121,7 @@ struct ForwardKernel {
       m[v] = S::set1(-std::numeric_limits<T>::infinity());
       m_off[v] = S::zero();
       l[v] = S::zero();
+      l_exact[v] = S::zero();
     }
     for (int64_t i = 0; i < D * R; ++i) ot[i] = T(0);
   }
@@ -120,7 +145,7 @@ struct ForwardKernel {
   // and then by kHeadroom more than needed, so it settles after the first
   // chunks. (The result is the same softmax: m only shifts the exponent,
   // and lse = m + log2 l.)
-  SWA_OUTLINE void probs(int64_t n0, const T* rows_k, int64_t rs) {
+  SWA_OUTLINE void probs(int64_t n0, const KRow* rows_k, int64_t rs) {
     for (int v = 0; v < tile.nvec; ++v) tile.window(v, n0, kKeys, rel_begin[v], rel_end[v]);
     for (int ri = 0; ri < tile.nruns; ++ri) {
       const LaneRun& run = tile.runs[ri];
@@ -136,7 +161,7 @@ struct ForwardKernel {
   }
 
   template <int NV>
-  SWA_INLINE void probs_run(int64_t n0, const T* rows_k, int64_t rs, const LaneRun& run, int v) {
+  SWA_INLINE void probs_run(int64_t n0, const KRow* rows_k, int64_t rs, const LaneRun& run, int v) {
     int64_t j = run.begin;
     for (; j + Cfg::kNJ <= run.end; j += Cfg::kNJ) probs_chunk<Cfg::kNJ, NV>(n0, rows_k, rs, j, v);
     if constexpr (Cfg::kNJ > 2) {
@@ -147,10 +172,13 @@ struct ForwardKernel {
 
   // Keys [j, j + NJ) against vectors [v, v + NV).
   template <int NJ, int NV>
-  SWA_INLINE void probs_chunk(int64_t n0, const T* rows_k, int64_t rs, int64_t j, int v) {
+  SWA_INLINE void probs_chunk(int64_t n0, const KRow* rows_k, int64_t rs, int64_t j, int v) {
     vec acc[NJ][NV];
-    score_acc<S, NJ, NV>(rows_k + (j - n0) * rs, rs, D, qt + v * L, R, acc);
+    // kDot: unscaled products; the scale joins the max and, fused, the
+    // exponent (a multiply per chunk instead of one per score).
+    scores<NJ, NV, !kDot>(rows_k + (j - n0) * rs, rs, v, acc);
     const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
+    const vec sc = S::set1(scale);
 #pragma GCC unroll 4
     for (int c = 0; c < NV; ++c) {
       if (!tile.full(v + c, j, j + NJ)) {
@@ -163,17 +191,43 @@ struct ForwardKernel {
       vec mx = acc[0][c];
 #pragma GCC unroll 8
       for (int i = 1; i < NJ; ++i) mx = S::max(mx, acc[i][c]);
+      if constexpr (kDot) mx = mx * sc;
       if (S::any(mx > m[v + c])) raise(n0, j, v + c, mx);
       if constexpr (NJ >= 4) prefetch_next(), prefetch_next();
       const vec off = m_off[v + c];
-      vec sum = S::zero();
+      vec sum = S::zero(), sum_exact = S::zero();
 #pragma GCC unroll 8
       for (int i = 0; i < NJ; ++i) {
-        const vec pr = S::exp2_nonpositive(acc[i][c] - off);
+        vec pr;
+        if constexpr (kDot) {
+          const vec pe = S::template exp2_nonpositive<kExpDegree>(acc[i][c] * sc - off);  // one FMA
+          sum_exact += pe;
+          pr = round_to_bf16(pe);
+        } else {
+          pr = S::exp2_nonpositive(acc[i][c] - off);
+        }
         S::store(st + (j + i - n0) * R + (v + c) * L, pr);
         sum += pr;
       }
       l[v + c] += sum;
+      if constexpr (kDot) l_exact[v + c] += sum_exact;
+    }
+  }
+
+  // acc[i][c] = scores (scaled, base 2) of keys k + i * rs against the row
+  // vectors v + c; kDot without kScaled: not yet scaled.
+  template <int NJ, int NV, bool kScaled = true>
+  SWA_INLINE void scores(const KRow* k, int64_t rs, int v, vec (&acc)[NJ][NV]) {
+    if constexpr (kDot) {
+      dot_scores<NJ, NV>(k, rs, D / 2, qp + v * L, R, acc);
+      if constexpr (kScaled) {
+#pragma GCC unroll 8
+        for (int i = 0; i < NJ; ++i)
+#pragma GCC unroll 8
+          for (int c = 0; c < NV; ++c) acc[i][c] *= S::set1(scale);
+      }
+    } else {
+      score_acc<S, NJ, NV>(k, rs, D, qt + v * L, R, acc);
     }
   }
 
@@ -194,6 +248,7 @@ struct ForwardKernel {
     m_off[v] = S::select(m_new == neg_inf, S::zero(), m_new);
     if (!rescale) return;
     l[v] *= alpha;
+    l_exact[v] *= alpha;
     for (int64_t d = 0; d < D; ++d) S::store(ot + d * R + v * L, S::load(ot + d * R + v * L) * alpha);
     for (int64_t jj = std::max(n0, tile.vec_begin[v]); jj < j; ++jj)
       S::store(st + (jj - n0) * R + v * L, S::load(st + (jj - n0) * R + v * L) * alpha);
@@ -236,19 +291,25 @@ struct ForwardKernel {
       const vec alpha = S::exp2_nonpositive(m[v] - m_use[v]);
       m[v] = m_new;
       l[v] *= alpha;
+      l_exact[v] *= alpha;
       for (int64_t d = 0; d < D; ++d) S::store(ot + d * R + v * L, S::load(ot + d * R + v * L) * alpha);
     }
     for (int ri = 0; ri < tile.nruns; ++ri) {
       const LaneRun& run = tile.runs[ri];
       for (int v = run.v_begin; v < run.v_end; ++v) {
-        vec sum = S::zero();
+        vec sum = S::zero(), sum_exact = S::zero();
         for (int64_t j = run.begin; j < run.end; ++j) {
           T* sp = st + (j - n0) * R + v * L;
-          const vec pr = S::exp2_nonpositive(S::load(sp) - m_use[v]);
+          vec pr = S::template exp2_nonpositive<kExpDegree>(S::load(sp) - m_use[v]);
+          if constexpr (kDot) {
+            sum_exact += pr;
+            pr = round_to_bf16(pr);  // the weight the value product uses
+          }
           S::store(sp, pr);
           sum += pr;
         }
         l[v] += sum;
+        if constexpr (kDot) l_exact[v] += sum_exact;
       }
     }
   }
@@ -261,22 +322,39 @@ struct ForwardKernel {
   template <class In>
   SWA_INLINE void store_out(In* out, int64_t out_rs, float* lse, int64_t lse_rs, const double* sink) {
     vec inv[kVecs];
+    if constexpr (kDot) {  // lse from the unrounded sums, out's factors from the rounded ones
+      finish_rows(l_exact, sink, inv, lse, lse_rs);
+      finish_rows(l, sink, inv, nullptr, 0);
+    } else {
+      finish_rows(l, sink, inv, lse, lse_rs);
+    }
+    if constexpr (kDot) {
+      unpack_lanes_bf16<R>(ot, inv, rows, D, reinterpret_cast<uint16_t*>(out), out_rs);
+    } else {
+      unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
+    }
+  }
+
+  // inv and lse (null: not stored) of the tile's rows from the row sums
+  // (cpu/row_softmax.h). The sink's weight 2^(s2 - m) joins sum a vector at
+  // a time (2^d for d > 0 as 1 / 2^-d); a row then ends as one without a
+  // sink. Rows where that is not finite, or that saw no key, take
+  // finish_row's sink path.
+  SWA_INLINE void finish_rows(const vec* sum, const double* sink, vec* inv, float* lse, int64_t lse_rs) {
     for (int v = 0; v < tile.nvec; ++v) {
       inv[v] = S::zero();
-      // The sink's weight 2^(s2 - m) joins l a vector at a time (2^d for
-      // d > 0 as 1 / 2^-d); a row then ends as one without a sink. Rows where
-      // that is not finite, or that saw no key, take finish_row's sink path.
-      vec total = l[v];
+      vec total = sum[v];
       if (sink != nullptr) {
         const vec d = S::set1(T(*sink * kLog2e)) - m[v];
         total += S::select(d <= S::zero(), S::exp2_nonpositive(d), S::set1(T(1)) / S::exp2_nonpositive(-d));
       }
       for (int i = 0; i < L && v * L + i < rows; ++i) {
-        const bool joined = sink != nullptr && l[v][i] > T(0) && std::isfinite(total[i]);
-        finish_row(m[v][i], joined ? total[i] : l[v][i], joined ? nullptr : sink, inv[v][i], lse[(v * L + i) * lse_rs]);
+        const bool joined = sink != nullptr && sum[v][i] > T(0) && std::isfinite(total[i]);
+        float row_lse;
+        finish_row(m[v][i], joined ? total[i] : sum[v][i], joined ? nullptr : sink, inv[v][i], row_lse);
+        if (lse != nullptr) lse[(v * L + i) * lse_rs] = row_lse;
       }
     }
-    unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
   }
 
   // Sets up prefetch_next() for the streams of rows (row strides in
@@ -332,7 +410,11 @@ struct ForwardKernel {
     const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + k_row0 * p.k_stride[2];
     const In* v = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + k_row0 * p.v_stride[2];
     SWA_PROF(1);
-    pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, scale, qt);  // step 1
+    if constexpr (kDot) {  // step 1; the scale is applied to the scores
+      pack_pair_lanes<R>(reinterpret_cast<const uint16_t*>(q), p.q_stride[2], rows, D / 2, qp);
+    } else {
+      pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, scale, qt);  // step 1
+    }
     reset_accumulators();
     const bool capped = p.softcap > 0;  // then the max is taken after the cap: separate steps
     {  // Prefetched while computing: what the next tile of the head (mostly
@@ -368,28 +450,58 @@ struct ForwardKernel {
       SWA_PROF(6);
       tile.make_runs(n0, n1);
       if (tile.nruns == 0) continue;
-      const T* k_rows = nullptr;
-      const T* v_rows = nullptr;
-      int64_t k_rs = D, v_rs = D;
-      if constexpr (std::is_same_v<In, T>) {
-        k_rows = k + n0 * p.k_stride[2], k_rs = p.k_stride[2];
-        v_rows = v + n0 * p.v_stride[2], v_rs = p.v_stride[2];
-      } else {  // 16-bit rows converted to T
-        convert_rows(k, p.k_stride[2], n0, n1, D, kb);
-        convert_rows(v, p.v_stride[2], n0, n1, D, vb);
-        k_rows = kb, v_rows = vb;
-      }
-      SWA_PROF(2);
-      if (capped) {
-        tile.products(n0, k_rows, k_rs, D, qt, st, false);  // step 2a: S^T = K Q^T
-        SWA_PROF(3);
-        softmax(n0);                                      // step 2b
+      if constexpr (kDot) {
+        block_dot(n0, n1, reinterpret_cast<const uint16_t*>(k), reinterpret_cast<const uint16_t*>(v), capped);
       } else {
-        probs(n0, k_rows, k_rs);  // steps 2a and 2b
+        block<In>(n0, n1, k, v, capped);
       }
-      SWA_PROF(4);
-      tile.accumulate(n0, st, v_rows, v_rs, D, ot);         // step 2c: O^T += V^T P^T
     }
+  }
+
+  // Steps 2a-2c on the key block [n0, n1) (float K and V rows read in place,
+  // 16-bit ones converted to T first).
+  template <class In>
+  SWA_INLINE void block(int64_t n0, int64_t n1, const In* k, const In* v, bool capped) {
+    const T* k_rows = nullptr;
+    const T* v_rows = nullptr;
+    int64_t k_rs = D, v_rs = D;
+    if constexpr (std::is_same_v<In, T>) {
+      k_rows = k + n0 * p.k_stride[2], k_rs = p.k_stride[2];
+      v_rows = v + n0 * p.v_stride[2], v_rs = p.v_stride[2];
+    } else {  // 16-bit rows converted to T
+      convert_rows<Cfg, T>(k, p.k_stride[2], n0, n1, D, kb);
+      convert_rows<Cfg, T>(v, p.v_stride[2], n0, n1, D, vb);
+      k_rows = kb, v_rows = vb;
+    }
+    SWA_PROF(2);
+    if (capped) {
+      tile.products(n0, k_rows, k_rs, D, qt, st, false);  // step 2a: S^T = K Q^T
+      SWA_PROF(3);
+      softmax(n0);                                      // step 2b
+    } else {
+      probs(n0, k_rows, k_rs);  // steps 2a and 2b
+    }
+    SWA_PROF(4);
+    tile.accumulate(n0, st, v_rows, v_rs, D, ot);         // step 2c: O^T += V^T P^T
+  }
+
+  // The same with kDot (bf16 bits): K rows read in place, V rows of the
+  // block interleaved in key pairs.
+  SWA_INLINE void block_dot(int64_t n0, int64_t n1, const uint16_t* k, const uint16_t* v, bool capped) {
+    for (int64_t j = n0; j < n1; j += 2)
+      interleave_rows_bf16(v + j * p.v_stride[2], j + 1 < n1 ? v + (j + 1) * p.v_stride[2] : nullptr, D,
+                           vp + (j - n0) / 2 * D);
+    const uint16_t* k_rows = k + n0 * p.k_stride[2];
+    SWA_PROF(2);
+    if (capped) {
+      pair_products(tile, n0, k_rows, p.k_stride[2], D / 2, qp, float(scale), st);  // step 2a
+      SWA_PROF(3);
+      softmax(n0);  // step 2b
+    } else {
+      probs(n0, k_rows, p.k_stride[2]);  // steps 2a and 2b
+    }
+    SWA_PROF(4);
+    pair_accumulate(tile, n0, st, pp, vp, D, ot);  // step 2c
   }
 
   // The tasks of the queue; consecutive tasks are consecutive tiles of a head.
@@ -418,6 +530,14 @@ void run_tasks(const ForwardProblem& p, TaskQueue& queue) {
     case c10::kBFloat16: ForwardKernel<Cfg, float>(p).template run<c10::BFloat16>(queue); break;
     default: TORCH_CHECK(false, "swa::attention: unsupported dtype ", p.dtype);
   }
+}
+
+// One worker with the bf16 pair products (bf16 inputs, even head dims).
+template <class Cfg>
+void run_bf16_dot_tasks(const ForwardProblem& p, TaskQueue& queue) {
+  TORCH_CHECK(p.dtype == c10::kBFloat16 && p.head_dim % 2 == 0,
+              "swa::attention: the bf16 dot-product forward takes bf16 with an even head dim");
+  ForwardKernel<Cfg, float, true>(p).template run<c10::BFloat16>(queue);
 }
 
 }  // namespace swa::cpu::SWA_CPU_ISA_NS

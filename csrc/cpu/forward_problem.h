@@ -58,6 +58,7 @@ struct ForwardProblem {
 // One worker: drains the queue of tasks (task = (batch * heads_q + head) *
 // m_blocks + query tile, or per sequence when packed: task_spot) with the
 // kernel built for one instruction set.
+void forward_tasks_avx512_bf16(const ForwardProblem& p, TaskQueue& queue);  // bf16, even head dims
 void forward_tasks_avx512(const ForwardProblem& p, TaskQueue& queue);
 void forward_tasks_avx2(const ForwardProblem& p, TaskQueue& queue);
 void forward_tasks_baseline(const ForwardProblem& p, TaskQueue& queue);

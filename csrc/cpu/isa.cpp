@@ -14,7 +14,7 @@ Isa detect_isa() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2")) {
-    best = Isa::kAvx512;
+    best = __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("bmi2")) {
     best = Isa::kAvx2;
@@ -24,7 +24,9 @@ Isa detect_isa() {
   const char* env = std::getenv("SWA_CPU_ISA");
   if (env != nullptr) {
     if (std::strcmp(env, "baseline") == 0) return Isa::kBaseline;
-    if (std::strcmp(env, "avx2") == 0 && best == Isa::kAvx512) return Isa::kAvx2;
+    const bool avx512 = best == Isa::kAvx512Bf16 || best == Isa::kAvx512;
+    if (std::strcmp(env, "avx512") == 0 && avx512) return Isa::kAvx512;
+    if (std::strcmp(env, "avx2") == 0 && avx512) return Isa::kAvx2;
   }
   return best;
 }

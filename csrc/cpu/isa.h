@@ -17,11 +17,14 @@
 
 namespace swa::cpu {
 
-// Instruction sets with a kernel build, best first.
-enum class Isa { kAvx512, kAvx2, kBaseline };
+// Instruction sets with a kernel build, best first. kAvx512Bf16 is AVX-512
+// with AVX512-BF16 (vdpbf16ps): the forward has a build of its bf16 path for
+// it (cpu/forward_avx512_bf16.cpp); every other kernel and dtype runs the
+// kAvx512 build there.
+enum class Isa { kAvx512Bf16, kAvx512, kAvx2, kBaseline };
 
-// The best instruction set this CPU and OS run; SWA_CPU_ISA=avx2|baseline
-// lowers it (to test every build of the kernels on one machine).
+// The best instruction set this CPU and OS run; SWA_CPU_ISA=avx512|avx2|
+// baseline lowers it (to test every build of the kernels on one machine).
 Isa cpu_isa();
 
 }  // namespace swa::cpu

@@ -10,6 +10,9 @@ namespace swa::cpu {
 struct Avx512Config {
   static constexpr int kBytes = 64, kNJ = 4, kND = 4, kNV = 4;  // 32 zmm registers
 };
+struct Avx512Bf16Config {  // the forward's bf16 path (cpu/micro_gemm_bf16.h)
+  static constexpr int kBytes = 64, kNJ = 4, kND = 4, kNV = 4;
+};
 struct Avx2Config {
   static constexpr int kBytes = 32, kNJ = 3, kND = 3, kNV = 3;  // 16 ymm registers
 };

@@ -109,8 +109,19 @@ struct Simd {
     }
   }
 
-  // 2^r for float r in [-1/2, 1/2]: 1 + r P(r), P fitted there (relative error 2e-8).
+  // 2^r for float r in [-1/2, 1/2]: 1 + r P(r), P fitted there: relative
+  // error 2e-8 with kDegree 6; 3e-6 with kDegree 4 (for probabilities that
+  // are rounded to bf16 next, whose half ulp is 2e-3).
+  template <int kDegree = 6>
   static SWA_INLINE vec exp2_reduced(vec r) {
+    static_assert(kDegree == 6 || kDegree == 4);
+    if constexpr (kDegree == 4) {
+      vec p = set1(9.58300848e-3f);
+      p = p * r + set1(5.59065044e-2f);
+      p = p * r + set1(2.40240946e-1f);
+      p = p * r + set1(6.93124175e-1f);
+      return p * r + set1(1.0f);
+    }
     vec p = set1(1.54122681e-4f);
     p = p * r + set1(1.34179520e-3f);
     p = p * r + set1(9.61826183e-3f);
@@ -123,6 +134,7 @@ struct Simd {
   // 2^x for x <= 0 (also -inf -> 0 and NaN -> NaN): float to within 2 ulp,
   // double through std::exp2. (The kernels work in base 2: log2(e) is folded
   // into the score scale, so the range reduction x = n + r is exact.)
+  template <int kDegree = 6>
   static SWA_INLINE vec exp2_nonpositive(vec x) {
 #if defined(__x86_64__) || defined(__i386__)
     if constexpr (sizeof(T) == 4 && kBytes == 64) {  // only the AVX-512 build has 64-byte vectors
@@ -131,7 +143,7 @@ struct Simd {
       // with x < -126 (and -inf, whose r is NaN) as below; NaN stays NaN.
       const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
       const __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const vec two_r = exp2_reduced(x - (vec)n);  // r in [-1/2, 1/2], exact
+      const vec two_r = exp2_reduced<kDegree>(x - (vec)n);  // r in [-1/2, 1/2], exact
       return (vec)_mm512_maskz_scalef_ps(keep, (__m512)two_r, n);  // 2^r 2^n
     }
 #endif
@@ -139,7 +151,7 @@ struct Simd {
       const vec round_magic = set1(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
       const vec t = x + round_magic;
       const vec n = t - round_magic;  // round(x)
-      const vec two_r = exp2_reduced(x - n);  // r in [-1/2, 1/2], exact
+      const vec two_r = exp2_reduced<kDegree>(x - n);  // r in [-1/2, 1/2], exact
       // 2^n from the low bits of t (n + 127 stays in [1, 127] for x >= -126).
       mask bits;
       std::memcpy(&bits, &t, sizeof(t));
