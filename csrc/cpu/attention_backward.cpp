@@ -4,7 +4,12 @@
 // kernels are in cpu/backward_kernel.h (built per instruction set by
 // cpu/backward_<isa>.cpp).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
 
 #include "cpu/attention.h"
 #include "cpu/backward_problem.h"
@@ -18,6 +23,69 @@ namespace swa::cpu {
 namespace {
 
 constexpr double kLog2eHost = 1.4426950408889634;  // log2(e): lse2 = lse log2(e)
+
+// SWA_CPU_BACKWARD_TWO_PASS=1 turns the one-pass backward off (the tests
+// compare both); SWA_DEBUG_BACKWARD_PATH=1 prints the pass structure of every
+// CPU backward to stderr ("swa_cuda: backward path cpu-one-pass").
+bool fused_dq_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("SWA_CPU_BACKWARD_TWO_PASS");
+    return env == nullptr || env[0] == '\0' || env[0] == '0';
+  }();
+  return enabled;
+}
+
+// fused_dq with lse2 given (float32): delta = rowsum(dO * O) - dlse, which
+// the dQ pass computes otherwise (row by row in place, no [B, H, S, D]
+// temporary).
+void fill_delta(const BackwardProblem& p, const AttentionShape& shape, const at::Tensor& grad_out,
+                const at::Tensor& out, bool has_grad_lse) {
+  const float* dout_data = grad_out.data_ptr<float>();
+  const float* out_data = out.data_ptr<float>();
+  float* delta_data = static_cast<float*>(p.delta);
+  const int64_t rows = shape.batch * shape.heads_q * shape.seqlen_q, D = shape.head_dim;
+  at::parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {  // r = (b * Hq + h) * Sq + i, delta's contiguous layout
+      const int64_t i = r % shape.seqlen_q, bh = r / shape.seqlen_q, h = bh % shape.heads_q, b = bh / shape.heads_q;
+      const float* o = out_data + b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
+      const float* g = dout_data + b * p.dout_stride[0] + h * p.dout_stride[1] + i * p.dout_stride[2];
+      float sum = 0.0f;
+      for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
+      if (has_grad_lse) sum -= p.grad_lse[b * p.grad_lse_stride[0] + h * p.grad_lse_stride[1] + i * p.grad_lse_stride[2]];
+      delta_data[r] = sum;
+    }
+  });
+}
+
+// fused_dq: dq = scale * the sum of the chunks' slices that hold each row,
+// in chunk order (row ranges grow with the chunk, so they are consecutive).
+template <class In, class T>
+void sum_dq_chunks(const BackwardProblem& p, const AttentionShape& shape) {
+  const int64_t D = shape.head_dim, Sq = shape.seqlen_q, group = p.group;
+  const T scale = T(p.scale);
+  const T* slices = static_cast<const T*>(p.dq_chunks);
+  at::parallel_for(0, shape.batch * shape.heads_q, 1, [&](int64_t bh0, int64_t bh1) {
+    std::vector<T> row(D);
+    for (int64_t bh = bh0; bh < bh1; ++bh) {
+      const int64_t b = bh / shape.heads_q, h = bh % shape.heads_q, hk = h / group, g = h % group;
+      const T* head_slices = slices + (b * shape.heads_kv + hk) * p.chunk_offset[p.chunks];
+      In* dq = static_cast<In*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1];
+      int64_t c_first = 0;  // the first chunk whose rows do not end before row i
+      for (int64_t i = 0; i < Sq; ++i) {
+        while (c_first < p.chunks && p.chunk_rows[2 * c_first + 1] <= i) ++c_first;
+        std::fill(row.begin(), row.end(), T(0));
+        for (int64_t c = c_first; c < p.chunks && p.chunk_rows[2 * c] <= i; ++c) {
+          if (i >= p.chunk_rows[2 * c + 1]) continue;  // an empty chunk
+          const int64_t count = p.chunk_rows[2 * c + 1] - p.chunk_rows[2 * c];
+          const T* src = head_slices + p.chunk_offset[c] + (g * count + (i - p.chunk_rows[2 * c])) * D;
+          for (int64_t d = 0; d < D; ++d) row[d] += src[d];
+        }
+        In* out = dq + i * p.dq_stride[2];
+        for (int64_t d = 0; d < D; ++d) out[d] = In(row[d] * scale);
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -70,6 +138,10 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   fill_strides(p.dk_stride, dk_rows);
   fill_strides(p.dv_stride, dv_rows);
   p.lse2 = lse2.data_ptr();
+  if (q.scalar_type() == at::kFloat) {  // see BackwardProblem::lse2_given
+    lse2.copy_(lse.to(at::kDouble).mul(kLog2eHost).reshape(lse2.sizes()));
+    p.lse2_given = true;
+  }
   p.delta = delta.data_ptr();
   p.heads_q = shape.heads_q;
   p.heads_kv = shape.heads_kv;
@@ -121,9 +193,55 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     sink_grads = at::zeros({q_tasks, 2, sink_args.tokens, shape.head_dim}, q.options().dtype(acc));
     p.sink_grads = sink_grads.data_ptr();
   }
-  // Pass 1 writes lse2 and delta of every row (and sink_grads); pass 2 reads them.
-  parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
-  parallel_workers(k_tasks, default_grain(k_tasks), [&](TaskQueue& queue) { dkdv_pass(p, queue); });
+  // One pass where it applies (BackwardProblem::fused_dq): bounded windows
+  // (a chunk's rows are then its keys plus the window), chosen by the shape
+  // alone so that results do not depend on the thread count.
+  p.fused_dq = packed == nullptr && sink_args.tokens == 0 && p.band.window_left >= 0 && p.band.window_right >= 0 &&
+               fused_dq_enabled();
+  static const bool debug_path = [] {
+    const char* env = std::getenv("SWA_DEBUG_BACKWARD_PATH");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  if (debug_path) std::fprintf(stderr, "swa_cuda: backward path %s\n", p.fused_dq ? "cpu-one-pass" : "cpu-two-pass");
+  if (p.fused_dq) {
+    // Chunks of at least 16 tiles and at least the window's span: the rows a
+    // chunk's keys reach are then at most twice its keys, and the slices at
+    // most twice dQ in the accumulation type.
+    const int64_t span = p.band.window_left + p.band.window_right + 1;
+    p.chunk_keys = (std::max<int64_t>(16 * kTileLanes, span) + kTileLanes - 1) / kTileLanes * kTileLanes;
+    p.chunks = (shape.seqlen_k + p.chunk_keys - 1) / p.chunk_keys;
+    std::vector<int64_t> chunk_rows(2 * p.chunks), chunk_offset(p.chunks + 1, 0);
+    for (int64_t c = 0; c < p.chunks; ++c) {
+      auto rows = SWA_KERNEL_NS::row_range(p.band, c * p.chunk_keys, std::min(shape.seqlen_k, (c + 1) * p.chunk_keys));
+      if (rows.empty()) rows.begin = rows.end = 0;
+      chunk_rows[2 * c] = rows.begin;
+      chunk_rows[2 * c + 1] = rows.end;
+      chunk_offset[c + 1] = chunk_offset[c] + p.group * (rows.end - rows.begin) * shape.head_dim;
+    }
+    p.chunk_rows = chunk_rows.data();
+    p.chunk_offset = chunk_offset.data();
+    const at::Tensor dq_chunks = at::empty({shape.batch * shape.heads_kv * chunk_offset[p.chunks]}, q.options().dtype(acc));
+    p.dq_chunks = dq_chunks.data_ptr();
+    if (p.lse2_given) {
+      fill_delta(p, shape, grad_out, out, has_grad_lse);
+    } else {  // lse2 and delta from the dQ pass's sweep 1
+      p.stats_only = true;
+      parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
+    }
+    const int64_t tasks = shape.batch * shape.heads_kv * p.chunks;
+    parallel_workers(tasks, 1, [&](TaskQueue& queue) { dkdv_pass(p, queue); });
+    switch (q.scalar_type()) {
+      case at::kDouble: sum_dq_chunks<double, double>(p, shape); break;
+      case at::kFloat: sum_dq_chunks<float, float>(p, shape); break;
+      case at::kHalf: sum_dq_chunks<c10::Half, float>(p, shape); break;
+      case at::kBFloat16: sum_dq_chunks<c10::BFloat16, float>(p, shape); break;
+      default: TORCH_CHECK(false, op, ": unsupported dtype ", q.scalar_type());
+    }
+  } else {
+    // Pass 1 writes lse2 and delta of every row (and sink_grads); pass 2 reads them.
+    parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
+    parallel_workers(k_tasks, default_grain(k_tasks), [&](TaskQueue& queue) { dkdv_pass(p, queue); });
+  }
   if (!dq_rows.is_same(dq)) dq.copy_(dq_rows);
   if (!dk_rows.is_same(dk)) dk.copy_(dk_rows);
   if (!dv_rows.is_same(dv)) dv.copy_(dv_rows);

@@ -31,6 +31,29 @@ struct BackwardProblem {
   // [B, Hq, Sq]: the base-2 log-sum-exp and rowsum(dO * O) - dlse.
   void* lse2;
   void* delta;
+  // lse2 filled by the caller from the forward's lse (float32 inputs: the
+  // forward's float32 lse is exact enough), so the dQ pass skips its sweep 1;
+  // 16-bit inputs recompute it (a row seeing one key must get P = 1 exactly,
+  // which lse rounded to float32 does not give) and float64 ones too (their
+  // gradients are not limited by a float32 lse).
+  bool lse2_given = false;
+  // One pass (bounded windows, no sink-token runs, not packed): the dK/dV
+  // pass also takes dQ / scale += dS K. A task is a chunk of chunk_keys keys
+  // (a multiple of the tile, set by the shape alone) of one kv head, whose
+  // tiles go in order; its dQ sums go to its own slice of dq_chunks, rows
+  // [chunk_rows[2c], chunk_rows[2c + 1]) of each query head of the group
+  // (the rows that see the chunk), and the caller adds the slices of each row
+  // in chunk order. So S and dP are computed once, not twice, and every sum
+  // has a fixed order whatever the thread count. Tasks: (b * heads_kv + kv
+  // head) * chunks + chunk. lse2 and delta come first: given (float32), or
+  // from the dQ pass run with stats_only (sweep 1 and delta, no sweep 2).
+  bool fused_dq = false;
+  bool stats_only = false;
+  int64_t chunk_keys = 0, chunks = 0;
+  const int64_t* chunk_rows = nullptr;     // [2 * chunks]: row ranges
+  const int64_t* chunk_offset = nullptr;   // [chunks + 1]: prefix sums of group * rows * head_dim
+  void* dq_chunks = nullptr;               // accumulation type; slice of task t at
+                                           // ((b * heads_kv + hk) * chunk_offset[chunks] + chunk_offset[c])
   int64_t heads_q, heads_kv, group, seqlen_q, seqlen_k, head_dim, m_blocks, n_blocks;
   SWA_KERNEL_NS::Band band;  // band.sink_tokens: the sink-token run (band.h)
   // Per-head windows (attention.per_head; band.h): band then holds their union.
