@@ -170,3 +170,95 @@ def test_bf16_dot_nan_where_seen():
     out, lse = torch.ops.swa.attention(q, k, v, 9, 0)
     assert torch.isnan(out[0, 0, 50:60]).all(dim=-1).all() and torch.isnan(lse[0, 0, 50:60]).all()
     assert torch.isfinite(out[0, 0, :50]).all() and torch.isfinite(out[0, 0, 60:]).all()
+
+
+# The backward's two structures (csrc/cpu/backward_problem.h, fused_dq): one
+# pass (bounded windows; dQ accumulated by the dK/dV tasks, chunks of keys per
+# task) and the two passes (dQ by query tiles, dK/dV by key tiles).
+BACKWARD_SHAPES = [  # (batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, window_left, window_right, softcap)
+    (1, 4, 2, 300, 300, 64, 50, 0, 0.0),
+    (2, 2, 2, 200, 200, 32, 0, 0, 0.0),
+    (1, 8, 8, 257, 257, 80, 30, 5, 5.0),
+    (2, 4, 4, 130, 190, 64, -1, 0, 0.0),
+    (1, 6, 2, 65, 65, 16, 200, 200, 0.0),
+    (1, 2, 1, 1, 129, 64, 64, 0, 0.0),
+    (1, 2, 1, 2500, 2600, 32, 300, 3, 0.0),  # 3 chunks of 1024 keys, rows shared by two
+]
+
+
+def backward_grads(threads, dtype=torch.float32):
+    """Gradients of every BACKWARD_SHAPES case (with grad_lse)."""
+    torch.set_num_threads(threads)
+    grads = []
+    for i, (b, hq, hkv, sq, sk, d, wl, wr, cap) in enumerate(BACKWARD_SHAPES):
+        g = torch.Generator().manual_seed(100 + i)
+        q, k, v = (torch.randn(b, h, s, d, generator=g).to(dtype) for h, s in ((hq, sq), (hkv, sk), (hkv, sk)))
+        out, lse = torch.ops.swa.attention(q, k, v, wl, wr, None, cap)
+        dout, dlse = torch.randn(out.shape, generator=g).to(dtype), torch.randn(lse.shape, generator=g)
+        grads.append(torch.ops.swa.attention_backward(dout, dlse, q, k, v, out, lse, wl, wr, None, cap, True))
+    return grads
+
+
+def backward_grads_extra(threads):
+    """Gradients through the sink-logit and per-head-window overloads."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, h, 150, 64, generator=g) for h in (4, 2, 2))
+    sinks = torch.randn(4, generator=g)
+    out, lse = torch.ops.swa.attention.sinks(q, k, v, 40, 0, None, 0.0, sinks=sinks, sink_tokens=0)
+    dout = torch.randn(out.shape, generator=g)
+    grads = [torch.ops.swa.attention_backward.sinks(dout, None, q, k, v, out, lse, 40, 0, None, 0.0, True,
+                                                    sinks=sinks, sink_tokens=0)]
+    left, right = torch.tensor([3, 70, 0, 149]), torch.tensor([0, 2, 0, 0])
+    out, lse = torch.ops.swa.attention.per_head(q, k, v, left, right)
+    grads.append(torch.ops.swa.attention_backward.per_head(dout, None, q, k, v, out, lse, left, right, None, 0.0))
+    return grads
+
+
+def run_backward_child(tmp_path, two_pass, threads):
+    env = dict(os.environ, SWA_DEBUG_BACKWARD_PATH="1", SWA_CPU_BACKWARD_TWO_PASS="1" if two_pass else "0")
+    path = tmp_path / f"grads_{int(two_pass)}_{threads}.pt"
+    code = (f"import torch, test_cpu_isa_paths as t\n"
+            f"torch.save((t.backward_grads({threads}), t.backward_grads_extra({threads}), "
+            f"[t.backward_grads({threads}, dt) for dt in (torch.float64, torch.bfloat16)]), {str(path)!r})\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    paths = {line.split("backward path ", 1)[1].strip() for line in run.stderr.splitlines()
+             if line.startswith("swa_cuda: backward path ")}
+    return torch.load(path), paths
+
+
+def test_backward_one_pass_matches_two_passes_and_reference(tmp_path):
+    """One pass and two passes agree within float32 rounding and both match
+    the float64 reference; the one pass is deterministic by construction
+    (repeats bitwise here, and gives the same bits on 1 and 3 threads)."""
+    (one, one_extra, one_other), one_paths = run_backward_child(tmp_path, False, 1)
+    (two, two_extra, two_other), two_paths = run_backward_child(tmp_path, True, 1)
+    # Unbounded windows take two passes either way (a chunk's rows would be unbounded).
+    assert one_paths == {"cpu-one-pass", "cpu-two-pass"} and two_paths == {"cpu-two-pass"}
+    (again, _, _), _ = run_backward_child(tmp_path, False, 3)
+    # float64 (lse recomputed in float64, dQ accumulated in dq) and bf16
+    # (lse recomputed, dQ in a float32 buffer): one pass vs two passes.
+    for dtype, tol, a_all, c_all in zip(("float64", "bfloat16"), (1e-12, 1e-2), one_other, two_other):
+        for shape, a_grads, c_grads in zip(BACKWARD_SHAPES, a_all, c_all):
+            for name, a, c in zip("qkv", a_grads, c_grads):
+                assert max_err(a, c) <= tol * max(1.0, c.abs().max().item()), f"{dtype} d{name} {shape}"
+    for what, a_grads, c_grads in zip(("sink logits", "per-head windows"), one_extra, two_extra):
+        for a, c in zip(a_grads, c_grads):
+            scale = c.abs().max().item() if c.numel() else 1.0
+            assert max_err(a, c) <= 1e-5 * max(1.0, scale), f"{what}: one pass vs two passes"
+    for i, shape in enumerate(BACKWARD_SHAPES):
+        b, hq, hkv, sq, sk, d, wl, wr, cap = shape
+        g = torch.Generator().manual_seed(100 + i)
+        q, k, v = (torch.randn(bb, h, s, d, generator=g).double().requires_grad_()
+                   for bb, h, s in ((b, hq, sq), (b, hkv, sk), (b, hkv, sk)))
+        out, lse = attention_ref(q, k, v, wl, wr, None, cap)
+        dout = torch.randn(out.shape, generator=g).double()
+        dlse = torch.randn(lse.shape, generator=g).double()
+        ref = torch.autograd.grad((out * dout).sum() + (lse.masked_fill(torch.isinf(lse), 0) * dlse).sum(), (q, k, v))
+        for name, a, c, r, rep in zip("qkv", one[i], two[i], ref, again[i]):
+            assert torch.equal(a, rep), f"d{name} {shape}: one pass not repeatable"
+            bound = 1e-5 * max(1.0, r.abs().max().item())
+            assert max_err(a, r) <= bound, f"d{name} {shape}: one pass error {max_err(a, r):.3g}"
+            assert max_err(c, r) <= bound, f"d{name} {shape}: two passes error {max_err(c, r):.3g}"
