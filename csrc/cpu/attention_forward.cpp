@@ -6,9 +6,9 @@
 #include <torch/library.h>
 
 #include <cstdio>
-#include <cstdlib>
 
 #include "cpu/attention.h"
+#include "cpu/env_flag.h"
 #include "cpu/forward_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
@@ -76,10 +76,7 @@ void attention_forward_into(const at::Tensor& q_in, const at::Tensor& k_in, cons
 #endif
   // SWA_DEBUG_FORWARD_PATH=1: the kernel build of every call on stderr, as
   // on CUDA ("swa_cuda: forward path cpu-avx512_bf16"); the tests read it.
-  static const bool debug_path = [] {
-    const char* env = std::getenv("SWA_DEBUG_FORWARD_PATH");
-    return env != nullptr && env[0] != '\0' && env[0] != '0';
-  }();
+  static const bool debug_path = env_flag("SWA_DEBUG_FORWARD_PATH");
   if (debug_path) std::fprintf(stderr, "swa_cuda: forward path %s\n", path);
   int64_t tasks = q.size(0) * p.heads_q * p.m_blocks;
   if (packed != nullptr) {
