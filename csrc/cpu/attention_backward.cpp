@@ -8,11 +8,11 @@
 #include <torch/library.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <vector>
 
 #include "cpu/attention.h"
 #include "cpu/backward_problem.h"
+#include "cpu/env_flag.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
 #include "cpu/tensor_rows.h"
@@ -28,33 +28,8 @@ constexpr double kLog2eHost = 1.4426950408889634;  // log2(e): lse2 = lse log2(e
 // compare both); SWA_DEBUG_BACKWARD_PATH=1 prints the pass structure of every
 // CPU backward to stderr ("swa_cuda: backward path cpu-one-pass").
 bool fused_dq_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("SWA_CPU_BACKWARD_TWO_PASS");
-    return env == nullptr || env[0] == '\0' || env[0] == '0';
-  }();
+  static const bool enabled = !env_flag("SWA_CPU_BACKWARD_TWO_PASS");
   return enabled;
-}
-
-// fused_dq with lse2 given (float32): delta = rowsum(dO * O) - dlse, which
-// the dQ pass computes otherwise (row by row in place, no [B, H, S, D]
-// temporary).
-void fill_delta(const BackwardProblem& p, const AttentionShape& shape, const at::Tensor& grad_out,
-                const at::Tensor& out, bool has_grad_lse) {
-  const float* dout_data = grad_out.data_ptr<float>();
-  const float* out_data = out.data_ptr<float>();
-  float* delta_data = static_cast<float*>(p.delta);
-  const int64_t rows = shape.batch * shape.heads_q * shape.seqlen_q, D = shape.head_dim;
-  at::parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {  // r = (b * Hq + h) * Sq + i, delta's contiguous layout
-      const int64_t i = r % shape.seqlen_q, bh = r / shape.seqlen_q, h = bh % shape.heads_q, b = bh / shape.heads_q;
-      const float* o = out_data + b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
-      const float* g = dout_data + b * p.dout_stride[0] + h * p.dout_stride[1] + i * p.dout_stride[2];
-      float sum = 0.0f;
-      for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
-      if (has_grad_lse) sum -= p.grad_lse[b * p.grad_lse_stride[0] + h * p.grad_lse_stride[1] + i * p.grad_lse_stride[2]];
-      delta_data[r] = sum;
-    }
-  });
 }
 
 // fused_dq: dq = scale * the sum of the chunks' slices that hold each row,
@@ -198,10 +173,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   // alone so that results do not depend on the thread count.
   p.fused_dq = packed == nullptr && sink_args.tokens == 0 && p.band.window_left >= 0 && p.band.window_right >= 0 &&
                fused_dq_enabled();
-  static const bool debug_path = [] {
-    const char* env = std::getenv("SWA_DEBUG_BACKWARD_PATH");
-    return env != nullptr && env[0] != '\0' && env[0] != '0';
-  }();
+  static const bool debug_path = env_flag("SWA_DEBUG_BACKWARD_PATH");
   if (debug_path) std::fprintf(stderr, "swa_cuda: backward path %s\n", p.fused_dq ? "cpu-one-pass" : "cpu-two-pass");
   if (p.fused_dq) {
     // Chunks of at least 16 tiles and at least the window's span: the rows a
@@ -222,12 +194,9 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     p.chunk_offset = chunk_offset.data();
     const at::Tensor dq_chunks = at::empty({shape.batch * shape.heads_kv * chunk_offset[p.chunks]}, q.options().dtype(acc));
     p.dq_chunks = dq_chunks.data_ptr();
-    if (p.lse2_given) {
-      fill_delta(p, shape, grad_out, out, has_grad_lse);
-    } else {  // lse2 and delta from the dQ pass's sweep 1
-      p.stats_only = true;
-      parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
-    }
+    // delta (and lse2 unless given) from the dQ pass without its sweep 2.
+    p.stats_only = true;
+    parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
     const int64_t tasks = shape.batch * shape.heads_kv * p.chunks;
     parallel_workers(tasks, 1, [&](TaskQueue& queue) { dkdv_pass(p, queue); });
     switch (q.scalar_type()) {

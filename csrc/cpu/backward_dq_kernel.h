@@ -164,7 +164,6 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + this->k_row0 * p.k_stride[2];
     const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + this->k_row0 * p.v_stride[2];
     pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
-    pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
     // Calls f(sink_run, k_rows, k_rs, v_rows, v_rs, n0) per key block of both
     // runs with the tile's lanes set to the run (V rows only when with_v).
     auto walk = [&](bool with_v, auto&& f) {
@@ -219,6 +218,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     }
 
     if (p.stats_only) return;  // fused_dq: the dK/dV pass takes dQ
+    pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
 
     // Sweep 2: dQ^T; with sink_grads also the sink keys' dK / scale and dV
     // through the rows' sink runs, dK += dS^T Q and dV += P^T dO summed over

@@ -24,7 +24,7 @@
 //   whose key tiles go in order, and each also adds dQ += dS K (summed over
 //   the lanes) to the rows it sees, so S and dP are computed once: 5 Q.K-sized
 //   products instead of 8 (7 with lse2 given); the dQ pass then only writes
-//   lse2 and delta (stats_only), or does not run (float32: both given).
+//   delta and lse2 (stats_only; float32 reads lse2, no sweep 1).
 // Included by the per-ISA translation units only (cpu/isa.h).
 #pragma once
 

@@ -45,8 +45,8 @@ struct BackwardProblem {
   // (the rows that see the chunk), and the caller adds the slices of each row
   // in chunk order. So S and dP are computed once, not twice, and every sum
   // has a fixed order whatever the thread count. Tasks: (b * heads_kv + kv
-  // head) * chunks + chunk. lse2 and delta come first: given (float32), or
-  // from the dQ pass run with stats_only (sweep 1 and delta, no sweep 2).
+  // head) * chunks + chunk. lse2 and delta come first, from the dQ pass run
+  // with stats_only (delta and sweep 1, or lse2 read when given; no sweep 2).
   bool fused_dq = false;
   bool stats_only = false;
   int64_t chunk_keys = 0, chunks = 0;
