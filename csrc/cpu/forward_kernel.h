@@ -176,7 +176,7 @@ struct ForwardKernel {
     vec acc[NJ][NV];
     // kDot: unscaled products; the scale joins the max and, fused, the
     // exponent (a multiply per chunk instead of one per score).
-    scores<NJ, NV, !kDot>(rows_k + (j - n0) * rs, rs, v, acc);
+    scores<NJ, NV>(rows_k + (j - n0) * rs, rs, v, acc);
     const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
     const vec sc = S::set1(scale);
 #pragma GCC unroll 4
@@ -214,18 +214,12 @@ struct ForwardKernel {
     }
   }
 
-  // acc[i][c] = scores (scaled, base 2) of keys k + i * rs against the row
-  // vectors v + c; kDot without kScaled: not yet scaled.
-  template <int NJ, int NV, bool kScaled = true>
+  // acc[i][c] = scores (base 2) of keys k + i * rs against the row vectors
+  // v + c: scaled, or with kDot not yet scaled (Q^T is packed unscaled).
+  template <int NJ, int NV>
   SWA_INLINE void scores(const KRow* k, int64_t rs, int v, vec (&acc)[NJ][NV]) {
     if constexpr (kDot) {
       dot_scores<NJ, NV>(k, rs, D / 2, qp + v * L, R, acc);
-      if constexpr (kScaled) {
-#pragma GCC unroll 8
-        for (int i = 0; i < NJ; ++i)
-#pragma GCC unroll 8
-          for (int c = 0; c < NV; ++c) acc[i][c] *= S::set1(scale);
-      }
     } else {
       score_acc<S, NJ, NV>(k, rs, D, qt + v * L, R, acc);
     }
@@ -328,11 +322,7 @@ struct ForwardKernel {
     } else {
       finish_rows(l, sink, inv, lse, lse_rs);
     }
-    if constexpr (kDot) {
-      unpack_lanes_bf16<R>(ot, inv, rows, D, reinterpret_cast<uint16_t*>(out), out_rs);
-    } else {
-      unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
-    }
+    unpack_lanes<Cfg, T, In>(ot, inv, rows, D, out, out_rs);
   }
 
   // inv and lse (null: not stored) of the tile's rows from the row sums

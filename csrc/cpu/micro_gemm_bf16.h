@@ -170,35 +170,6 @@ SWA_INLINE void pack_pair_lanes(const uint16_t* src, int64_t rs, int64_t n, int6
   }
 }
 
-// dst[i * rs + d] = bf16(src[d * R + i] * lane_scale[i / 16][i % 16]) for
-// lanes i < n (rounded to nearest even): 16 x 16 blocks through in-register
-// transposes, the head-dim tail element by element.
-template <int R, class Vec>
-SWA_INLINE void unpack_lanes_bf16(const float* src, const Vec* lane_scale, int64_t n, int64_t depth,
-                                  uint16_t* dst, int64_t rs) {
-  using S = Simd<float, 64>;
-  using vec = typename S::vec;
-  constexpr int L = S::kLanes;
-  const int64_t d_vec = depth / L * L;
-  for (int64_t i0 = 0, v = 0; i0 < n; i0 += L, ++v) {
-    for (int64_t d0 = 0; d0 < d_vec; d0 += L) {
-      vec x[L];  // (L dims, L lanes), then (L lanes, L dims)
-#pragma GCC unroll 64
-      for (int c = 0; c < L; ++c) x[c] = S::load(src + (d0 + c) * R + i0) * vec(lane_scale[v]);
-      S::transpose(x);
-#pragma GCC unroll 64
-      for (int i = 0; i < L; ++i)
-        if (i0 + i < n) _mm256_storeu_si256((__m256i*)(dst + (i0 + i) * rs + d0), (__m256i)_mm512_cvtneps_pbh(__m512(x[i])));
-    }
-    for (int i = 0; i < L && i0 + i < n; ++i) {
-      for (int64_t d = d_vec; d < depth; ++d) {
-        const c10::BFloat16 out(src[d * R + i0 + i] * lane_scale[v][i]);
-        std::memcpy(dst + (i0 + i) * rs + d, &out, sizeof(out));
-      }
-    }
-  }
-}
-
 #else  // declarations only: the kernels' bf16 branches are never instantiated
 
 template <int NJ, int NV, class Vec>
@@ -213,8 +184,6 @@ template <int = 0>
 void interleave_rows_bf16(const uint16_t*, const uint16_t*, int64_t, uint32_t*);
 template <int R>
 void pack_pair_lanes(const uint16_t*, int64_t, int64_t, int64_t, uint32_t*);
-template <int R, class Vec>
-void unpack_lanes_bf16(const float*, const Vec*, int64_t, int64_t, uint16_t*, int64_t);
 
 #endif  // x86
 
