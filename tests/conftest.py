@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,22 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
 ]
+
+
+def cpu_flags():
+    """The processor's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# The flags each CPU kernel build needs (csrc/cpu/isa.cpp), by SWA_CPU_ISA name.
+ISA_FLAGS = {"avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw", "fma", "bmi2"},
+             "avx2": {"avx2", "fma", "bmi2"}, "baseline": set()}
 
 
 def make_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, device,

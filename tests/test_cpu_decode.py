@@ -22,6 +22,7 @@ import torch
 
 import swa_cuda  # noqa: F401  (loads torch.ops.swa)
 import swa_cuda.cache  # noqa: F401
+from conftest import ISA_FLAGS, cpu_flags
 from reference import attention_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -154,19 +155,6 @@ def test_decode_short_history_sees_only_written_slots():
 
 # ---- every instruction-set build of the kernel ------------------------------------
 
-
-def cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-ISA_FLAGS = {"avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw", "fma", "bmi2"},
-             "avx2": {"avx2", "fma", "bmi2"}, "baseline": set()}
 
 
 @pytest.mark.parametrize("isa", list(ISA_FLAGS))

@@ -19,24 +19,14 @@ import pytest
 import torch
 
 import swa_cuda  # noqa: F401  (registers torch.ops.swa)
+from conftest import ISA_FLAGS, cpu_flags
 from reference import assert_fa_rule, attention_ref, max_err
 
 
-def cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-AVX512 = {"avx512f", "avx512dq", "avx512vl", "avx512bw", "fma", "bmi2"}
 # Build -> (the flags it needs, the SWA_CPU_ISA value that forces it or None
 # where it is only ever the native choice).
-BUILDS = {"avx512_bf16": (AVX512 | {"avx512_bf16"}, None), "avx512": (AVX512, "avx512"),
-          "avx2": ({"avx2", "fma", "bmi2"}, "avx2"), "baseline": (set(), "baseline")}
+BUILDS = {"avx512_bf16": (ISA_FLAGS["avx512"] | {"avx512_bf16"}, None),
+          **{name: (flags, name) for name, flags in ISA_FLAGS.items()}}
 
 # (batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, window_left,
 # window_right, softcap, sink_tokens): odd lengths and window edges at odd
