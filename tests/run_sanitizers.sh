@@ -41,11 +41,11 @@ fi
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_init_order=1:detect_stack_use_after_return=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-tests=(test_attention.py test_sinks.py test_varlen.py test_per_head_windows.py test_cache.py test_hardening.py test_op_contract.py test_fuzz.py test_cpu_isa_paths.py)
+tests=(test_attention.py test_sinks.py test_varlen.py test_per_head_windows.py test_cache.py test_hardening.py test_op_contract.py test_fuzz.py test_cpu_isa_paths.py test_cpu_bf16_backward.py)
 cd tests
 # native: the best build the processor runs (cpu/isa.cpp); AVX-512 is a path
-# of its own only where native is the AVX512-BF16 one (the forward's bf16
-# dot products), AVX2 only where native is an AVX-512 one.
+# of its own only where native is the AVX512-BF16 one (the bf16 forward and
+# one-pass backward on bf16 pairs), AVX2 only where native is an AVX-512 one.
 has() { grep -qw "$1" /proc/cpuinfo; }
 isas=(native)
 if has avx512f && has avx512dq && has avx512vl && has avx512bw; then

@@ -225,11 +225,15 @@ def test_backward_one_pass_matches_two_passes_and_reference(tmp_path):
     (repeats bitwise here, and gives the same bits on 1 and 3 threads)."""
     (one, one_extra, one_other), one_paths = run_backward_child(tmp_path, False, 1)
     (two, two_extra, two_other), two_paths = run_backward_child(tmp_path, True, 1)
-    # Unbounded windows take two passes either way (a chunk's rows would be unbounded).
-    assert one_paths == {"cpu-one-pass", "cpu-two-pass"} and two_paths == {"cpu-two-pass"}
+    # Unbounded windows take two passes either way (a chunk's rows would be
+    # unbounded); natively bf16 one passes on bf16 pairs where the CPU has
+    # AVX512-BF16 (tests/test_cpu_bf16_backward.py).
+    dot = {"cpu-one-pass-bf16-dot"} if "avx512_bf16" in cpu_flags() and not os.environ.get("SWA_CPU_ISA") else set()
+    assert one_paths == {"cpu-one-pass", "cpu-two-pass"} | dot and two_paths == {"cpu-two-pass"}
     (again, _, _), _ = run_backward_child(tmp_path, False, 3)
     # float64 (lse recomputed in float64, dQ accumulated in dq) and bf16
-    # (lse recomputed, dQ in a float32 buffer): one pass vs two passes.
+    # (dQ in a float32 buffer; on bf16 pairs P and dS rounded to bf16): one
+    # pass vs two passes.
     for dtype, tol, a_all, c_all in zip(("float64", "bfloat16"), (1e-12, 1e-2), one_other, two_other):
         for shape, a_grads, c_grads in zip(BACKWARD_SHAPES, a_all, c_all):
             for name, a, c in zip("qkv", a_grads, c_grads):

@@ -113,10 +113,6 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   fill_strides(p.dk_stride, dk_rows);
   fill_strides(p.dv_stride, dv_rows);
   p.lse2 = lse2.data_ptr();
-  if (q.scalar_type() == at::kFloat) {  // see BackwardProblem::lse2_given
-    lse2.copy_(lse.to(at::kDouble).mul(kLog2eHost).reshape(lse2.sizes()));
-    p.lse2_given = true;
-  }
   p.delta = delta.data_ptr();
   p.heads_q = shape.heads_q;
   p.heads_kv = shape.heads_kv;
@@ -145,7 +141,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   void (*dkdv_pass)(const BackwardProblem&, TaskQueue&) = backward_dkdv_tasks_baseline;
 #if defined(__x86_64__) || defined(__i386__)
   switch (cpu_isa()) {
-    case Isa::kAvx512Bf16:  // the backward has no bf16 dot-product build
+    case Isa::kAvx512Bf16:  // and bf16 one passes on bf16 pairs (below)
     case Isa::kAvx512: dq_pass = backward_dq_tasks_avx512, dkdv_pass = backward_dkdv_tasks_avx512; break;
     case Isa::kAvx2: dq_pass = backward_dq_tasks_avx2, dkdv_pass = backward_dkdv_tasks_avx2; break;
     case Isa::kBaseline: break;
@@ -173,8 +169,22 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   // alone so that results do not depend on the thread count.
   p.fused_dq = packed == nullptr && sink_args.tokens == 0 && p.band.window_left >= 0 && p.band.window_right >= 0 &&
                fused_dq_enabled();
+  // bf16 with an even head dim: the one pass on bf16 pairs where the CPU has AVX512-BF16.
+  bool dot_pass = false;
+#if defined(__x86_64__) || defined(__i386__)
+  if (cpu_isa() == Isa::kAvx512Bf16 && p.fused_dq && q.scalar_type() == at::kBFloat16 && shape.head_dim % 2 == 0) {
+    dq_pass = backward_dq_tasks_avx512_bf16, dkdv_pass = backward_dkdv_tasks_avx512_bf16;
+    dot_pass = true;
+  }
+#endif
+  if (q.scalar_type() == at::kFloat || dot_pass) {  // see BackwardProblem::lse2_given
+    lse2.copy_(lse.to(at::kDouble).mul(kLog2eHost).reshape(lse2.sizes()));
+    p.lse2_given = true;
+  }
   static const bool debug_path = env_flag("SWA_DEBUG_BACKWARD_PATH");
-  if (debug_path) std::fprintf(stderr, "swa_cuda: backward path %s\n", p.fused_dq ? "cpu-one-pass" : "cpu-two-pass");
+  if (debug_path)
+    std::fprintf(stderr, "swa_cuda: backward path %s\n",
+                 dot_pass ? "cpu-one-pass-bf16-dot" : p.fused_dq ? "cpu-one-pass" : "cpu-two-pass");
   if (p.fused_dq) {
     // Chunks of at least 16 tiles and at least the window's span: the rows a
     // chunk's keys reach are then at most twice its keys, and the slices at

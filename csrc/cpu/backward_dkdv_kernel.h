@@ -4,11 +4,14 @@
 #pragma once
 
 #include "cpu/backward_common.h"
+#include "cpu/lane_pairs.h"
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
-// The dK/dV pass of one instruction set (Cfg) and accumulation type T.
-template <class Cfg, class T>
+// The dK/dV pass of one instruction set (Cfg) and accumulation type T; kDot:
+// bf16 inputs with the products on bf16 pairs (cpu/micro_gemm_bf16.h; the
+// one pass only).
+template <class Cfg, class T, bool kDot = false>
 struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   using Base = BackwardCommon<Cfg, T>;
   using typename Base::S;
@@ -32,6 +35,15 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   T* qb;   // (kItems, D)  converted Q rows (16-bit inputs)
   T* dob;  // (kItems, D)  converted dO rows (16-bit inputs)
   T* kb_tile;  // (R, D)   converted K rows of the tile (16-bit inputs, fused_dq)
+  // kDot: words of two bf16 (pairs of head dims, keys or query rows).
+  AlignedBuffer<uint32_t> pair_buf;
+  uint32_t* kp;   // (D/2, R)       K^T in head-dim pairs
+  uint32_t* vp;   // (D/2, R)       V^T in head-dim pairs
+  uint32_t* kip;  // (R/2, D)       K rows in key pairs (keys no row sees: 0)
+  uint32_t* qip;  // (kItems/2, D)  Q rows of the block in row pairs
+  uint32_t* dop;  // (kItems/2, D)  dO rows of the block in row pairs
+  uint32_t* pp;   // (kItems/2, R)  P or dS in row pairs (pair_accumulate's scratch)
+  uint32_t* dsw;  // (kItems, R/2)  dS rows in key pairs
 
   Tile tile;  // lanes: the keys of the task
   // fused_dq: the task's slice of dq_chunks (group x rows x D), its first row.
@@ -43,7 +55,10 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         lane_buf(4 * prob.head_dim * R),
         item_buf(2 * kItems * R),
         conv_buf((Base::is_16bit(prob.dtype) ? 3 : 1) * kItems * prob.head_dim +
-                 (Base::is_16bit(prob.dtype) ? R * prob.head_dim : 0)) {
+                 (Base::is_16bit(prob.dtype) ? R * prob.head_dim : 0)),
+        pair_buf(kDot ? (prob.head_dim / 2) * R * 2 + (R / 2) * prob.head_dim + kItems * prob.head_dim +
+                            (kItems / 2) * R + kItems * (R / 2)
+                      : 1) {
     kt = lane_buf.data;
     vt = kt + D * R;
     dkt = vt + D * R;
@@ -54,6 +69,84 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     qb = qs + kItems * D;
     dob = qb + kItems * D;
     kb_tile = dob + kItems * D;
+    kp = pair_buf.data;
+    vp = kp + (D / 2) * R;
+    kip = vp + (D / 2) * R;
+    qip = kip + (R / 2) * D;
+    dop = qip + (kItems / 2) * D;
+    pp = dop + (kItems / 2) * D;
+    dsw = pp + (kItems / 2) * R;
+  }
+
+  // The block's S in sp and dP in dsp become P and dS (rounded to bf16
+  // with kDot: the weights of its pair products).
+  SWA_INLINE void gradients_of_block(int64_t i0, const T* lse2, const T* delta) {
+    for (int ri = 0; ri < tile.nruns; ++ri) {
+      const LaneRun& run = tile.runs[ri];
+      for (int v = run.v_begin; v < run.v_end; ++v) {
+        const bool full = tile.full(v, run.begin, run.end);
+        vec rel_begin, rel_end, pr;
+        tile.window(v, i0, kItems, rel_begin, rel_end);
+        for (int64_t r = run.begin; r < run.end; ++r) {
+          const int64_t at = (r - i0) * R + v * L;
+          const vec s = S::load(sp + at), dp = S::load(dsp + at);
+          const vec row = S::set1(T(r - i0));
+          const auto visible = (rel_begin <= row) & (row < rel_end);
+          // A row that sees no key has lse2 = -inf and every lane masked.
+          const T row_lse2 = lse2[r] == -std::numeric_limits<T>::infinity() ? T(0) : lse2[r];
+          vec ds = full ? this->template score_gradient<false>(s, dp, visible, S::set1(row_lse2),
+                                                               S::set1(delta[r]), pr)
+                        : this->template score_gradient<true>(s, dp, visible, S::set1(row_lse2),
+                                                              S::set1(delta[r]), pr);
+          if constexpr (kDot) pr = round_to_bf16(pr), ds = round_to_bf16(ds);
+          S::store(sp + at, pr);
+          S::store(dsp + at, ds);
+        }
+      }
+    }
+  }
+
+  // The lanes [r0, r1) of run ri whose keys some row of the run sees (a key
+  // no row sees may hold NaN or inf and must not reach dQ through 0 * K).
+  SWA_INLINE bool seen_lanes(int ri, int64_t& r0, int64_t& r1) const {
+    const LaneRun& run = tile.runs[ri];
+    r0 = std::min<int64_t>(run.v_end * L, tile.lanes), r1 = run.v_begin * L;
+    for (int64_t r = run.v_begin * L; r < std::min<int64_t>(run.v_end * L, tile.lanes); ++r) {
+      if (tile.lane_begin[r] < tile.lane_end[r] && tile.lane_begin[r] < run.end && run.begin < tile.lane_end[r])
+        r0 = std::min(r0, r), r1 = r + 1;
+    }
+    return r0 < r1;
+  }
+
+  // row_block on bf16 pairs (kDot, fused_dq): the block's Q and dO rows as
+  // bf16 bits (row i0 at q / dout) broadcast against kp / vp for S and dP;
+  // P and dS rounded to bf16 for dV^T += dO^T P and dK^T += Q^T dS over pairs
+  // of rows, and dq += dS K over pairs of keys (kip; keys no row sees are 0
+  // there, and a pair's other lane outside [r0, r1) has dS = 0).
+  SWA_OUTLINE void row_block_dot(int64_t i0, int64_t i1, const uint16_t* q, int64_t q_rs, const uint16_t* dout,
+                                 int64_t do_rs, const T* lse2, const T* delta, T* dq, int64_t dq_row0) {
+    pair_products(tile, i0, q, q_rs, D / 2, kp, this->scale2, sp);  // S = scale2 Q K^T
+    pair_products(tile, i0, dout, do_rs, D / 2, vp, 1.0f, dsp);     // dP = dO V^T
+    gradients_of_block(i0, lse2, delta);
+    for (int64_t c = 0; 2 * c < i1 - i0; ++c) {
+      const bool both = 2 * c + 1 < i1 - i0;
+      interleave_rows_bf16(q + 2 * c * q_rs, both ? q + (2 * c + 1) * q_rs : nullptr, D, qip + c * D);
+      interleave_rows_bf16(dout + 2 * c * do_rs, both ? dout + (2 * c + 1) * do_rs : nullptr, D, dop + c * D);
+    }
+    pair_accumulate(tile, i0, sp, pp, dop, D, dvt);   // dV^T += dO^T P
+    pair_accumulate(tile, i0, dsp, pp, qip, D, dkt);  // dK^T += Q^T dS
+    constexpr int64_t W = R / 2;  // words of a dS row
+    for (int ri = 0; ri < tile.nruns; ++ri) {  // dq += dS K
+      const LaneRun& run = tile.runs[ri];
+      int64_t r0, r1;
+      if (!seen_lanes(ri, r0, r1)) continue;
+      for (int64_t j = run.begin; j < run.end; ++j)
+        for (int v = run.v_begin; v < run.v_end; ++v)
+          store_adjacent_bf16_pairs(dsw + (j - i0) * W + v * (L / 2), S::load(dsp + (j - i0) * R + v * L));
+      const int64_t c0 = r0 / 2, c1 = (r1 + 1) / 2;
+      pair_rows_bf16(dsw + (run.begin - i0) * W + c0, W, kip + c0 * D, D, c1 - c0, run.end - run.begin, D,
+                     dq + (run.begin - dq_row0) * D, D);
+    }
   }
 
   // Rows [i0, i1) of query head h: P into sp, dS into dsp, then
@@ -68,41 +161,14 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
       for (int64_t d = 0; d < D; ++d) qs[(r - i0) * D + d] = q_rows[(r - i0) * q_rs + d] * this->scale2;
     tile.products(i0, qs, D, D, kt, sp, false);             // S = scale2 Q K^T
     tile.products(i0, do_rows, do_rs, D, vt, dsp, false);  // dP = dO V^T
-    for (int ri = 0; ri < tile.nruns; ++ri) {
-      const LaneRun& run = tile.runs[ri];
-      for (int v = run.v_begin; v < run.v_end; ++v) {
-        const bool full = tile.full(v, run.begin, run.end);
-        vec rel_begin, rel_end, pr;
-        tile.window(v, i0, kItems, rel_begin, rel_end);
-        for (int64_t r = run.begin; r < run.end; ++r) {
-          const int64_t at = (r - i0) * R + v * L;
-          const vec s = S::load(sp + at), dp = S::load(dsp + at);
-          const vec row = S::set1(T(r - i0));
-          const auto visible = (rel_begin <= row) & (row < rel_end);
-          // A row that sees no key has lse2 = -inf and every lane masked.
-          const T row_lse2 = lse2[r] == -std::numeric_limits<T>::infinity() ? T(0) : lse2[r];
-          const vec ds = full ? this->template score_gradient<false>(s, dp, visible, S::set1(row_lse2),
-                                                                     S::set1(delta[r]), pr)
-                              : this->template score_gradient<true>(s, dp, visible, S::set1(row_lse2),
-                                                                    S::set1(delta[r]), pr);
-          S::store(sp + at, pr);
-          S::store(dsp + at, ds);
-        }
-      }
-    }
+    gradients_of_block(i0, lse2, delta);
     tile.accumulate(i0, sp, do_rows, do_rs, D, dvt);  // dV^T += dO^T P
     tile.accumulate(i0, dsp, q_rows, q_rs, D, dkt);   // dK^T += Q^T dS
     if (dq == nullptr) return;
     for (int ri = 0; ri < tile.nruns; ++ri) {  // dQ += dS K, summed over the lanes (keys)
-      // Over the lanes whose keys some row of the run sees: a key no row
-      // sees (it may hold NaN or inf) must not reach dQ through 0 * K.
       const LaneRun& run = tile.runs[ri];
-      int64_t r0 = std::min<int64_t>(run.v_end * L, tile.lanes), r1 = run.v_begin * L;
-      for (int64_t r = run.v_begin * L; r < std::min<int64_t>(run.v_end * L, tile.lanes); ++r) {
-        if (tile.lane_begin[r] < tile.lane_end[r] && tile.lane_begin[r] < run.end && run.begin < tile.lane_end[r])
-          r0 = std::min(r0, r), r1 = r + 1;
-      }
-      if (r0 < r1) this->lane_sum_update(dsp, i0, run.begin, run.end, r0, r1, k_rows, k_rs, dq, D, dq_row0);
+      int64_t r0, r1;
+      if (seen_lanes(ri, r0, r1)) this->lane_sum_update(dsp, i0, run.begin, run.end, r0, r1, k_rows, k_rs, dq, D, dq_row0);
     }
   }
 
@@ -124,6 +190,26 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
           }
         }
       }
+    }
+  }
+
+  // kDot: the tile's K^T and V^T in head-dim pairs (kp, vp) and its K rows
+  // in key pairs (kip), keys that no row of the call sees as 0 there.
+  SWA_INLINE void pack_pairs(const uint16_t* k, int64_t k_rs, const uint16_t* v, int64_t v_rs, int64_t n0,
+                             int64_t keys) {
+    pack_pair_lanes<R>(k, k_rs, keys, D / 2, kp);
+    pack_pair_lanes<R>(v, v_rs, keys, D / 2, vp);
+    const auto seen = [&](int64_t j) {
+      return j < keys && !SWA_KERNEL_NS::row_range(this->band, n0 + j, n0 + j + 1).empty();
+    };
+    for (int64_t c = 0; c < R / 2; ++c) {
+      const bool a = seen(2 * c), b = seen(2 * c + 1);
+      uint32_t* dst = kip + c * D;
+      if (a) interleave_rows_bf16(k + 2 * c * k_rs, b ? k + (2 * c + 1) * k_rs : nullptr, D, dst);
+      else if (b) interleave_rows_bf16(k + (2 * c + 1) * k_rs, nullptr, D, dst);  // (K[2c + 1], 0): swap below
+      else std::fill(dst, dst + D, 0u);
+      if (!a && b)
+        for (int64_t d = 0; d < D; ++d) dst[d] <<= 16;  // (0, K[2c + 1])
     }
   }
 
@@ -165,8 +251,12 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         tile.finish(keys);
       }
       if (!packed_kv) {
-        pack_lanes<Cfg, T, In>(k, p.k_stride[2], keys, D, T(1), kt);
-        pack_lanes<Cfg, T, In>(vv, p.v_stride[2], keys, D, T(1), vt);
+        if constexpr (kDot) pack_pairs(reinterpret_cast<const uint16_t*>(k), p.k_stride[2],
+                                       reinterpret_cast<const uint16_t*>(vv), p.v_stride[2], n0, keys);
+        else {
+          pack_lanes<Cfg, T, In>(k, p.k_stride[2], keys, D, T(1), kt);
+          pack_lanes<Cfg, T, In>(vv, p.v_stride[2], keys, D, T(1), vt);
+        }
         packed_kv = true;
       }
       const In* q = static_cast<const In*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + this->q_row0 * p.q_stride[2];
@@ -178,6 +268,12 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         const int64_t i1 = std::min(i0 + kItems, rows.end);
         tile.make_runs(i0, i1);
         if (tile.nruns == 0) continue;
+        if constexpr (kDot) {
+          row_block_dot(i0, i1, reinterpret_cast<const uint16_t*>(q + i0 * p.q_stride[2]), p.q_stride[2],
+                        reinterpret_cast<const uint16_t*>(dout + i0 * p.dout_stride[2]), p.dout_stride[2], lse2,
+                        delta, chunk_dq + g * chunk_row_count * D, chunk_row0);
+          continue;
+        }
         int64_t q_rs, do_rs;
         const T* q_rows = this->rows_of(q, p.q_stride[2], i0, i1, qb, q_rs);
         const T* do_rows = this->rows_of(dout, p.dout_stride[2], i0, i1, dob, do_rs);
@@ -206,6 +302,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   template <class In>
   SWA_INLINE void run(TaskQueue& queue) {
     if (p.fused_dq) return run_fused<In>(queue);
+    if constexpr (kDot) TORCH_CHECK(false, "swa::attention_backward: the bf16 dot-product dK/dV pass is one-pass only");
     int64_t task_begin, task_end;
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {

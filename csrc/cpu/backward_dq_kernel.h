@@ -3,11 +3,15 @@
 #pragma once
 
 #include "cpu/backward_common.h"
+#include "cpu/lane_pairs.h"
 
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
-// The dQ pass of one instruction set (Cfg) and accumulation type T.
-template <class Cfg, class T>
+// The dQ pass of one instruction set (Cfg) and accumulation type T; kDot:
+// bf16 inputs, sweep 1 only (stats_only) with S on bf16 pairs, the same
+// scores bit for bit as the dK/dV pass's kDot products (the pair products
+// are exact, summed in the same order, then scaled).
+template <class Cfg, class T, bool kDot = false>
 struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   using Base = BackwardCommon<Cfg, T>;
   using typename Base::S;
@@ -30,6 +34,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   T* vb;   // (kItems, D)  converted V rows (16-bit inputs)
   T* qrb;  // (R, D)       converted Q rows of the tile (16-bit inputs, sink_grads)
   T* dorb; // (R, D)       converted dO rows of the tile (16-bit inputs, sink_grads)
+  AlignedBuffer<uint32_t> pair_buf;
+  uint32_t* qp;  // (D/2, R)  kDot: Q^T in head-dim pairs (unscaled)
 
   Tile tile;  // lanes: the query rows of the task
   int64_t rows = 0;
@@ -41,7 +47,9 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
         lane_buf(3 * prob.head_dim * R),
         item_buf(2 * kItems * R),
         conv_buf(Base::is_16bit(prob.dtype) ? 2 * kItems * prob.head_dim : 1),
-        row_buf(Base::is_16bit(prob.dtype) && prob.sink_grads != nullptr ? 2 * R * prob.head_dim : 1) {
+        row_buf(Base::is_16bit(prob.dtype) && prob.sink_grads != nullptr ? 2 * R * prob.head_dim : 1),
+        pair_buf(kDot ? prob.head_dim / 2 * R : 1) {
+    qp = pair_buf.data;
     qrb = row_buf.data;
     dorb = row_buf.data + R * prob.head_dim;
     qt = lane_buf.data;
@@ -53,12 +61,25 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     vb = conv_buf.data + kItems * D;
   }
 
+  // sum over d of a[d] b[d] (lanes of L dims, then their sum, then the tail).
+  SWA_INLINE T row_dot(const T* a, const T* b) const {
+    vec acc = S::zero();
+    int64_t d = 0;
+    for (; d + L <= D; d += L) acc += S::load(a + d) * S::load(b + d);
+    T sum = T(0);
+    for (int i = 0; i < L; ++i) sum += acc[i];
+    for (; d < D; ++d) sum += a[d] * b[d];
+    return sum;
+  }
+
   // Sweep 1 over one key block: block max (fused where rows see keys in
-  // full, cpu/lane_tile.h), then m and l.
-  SWA_OUTLINE void stats_block(int64_t n0, const T* k_rows, int64_t k_rs) {
+  // full, cpu/lane_tile.h), then m and l. kDot: K rows of bf16 bits at
+  // k_bits (row n0; k_rows unused).
+  SWA_OUTLINE void stats_block(int64_t n0, const T* k_rows, int64_t k_rs, const uint16_t* k_bits) {
     const vec neg_inf = S::set1(-std::numeric_limits<T>::infinity());
     const bool capped = this->softcap > T(0);
-    tile.products(n0, k_rows, k_rs, D, qt, st, !capped);
+    if constexpr (kDot) pair_products(tile, n0, k_bits, k_rs, D / 2, qp, this->scale2, st);
+    else tile.products(n0, k_rows, k_rs, D, qt, st, !capped);
     tile.for_unmaxed([&](const LaneRun& run, int v, int64_t j0, int64_t j1) {
       const bool full = tile.full(v, run.begin, run.end);
       vec rel_begin, rel_end, dcap;
@@ -139,11 +160,13 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     T* lse2_out = this->stats(p.lse2, b, h) + m0;
     T* delta_out = this->stats(p.delta, b, h) + m0;
 
-    // delta = rowsum(dO * O) - dlse.
+    // delta = rowsum(dO * O) - dlse (rows as T; kb and vb are free until the sweeps).
     for (int v = 0; v < kVecs; ++v) delta[v] = S::zero();
+    int64_t dout_rs, o_rs;
+    const T* dout_rows = this->rows_of(dout, p.dout_stride[2], 0, rows, kb, dout_rs);
+    const T* o_rows = this->rows_of(out, p.out_stride[2], 0, rows, vb, o_rs);
     for (int64_t r = 0; r < rows; ++r) {
-      T dot_row = T(0);
-      for (int64_t d = 0; d < D; ++d) dot_row += T(dout[r * p.dout_stride[2] + d]) * T(out[r * p.out_stride[2] + d]);
+      T dot_row = row_dot(dout_rows + r * dout_rs, o_rows + r * o_rs);
       if (p.grad_lse != nullptr)
         dot_row -= T(p.grad_lse[b * p.grad_lse_stride[0] + h * p.grad_lse_stride[1] + (r0 + r) * p.grad_lse_stride[2]]);
       delta_out[r] = dot_row;
@@ -163,7 +186,12 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     const int64_t hk = h / p.group;
     const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + this->k_row0 * p.k_stride[2];
     const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + this->k_row0 * p.v_stride[2];
-    pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
+    if constexpr (kDot) {
+      TORCH_CHECK(p.stats_only, "swa::attention_backward: the bf16 dot-product dQ pass is sweep 1 only");
+      if (!p.lse2_given) pack_pair_lanes<R>(reinterpret_cast<const uint16_t*>(q), p.q_stride[2], rows, D / 2, qp);
+    } else {
+      pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
+    }
     // Calls f(sink_run, k_rows, k_rs, v_rows, v_rs, n0) per key block of both
     // runs with the tile's lanes set to the run (V rows only when with_v).
     auto walk = [&](bool with_v, auto&& f) {
@@ -179,8 +207,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
           const int64_t n1 = std::min(n0 + kItems, keys.end);
           tile.make_runs(n0, n1);
           if (tile.nruns == 0) continue;
-          int64_t k_rs, v_rs = 0;
-          const T* k_rows = this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
+          int64_t k_rs = p.k_stride[2], v_rs = 0;
+          const T* k_rows = kDot ? nullptr : this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
           const T* v_rows = with_v ? this->rows_of(vv, p.v_stride[2], n0, n1, vb, v_rs) : nullptr;
           f(sink_run, k_rows, k_rs, v_rows, v_rs, n0);
         }
@@ -204,7 +232,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
         l[v] = S::set1(sink_starts ? T(1) : T(0));
       }
       walk(false, [&](bool, const T* k_rows, int64_t k_rs, const T*, int64_t, int64_t n0) {
-        stats_block(n0, k_rows, k_rs);
+        stats_block(n0, k_rows, k_rs, kDot ? reinterpret_cast<const uint16_t*>(k + n0 * p.k_stride[2]) : nullptr);
       });
       for (int v = 0; v < tile.nvec; ++v) {
         for (int i = 0; i < L; ++i) {

@@ -24,7 +24,10 @@
 //   whose key tiles go in order, and each also adds dQ += dS K (summed over
 //   the lanes) to the rows it sees, so S and dP are computed once: 5 Q.K-sized
 //   products instead of 8 (7 with lse2 given); the dQ pass then only writes
-//   delta and lse2 (stats_only; float32 reads lse2, no sweep 1).
+//   delta and lse2 (stats_only; float32 reads lse2, no sweep 1). bf16 with
+//   an even head dim runs it on bf16 pairs where the CPU has AVX512-BF16
+//   (kDot, cpu/backward_avx512_bf16.cpp): every product on vdpbf16ps, P and
+//   dS rounded to bf16 for the products that take them, as FlashAttention.
 // Included by the per-ISA translation units only (cpu/isa.h).
 #pragma once
 
@@ -34,15 +37,23 @@
 namespace swa::cpu::SWA_CPU_ISA_NS {
 
 // One worker of each pass with the kernels of one instruction set.
-template <template <class, class> class Kernel, class Cfg>
+template <template <class, class, bool> class Kernel, class Cfg>
 void run_backward_tasks(const BackwardProblem& p, TaskQueue& queue) {
   switch (p.dtype) {
-    case c10::kDouble: Kernel<Cfg, double>(p).template run<double>(queue); break;
-    case c10::kFloat: Kernel<Cfg, float>(p).template run<float>(queue); break;
-    case c10::kHalf: Kernel<Cfg, float>(p).template run<c10::Half>(queue); break;
-    case c10::kBFloat16: Kernel<Cfg, float>(p).template run<c10::BFloat16>(queue); break;
+    case c10::kDouble: Kernel<Cfg, double, false>(p).template run<double>(queue); break;
+    case c10::kFloat: Kernel<Cfg, float, false>(p).template run<float>(queue); break;
+    case c10::kHalf: Kernel<Cfg, float, false>(p).template run<c10::Half>(queue); break;
+    case c10::kBFloat16: Kernel<Cfg, float, false>(p).template run<c10::BFloat16>(queue); break;
     default: TORCH_CHECK(false, "swa::attention_backward: unsupported dtype ", p.dtype);
   }
+}
+
+// The one pass for bf16 with an even head dim on bf16 pairs (AVX512-BF16).
+template <template <class, class, bool> class Kernel, class Cfg>
+void run_backward_dot_tasks(const BackwardProblem& p, TaskQueue& queue) {
+  TORCH_CHECK(p.dtype == c10::kBFloat16 && p.head_dim % 2 == 0 && p.fused_dq,
+              "swa::attention_backward: the bf16 dot-product backward takes bf16 with an even head dim, one pass");
+  Kernel<Cfg, float, true>(p).template run<c10::BFloat16>(queue);
 }
 
 }  // namespace swa::cpu::SWA_CPU_ISA_NS

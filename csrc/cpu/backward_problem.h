@@ -33,8 +33,10 @@ struct BackwardProblem {
   void* delta;
   // lse2 filled by the caller from the forward's lse (float32 inputs: the
   // forward's float32 lse is exact enough), so the dQ pass skips its sweep 1;
-  // 16-bit inputs recompute it (a row seeing one key must get P = 1 exactly,
-  // which lse rounded to float32 does not give) and float64 ones too (their
+  // so do bf16 inputs on bf16 pairs (their P is rounded to bf16 for the
+  // products, and a P of 1 - 2^-24 rounds to 1). fp16 and bf16 widened to
+  // float32 recompute it (a row seeing one key must get P = 1 exactly, which
+  // lse rounded to float32 does not give) and float64 ones too (their
   // gradients are not limited by a float32 lse).
   bool lse2_given = false;
   // One pass (bounded windows, no sink-token runs, not packed): the dK/dV
@@ -79,6 +81,9 @@ struct BackwardProblem {
 // One worker of the dQ pass (task = (batch * heads_q + head) * m_blocks +
 // query tile) or of the dK/dV pass (task = (batch * heads_kv + kv head) *
 // n_blocks + key tile), with the kernel built for one instruction set.
+// The _avx512_bf16 entries take bf16 with an even head dim, fused_dq only.
+void backward_dq_tasks_avx512_bf16(const BackwardProblem& p, TaskQueue& queue);
+void backward_dkdv_tasks_avx512_bf16(const BackwardProblem& p, TaskQueue& queue);
 void backward_dq_tasks_avx512(const BackwardProblem& p, TaskQueue& queue);
 void backward_dq_tasks_avx2(const BackwardProblem& p, TaskQueue& queue);
 void backward_dq_tasks_baseline(const BackwardProblem& p, TaskQueue& queue);

@@ -18,8 +18,9 @@
 namespace swa::cpu {
 
 // Instruction sets with a kernel build, best first. kAvx512Bf16 is AVX-512
-// with AVX512-BF16 (vdpbf16ps): the forward has a build of its bf16 path for
-// it (cpu/forward_avx512_bf16.cpp); every other kernel and dtype runs the
+// with AVX512-BF16 (vdpbf16ps): the forward's bf16 path and the backward's
+// bf16 one pass have builds for it (cpu/forward_avx512_bf16.cpp,
+// cpu/backward_avx512_bf16.cpp); every other kernel and dtype runs the
 // kAvx512 build there.
 enum class Isa { kAvx512Bf16, kAvx512, kAvx2, kBaseline };
 

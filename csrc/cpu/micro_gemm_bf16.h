@@ -11,9 +11,13 @@
 // Products of two bf16 are exact in float32 and sums accumulate in float32;
 // P is rounded to bf16 (nearest even) for the value product, as
 // FlashAttention rounds it to the input dtype (and here the row sum adds
-// the rounded P: see round_to_bf16). Only the AVX-512 BF16 build
-// instantiates these (cpu/forward_avx512_bf16.cpp); the others see the
-// declarations only.
+// the rounded P: see round_to_bf16). The one-pass backward runs the same
+// two products with the roles of rows and lanes swapped (keys in the lanes:
+// Q and dO rows broadcast, K^T and V^T as pairs; dV^T and dK^T over pairs of
+// query rows) and its dQ += dS K over pairs of keys (pair_rows_bf16), with
+// P and dS rounded to bf16 as FlashAttention rounds them. Only the AVX-512
+// BF16 builds instantiate these (cpu/forward_avx512_bf16.cpp,
+// cpu/backward_avx512_bf16.cpp); the others see the declarations only.
 #pragma once
 
 #include "cpu/simd.h"
@@ -95,6 +99,72 @@ SWA_INLINE void value_block_bf16(int nv, const uint32_t* pp, int64_t ld_p, const
     case 3: if constexpr (kMaxNV >= 3) value_micro_bf16<ND, 3>(pp, ld_p, vp, ld_v, n, ot, ld_o); break;
     case 4: if constexpr (kMaxNV >= 4) value_micro_bf16<ND, 4>(pp, ld_p, vp, ld_v, n, ot, ld_o); break;
   }
+}
+
+// acc[j * ld_a + e] (j < NJ, e < 16 NV; the last vector's dims masked by
+// last) += sum over key pairs c < n of w[j * ld_w + c] . kp[c * ld_k + e]:
+// rows of bf16 pair weights (dS of two adjacent keys) against K rows
+// interleaved in key pairs, the head dims in the vectors (the one-pass
+// backward's dQ += dS K).
+template <int NJ, int NV>
+SWA_INLINE void pair_rows_micro_bf16(const uint32_t* w, int64_t ld_w, const uint32_t* kp, int64_t ld_k, int64_t n,
+                                     float* acc_out, int64_t ld_a, __mmask16 last) {
+  __m512 acc[NJ][NV];  // (NJ rows, NV vectors of head dims)
+#pragma GCC unroll 8
+  for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      acc[j][v] = _mm512_maskz_loadu_ps(v + 1 < NV ? __mmask16(0xFFFF) : last, acc_out + j * ld_a + v * 16);
+  for (int64_t c = 0; c < n; ++c) {
+    __m512bh k[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      k[v] = (__m512bh)_mm512_maskz_loadu_epi32(v + 1 < NV ? __mmask16(0xFFFF) : last, kp + c * ld_k + v * 16);
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) {
+      const __m512bh wb = (__m512bh)_mm512_set1_epi32(int(w[j * ld_w + c]));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], wb, k[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      _mm512_mask_storeu_ps(acc_out + j * ld_a + v * 16, v + 1 < NV ? __mmask16(0xFFFF) : last, acc[j][v]);
+}
+
+// Rows [0, rows) of pair_rows_micro_bf16 over depth head dims: blocks of 4
+// rows by 4 vectors, the tails smaller.
+template <int = 0>
+SWA_INLINE void pair_rows_bf16(const uint32_t* w, int64_t ld_w, const uint32_t* kp, int64_t ld_k, int64_t n,
+                               int64_t rows, int64_t depth, float* acc_out, int64_t ld_a) {
+  for (int64_t e = 0; e < depth; e += 64) {
+    const int64_t dims = std::min<int64_t>(64, depth - e);
+    const int nv = int((dims + 15) / 16);
+    const __mmask16 last = __mmask16((1u << (dims - 16 * (nv - 1))) - 1u);  // 1 .. 16 dims
+    auto block = [&](auto nj, int64_t j) {
+      constexpr int NJ = decltype(nj)::value;
+      const uint32_t* wj = w + j * ld_w;
+      float* aj = acc_out + j * ld_a + e;
+      switch (nv) {
+        case 1: pair_rows_micro_bf16<NJ, 1>(wj, ld_w, kp + e, ld_k, n, aj, ld_a, last); break;
+        case 2: pair_rows_micro_bf16<NJ, 2>(wj, ld_w, kp + e, ld_k, n, aj, ld_a, last); break;
+        case 3: pair_rows_micro_bf16<NJ, 3>(wj, ld_w, kp + e, ld_k, n, aj, ld_a, last); break;
+        default: pair_rows_micro_bf16<NJ, 4>(wj, ld_w, kp + e, ld_k, n, aj, ld_a, last); break;
+      }
+    };
+    int64_t j = 0;
+    for (; j + 4 <= rows; j += 4) block(std::integral_constant<int, 4>(), j);
+    for (; j < rows; ++j) block(std::integral_constant<int, 1>(), j);
+  }
+}
+
+// dst[i] = (x[2i], x[2i + 1]) rounded to bf16 (nearest even), i < 8: 16
+// float32 values (of the kernel's vector type Vec) as 8 pairs of adjacent ones.
+template <class Vec>
+SWA_INLINE void store_adjacent_bf16_pairs(uint32_t* dst, Vec x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(__m512(x)));
 }
 
 // x rounded to the nearest bf16 (ties to even), as float32 (of the kernel's
@@ -184,6 +254,10 @@ template <int = 0>
 void interleave_rows_bf16(const uint16_t*, const uint16_t*, int64_t, uint32_t*);
 template <int R>
 void pack_pair_lanes(const uint16_t*, int64_t, int64_t, int64_t, uint32_t*);
+template <int = 0>
+void pair_rows_bf16(const uint32_t*, int64_t, const uint32_t*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+template <class Vec>
+void store_adjacent_bf16_pairs(uint32_t*, Vec);
 
 #endif  // x86
 
