@@ -101,7 +101,7 @@ def measure(cases, dtypes, rounds, timer, threads, backward=()):
 
 def child(args):
     timer = common.Timer(torch.device("cpu"), rep_ms=args.rep_ms or (40.0 if args.smoke else 400.0))
-    dtypes, backward = (["bfloat16"], []) if args.child == "forward-bf16" else ([], ["float32"])
+    dtypes, backward = (["bfloat16"], ["bfloat16"]) if args.child == "bf16-no-dot" else ([], ["float32"])
     out = {str(t): measure(shapes(args.smoke), dtypes, args.rounds, timer, t, backward) for t in args.thread_list}
     print("RESULT " + json.dumps(out))
 
@@ -146,7 +146,7 @@ def main():
     no_dot = None
     if build == "avx512_bf16":
         common.log("  bf16 on the AVX-512 build without BF16 (SWA_CPU_ISA=avx512):")
-        no_dot = run_child(args, "forward-bf16", {"SWA_CPU_ISA": "avx512"})
+        no_dot = run_child(args, "bf16-no-dot", {"SWA_CPU_ISA": "avx512"})
     common.log("  float32 backward in two passes (SWA_CPU_BACKWARD_TWO_PASS=1):")
     two_pass = run_child(args, "backward-fp32", {"SWA_CPU_BACKWARD_TWO_PASS": "1"})
 
@@ -168,6 +168,9 @@ def main():
             for name, short in (("float32", "fp32"), ("bfloat16", "bf16")):
                 row[f"ms_bwd_{short}"] = best[str(t)][f"{key}/bwd-{name}"]
                 row[f"bwd_over_fwd_{short}"] = row[f"ms_bwd_{short}"] / ms[name]
+            if no_dot is not None:
+                row["ms_bwd_bf16_no_dot"] = no_dot[str(t)][f"{key}/bwd-bfloat16"]
+                row["bwd_bf16_dot_speedup"] = row["ms_bwd_bf16_no_dot"] / row["ms_bwd_bf16"]
             if two_pass is not None:
                 row["ms_bwd_fp32_two_pass"] = two_pass[str(t)][f"{key}/bwd-float32"]
                 row["bwd_two_pass_over_fwd_fp32"] = row["ms_bwd_fp32_two_pass"] / ms["float32"]
@@ -184,7 +187,8 @@ def main():
                    ("W", "window", "d"), ("fp32 bwd ms", "ms_bwd_fp32", ".1f"), ("bwd/fwd fp32", "bwd_over_fwd_fp32", ".2f"),
                    ("fp32 bwd ms, 2 passes", "ms_bwd_fp32_two_pass", ".1f"),
                    ("bwd/fwd, 2 passes", "bwd_two_pass_over_fwd_fp32", ".2f"),
-                   ("bf16 bwd ms", "ms_bwd_bf16", ".1f"), ("bwd/fwd bf16", "bwd_over_fwd_bf16", ".2f")]
+                   ("bf16 bwd ms", "ms_bwd_bf16", ".1f"), ("bwd/fwd bf16", "bwd_over_fwd_bf16", ".2f"),
+                   ("bf16 bwd ms (no BF16)", "ms_bwd_bf16_no_dot", ".1f"), ("bwd dot gain", "bwd_bf16_dot_speedup", ".2f")]
     bwd_table = common.format_table(rows, bwd_columns)
     common.log("\n" + bwd_table)
     stem = common.result_stem("cpu_dtypes", env, args.out)
@@ -198,7 +202,8 @@ def main():
         f"AVX-512 build forced by SWA_CPU_ISA=avx512 (bf16 rows widened to float32); 'dot gain' = that / bf16 ms. "
         f"GFLOP/s count the visible pairs only (4 D per pair). torch.mm {mm_n}^3 in the same run: {mm}.\n\n"
         f"```\n{table}\n```\n\nBackward (attention_backward from the forward's out and lse; '2 passes': "
-        f"SWA_CPU_BACKWARD_TWO_PASS=1 in a child process):\n\n```\n{bwd_table}\n```\n")
+        f"SWA_CPU_BACKWARD_TWO_PASS=1 in a child process; 'no BF16': "
+        f"SWA_CPU_ISA=avx512, the float32 one pass on bf16 rows widened):\n\n```\n{bwd_table}\n```\n")
     panels = []
     for t in args.thread_list:
         series = {}

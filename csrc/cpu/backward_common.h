@@ -96,37 +96,61 @@ struct BackwardCommon {
   // acc[(j - acc_row0) * acc_rs + d] += sum over lanes r in [r0, r1) of coef[(j - n0) * R + r]
   // * rows[r * rs + d], items j in [j0, j1) of the block at n0: a product
   // that sums over the lanes, as rank-1 updates with the head dim in the
-  // vectors (four vectors of accumulators per pass over the rows).
+  // vectors, blocks of Cfg::kNJ items by Cfg::kNV vectors of dims in
+  // registers (the tails smaller, the last D % L dims scalar).
   SWA_INLINE void lane_sum_update(const T* coef, int64_t n0, int64_t j0, int64_t j1, int64_t r0, int64_t r1,
                                   const T* rows, int64_t rs, T* acc, int64_t acc_rs, int64_t acc_row0 = 0) const {
-    constexpr int kChunk = 4 * L;
-    for (int64_t j = j0; j < j1; ++j) {
+    const int64_t d_vec = D / L * L;
+    auto dims = [&](auto nj, int64_t j) {  // items [j, j + NJ), every dim
+      constexpr int NJ = decltype(nj)::value;
       const T* c = coef + (j - n0) * R;
       T* a = acc + (j - acc_row0) * acc_rs;
       int64_t d = 0;
-      for (; d + kChunk <= D; d += kChunk) {
-        vec x0 = S::load(a + d), x1 = S::load(a + d + L), x2 = S::load(a + d + 2 * L), x3 = S::load(a + d + 3 * L);
-        for (int64_t r = r0; r < r1; ++r) {
-          const vec w = S::set1(c[r]);
-          const T* row = rows + r * rs + d;
-          x0 += w * S::load(row);
-          x1 += w * S::load(row + L);
-          x2 += w * S::load(row + 2 * L);
-          x3 += w * S::load(row + 3 * L);
+      for (; d + Cfg::kNV * L <= d_vec; d += Cfg::kNV * L) lane_sum_micro<NJ, Cfg::kNV>(c, r0, r1, rows, rs, a, acc_rs, d);
+      switch ((d_vec - d) / L) {
+        case 1: lane_sum_micro<NJ, 1>(c, r0, r1, rows, rs, a, acc_rs, d); break;
+        case 2: if constexpr (Cfg::kNV > 2) lane_sum_micro<NJ, 2>(c, r0, r1, rows, rs, a, acc_rs, d); break;
+        case 3: if constexpr (Cfg::kNV > 3) lane_sum_micro<NJ, 3>(c, r0, r1, rows, rs, a, acc_rs, d); break;
+        default: break;
+      }
+      for (int i = 0; i < NJ; ++i) {
+        for (d = d_vec; d < D; ++d) {
+          T x = a[i * acc_rs + d];
+          for (int64_t r = r0; r < r1; ++r) x += c[i * R + r] * rows[r * rs + d];
+          a[i * acc_rs + d] = x;
         }
-        S::store(a + d, x0), S::store(a + d + L, x1), S::store(a + d + 2 * L, x2), S::store(a + d + 3 * L, x3);
       }
-      for (; d + L <= D; d += L) {
-        vec x = S::load(a + d);
-        for (int64_t r = r0; r < r1; ++r) x += S::set1(c[r]) * S::load(rows + r * rs + d);
-        S::store(a + d, x);
-      }
-      for (; d < D; ++d) {
-        T x = a[d];
-        for (int64_t r = r0; r < r1; ++r) x += c[r] * rows[r * rs + d];
-        a[d] = x;
+    };
+    int64_t j = j0;
+    for (; j + Cfg::kNJ <= j1; j += Cfg::kNJ) dims(std::integral_constant<int, Cfg::kNJ>(), j);
+    for (; j < j1; ++j) dims(std::integral_constant<int, 1>(), j);
+  }
+
+  // lane_sum_update's register block: items [0, NJ) (coef rows R apart, acc
+  // rows acc_rs apart) by the NV vectors of dims from d.
+  template <int NJ, int NV>
+  SWA_INLINE static void lane_sum_micro(const T* coef, int64_t r0, int64_t r1, const T* rows, int64_t rs, T* acc,
+                                        int64_t acc_rs, int64_t d) {
+    vec x[NJ][NV];  // (NJ items, NV vectors of dims)
+#pragma GCC unroll 8
+    for (int i = 0; i < NJ; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) x[i][v] = S::load(acc + i * acc_rs + d + v * L);
+    for (int64_t r = r0; r < r1; ++r) {
+      vec row[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) row[v] = S::load(rows + r * rs + d + v * L);
+#pragma GCC unroll 8
+      for (int i = 0; i < NJ; ++i) {
+        const vec w = S::set1(coef[i * R + r]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) x[i][v] += w * row[v];
       }
     }
+#pragma GCC unroll 8
+    for (int i = 0; i < NJ; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) S::store(acc + i * acc_rs + d + v * L, x[i][v]);
   }
 
   // Row r of head h of batch b of the [B, Hq, Sq] statistics buffer.
