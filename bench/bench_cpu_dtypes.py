@@ -168,6 +168,8 @@ def main():
             for name, short in (("float32", "fp32"), ("bfloat16", "bf16")):
                 row[f"ms_bwd_{short}"] = best[str(t)][f"{key}/bwd-{name}"]
                 row[f"bwd_over_fwd_{short}"] = row[f"ms_bwd_{short}"] / ms[name]
+                # The backward's FLOPs: 2.5x the forward's (S, dP, dV, dK, dQ: 10 D per pair).
+                row[f"bwd_pct_of_{short}_mm"] = 100 * 2.5 * flops / row[f"ms_bwd_{short}"] / 1e6 / matmul[f"{t}/{name}"]
             if no_dot is not None:
                 row["ms_bwd_bf16_no_dot"] = no_dot[str(t)][f"{key}/bwd-bfloat16"]
                 row["bwd_bf16_dot_speedup"] = row["ms_bwd_bf16_no_dot"] / row["ms_bwd_bf16"]
@@ -187,7 +189,9 @@ def main():
                    ("W", "window", "d"), ("fp32 bwd ms", "ms_bwd_fp32", ".1f"), ("bwd/fwd fp32", "bwd_over_fwd_fp32", ".2f"),
                    ("fp32 bwd ms, 2 passes", "ms_bwd_fp32_two_pass", ".1f"),
                    ("bwd/fwd, 2 passes", "bwd_two_pass_over_fwd_fp32", ".2f"),
+                   ("fp32 bwd % fp32 mm", "bwd_pct_of_fp32_mm", ".0f"),
                    ("bf16 bwd ms", "ms_bwd_bf16", ".1f"), ("bwd/fwd bf16", "bwd_over_fwd_bf16", ".2f"),
+                   ("bf16 bwd % bf16 mm", "bwd_pct_of_bf16_mm", ".0f"),
                    ("bf16 bwd ms (no BF16)", "ms_bwd_bf16_no_dot", ".1f"), ("bwd dot gain", "bwd_bf16_dot_speedup", ".2f")]
     bwd_table = common.format_table(rows, bwd_columns)
     common.log("\n" + bwd_table)
@@ -203,7 +207,8 @@ def main():
         f"GFLOP/s count the visible pairs only (4 D per pair). torch.mm {mm_n}^3 in the same run: {mm}.\n\n"
         f"```\n{table}\n```\n\nBackward (attention_backward from the forward's out and lse; '2 passes': "
         f"SWA_CPU_BACKWARD_TWO_PASS=1 in a child process; 'no BF16': "
-        f"SWA_CPU_ISA=avx512, the float32 one pass on bf16 rows widened):\n\n```\n{bwd_table}\n```\n")
+        f"SWA_CPU_ISA=avx512, the float32 one pass on bf16 rows widened; '% mm': the backward's FLOPs, 2.5x the "
+        f"forward's (10 D per visible pair), against torch.mm's rate in the same dtype):\n\n```\n{bwd_table}\n```\n")
     panels = []
     for t in args.thread_list:
         series = {}
