@@ -36,6 +36,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   T* dob;  // (kItems, D)  converted dO rows (16-bit inputs)
   T* kb_tile;  // (R, D)   converted K rows of the tile (16-bit inputs, fused_dq)
   // kDot: words of two bf16 (pairs of head dims, keys or query rows).
+  AlignedBuffer<T> chunk_grads;  // fused_dq: (chunk_keys / R) x [dK^T, dV^T] of (D, R)
   AlignedBuffer<uint32_t> pair_buf;
   uint32_t* kp;   // (D/2, R)       K^T in head-dim pairs
   uint32_t* vp;   // (D/2, R)       V^T in head-dim pairs
@@ -56,6 +57,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         item_buf(2 * kItems * R),
         conv_buf((Base::is_16bit(prob.dtype) ? 3 : 1) * kItems * prob.head_dim +
                  (Base::is_16bit(prob.dtype) ? R * prob.head_dim : 0)),
+        chunk_grads(prob.fused_dq ? 2 * prob.head_dim * prob.chunk_keys : 1),
         pair_buf(kDot ? (prob.head_dim / 2) * R * 2 + (R / 2) * prob.head_dim + kItems * prob.head_dim +
                             (kItems / 2) * R + kItems * (R / 2)
                       : 1) {
@@ -213,10 +215,12 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     }
   }
 
-  // One task: keys [n0, n0 + keys) of kv head hk of batch b (sequence seq
-  // when packed, else -1).
+  // Keys [n0, n0 + keys) of kv head hk of batch b (sequence seq when
+  // packed, else -1) with the query heads [g0, g1) of its group: dK^T / dV^T
+  // (dkt, dvt) start at 0 with the group's first head and are written out
+  // with its last.
   template <class In>
-  SWA_INLINE void run_tile(int64_t seq, int64_t b, int64_t hk, int64_t n0) {
+  SWA_INLINE void run_tile(int64_t seq, int64_t b, int64_t hk, int64_t n0, int64_t g0, int64_t g1) {
     const Band& band = this->band;
     const int64_t c0 = this->k_row0 + n0;  // the tile's first key row in the operands
     const int64_t keys = std::min<int64_t>(R, band.seqlen_k - n0);
@@ -224,7 +228,8 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + c0 * p.v_stride[2];
     In* dk = static_cast<In*>(p.dk) + b * p.dk_stride[0] + hk * p.dk_stride[1] + c0 * p.dk_stride[2];
     In* dv = static_cast<In*>(p.dv) + b * p.dv_stride[0] + hk * p.dv_stride[1] + c0 * p.dv_stride[2];
-    for (int64_t i = 0; i < D * R; ++i) dkt[i] = dvt[i] = T(0);
+    if (g0 == 0)
+      for (int64_t i = 0; i < D * R; ++i) dkt[i] = dvt[i] = T(0);
     // With sink_grads the dQ pass took the sink keys' pairs with the rows
     // that see them through their sink runs: here the rows whose bands see
     // the tile, and the dQ tasks' sums for its sink keys after them.
@@ -235,14 +240,14 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     bool packed_kv = false;  // K / V of the tile packed as lanes (once, when some head needs them)
     const T* k_tile = nullptr;  // fused_dq: the tile's K rows as T
     int64_t k_tile_rs = 0;
-    for (int64_t g = 0; g < p.group; ++g) {
+    for (int64_t g = g0; g < g1; ++g) {
       const int64_t h = hk * p.group + g;
       const Band head_band = p.head_windows.of_head(band, h);  // the union's narrowing to head h
       const auto rows = rows_of_keys(head_band, n0, n0 + keys);  // rows that see the tile (here)
       if (rows.empty()) continue;
       // The lanes (keys) hold the rows that see them; the same for every head
       // without per-head windows, so set once then.
-      if (g == 0 || p.head_windows.set()) {
+      if (g == g0 || p.head_windows.set()) {
         for (int64_t j = 0; j < keys; ++j) {
           const auto seen_by = rows_of_keys(head_band, n0 + j, n0 + j + 1);
           tile.lane_begin[j] = seen_by.empty() ? 0 : seen_by.begin;
@@ -288,6 +293,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         row_block(i0, i1, q_rows, q_rs, do_rows, do_rs, lse2, delta, dq_rows, chunk_row0, k_rows, k_rs);
       }
     }
+    if (g1 < p.group) return;  // the group's other heads follow
     const int64_t sinks = std::clamp<int64_t>(band.sink_tokens - n0, 0, keys);  // the tile's sink keys
     if (dq_took_sinks && sinks > 0) add_dq_sink_grads(seq, b, hk, n0, sinks);
     vec dk_scale[kVecs], ones[kVecs];
@@ -307,14 +313,18 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     while (queue.next(task_begin, task_end)) {
       for (int64_t task = task_begin; task < task_end; ++task) {
         const TaskSpot t = this->enter(task, true);
-        run_tile<In>(t.seq, t.b, t.head, t.block * R);
+        run_tile<In>(t.seq, t.b, t.head, t.block * R, 0, p.group);
       }
     }
   }
 
   // fused_dq: task (batch, kv head, chunk) zeroes its dq_chunks slice and
   // walks the chunk's key tiles in order, each adding dS K to the rows that
-  // see it (the caller sums the slices).
+  // see it (the caller sums the slices); one query head of the group after
+  // the other, so that the rows a tile reaches stay in cache for the next
+  // tile (under GQA with long windows the whole group's rows would not),
+  // the tiles' dK^T / dV^T kept in chunk_grads meanwhile: the same sums in
+  // the same order as with the heads inside the tile loop.
   template <class In>
   SWA_INLINE void run_fused(TaskQueue& queue) {
     int64_t task_begin, task_end;
@@ -328,8 +338,14 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         chunk_row_count = p.chunk_rows[2 * c + 1] - chunk_row0;
         chunk_dq = static_cast<T*>(p.dq_chunks) + bh * p.chunk_offset[p.chunks] + p.chunk_offset[c];
         std::fill(chunk_dq, chunk_dq + p.group * chunk_row_count * D, T(0));
-        const int64_t k1 = std::min(p.seqlen_k, (c + 1) * p.chunk_keys);
-        for (int64_t n0 = c * p.chunk_keys; n0 < k1; n0 += R) run_tile<In>(-1, b, hk, n0);
+        const int64_t k0 = c * p.chunk_keys, k1 = std::min(p.seqlen_k, (c + 1) * p.chunk_keys);
+        for (int64_t g = 0; g < p.group; ++g) {
+          for (int64_t n0 = k0; n0 < k1; n0 += R) {
+            dkt = chunk_grads.data + (n0 - k0) / R * 2 * D * R;
+            dvt = dkt + D * R;
+            run_tile<In>(-1, b, hk, n0, g, g + 1);
+          }
+        }
       }
     }
   }
