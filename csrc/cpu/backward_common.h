@@ -67,12 +67,12 @@ struct BackwardCommon {
   // Outside the band dS is set to 0, not computed as 0 * (dP - delta): a
   // lane's key that its row does not see may hold NaN or inf (dP NaN), and it
   // must not reach dK through 0 * NaN.
-  template <bool kMasked>
+  template <bool kMasked, int kExpDegree = 6>
   SWA_INLINE vec score_gradient(vec s, vec dp, typename S::mask visible, vec lse2, vec delta, vec& pr) const {
     vec dcap;
     if (softcap > T(0)) s = cap(s, dcap);
     if constexpr (kMasked) s = S::select(visible, s, S::set1(-std::numeric_limits<T>::infinity()));
-    pr = S::exp2_nonpositive(s - lse2);
+    pr = S::template exp2_nonpositive<kExpDegree>(s - lse2);
     vec ds = pr * (dp - delta);
     if (softcap > T(0)) ds *= dcap;
     if constexpr (kMasked) ds = S::select(visible, ds, S::zero());

@@ -23,6 +23,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   using Base::L;
   using Base::p;
   using Base::R;
+  static constexpr int kExpDegree = kDot ? 4 : 6;  // exp2's polynomial (simd.h)
 
   AlignedBuffer<T> lane_buf, item_buf, conv_buf;
   T* kt;   // (D, R)       K^T
@@ -46,6 +47,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
   uint32_t* pp;   // (kItems/2, R)  P or dS in row pairs (pair_accumulate's scratch)
   uint32_t* dsw;  // (kItems, R/2)  dS rows in key pairs
 
+  T row_lse2[kItems];  // the block's rows' lse2 (0 for rows that see nothing)
   Tile tile;  // lanes: the keys of the task
   // fused_dq: the task's slice of dq_chunks (group x rows x D), its first row.
   T* chunk_dq = nullptr;
@@ -80,9 +82,13 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
     dsw = pp + (kItems / 2) * R;
   }
 
-  // The block's S in sp and dP in dsp become P and dS (rounded to bf16
-  // with kDot: the weights of its pair products).
-  SWA_INLINE void gradients_of_block(int64_t i0, const T* lse2, const T* delta) {
+  // The block's S in sp and dP in dsp become P and dS (kDot: the pair
+  // products round them to bf16 as they pack them, and exp2 takes the
+  // degree-4 polynomial, 3e-6 relative, as the forward's bf16 path).
+  SWA_INLINE void gradients_of_block(int64_t i0, int64_t i1, const T* lse2, const T* delta) {
+    // A row that sees no key has lse2 = -inf and every lane masked.
+    for (int64_t r = i0; r < i1; ++r)
+      row_lse2[r - i0] = lse2[r] == -std::numeric_limits<T>::infinity() ? T(0) : lse2[r];
     for (int ri = 0; ri < tile.nruns; ++ri) {
       const LaneRun& run = tile.runs[ri];
       for (int v = run.v_begin; v < run.v_end; ++v) {
@@ -94,13 +100,9 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
           const vec s = S::load(sp + at), dp = S::load(dsp + at);
           const vec row = S::set1(T(r - i0));
           const auto visible = (rel_begin <= row) & (row < rel_end);
-          // A row that sees no key has lse2 = -inf and every lane masked.
-          const T row_lse2 = lse2[r] == -std::numeric_limits<T>::infinity() ? T(0) : lse2[r];
-          vec ds = full ? this->template score_gradient<false>(s, dp, visible, S::set1(row_lse2),
-                                                               S::set1(delta[r]), pr)
-                        : this->template score_gradient<true>(s, dp, visible, S::set1(row_lse2),
-                                                              S::set1(delta[r]), pr);
-          if constexpr (kDot) pr = round_to_bf16(pr), ds = round_to_bf16(ds);
+          const vec l2 = S::set1(row_lse2[r - i0]), dl = S::set1(delta[r]);
+          const vec ds = full ? this->template score_gradient<false, kExpDegree>(s, dp, visible, l2, dl, pr)
+                              : this->template score_gradient<true, kExpDegree>(s, dp, visible, l2, dl, pr);
           S::store(sp + at, pr);
           S::store(dsp + at, ds);
         }
@@ -129,14 +131,14 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
                                  int64_t do_rs, const T* lse2, const T* delta, T* dq, int64_t dq_row0) {
     pair_products(tile, i0, q, q_rs, D / 2, kp, this->scale2, sp);  // S = scale2 Q K^T
     pair_products(tile, i0, dout, do_rs, D / 2, vp, 1.0f, dsp);     // dP = dO V^T
-    gradients_of_block(i0, lse2, delta);
+    gradients_of_block(i0, i1, lse2, delta);
     for (int64_t c = 0; 2 * c < i1 - i0; ++c) {
       const bool both = 2 * c + 1 < i1 - i0;
       interleave_rows_bf16(q + 2 * c * q_rs, both ? q + (2 * c + 1) * q_rs : nullptr, D, qip + c * D);
       interleave_rows_bf16(dout + 2 * c * do_rs, both ? dout + (2 * c + 1) * do_rs : nullptr, D, dop + c * D);
     }
-    pair_accumulate(tile, i0, sp, pp, dop, D, dvt);   // dV^T += dO^T P
-    pair_accumulate(tile, i0, dsp, pp, qip, D, dkt);  // dK^T += Q^T dS
+    pair_accumulate<Cfg, true>(tile, i0, sp, pp, dop, D, dvt);   // dV^T += dO^T P
+    pair_accumulate<Cfg, true>(tile, i0, dsp, pp, qip, D, dkt);  // dK^T += Q^T dS
     constexpr int64_t W = R / 2;  // words of a dS row
     for (int ri = 0; ri < tile.nruns; ++ri) {  // dq += dS K
       const LaneRun& run = tile.runs[ri];
@@ -163,7 +165,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
       for (int64_t d = 0; d < D; ++d) qs[(r - i0) * D + d] = q_rows[(r - i0) * q_rs + d] * this->scale2;
     tile.products(i0, qs, D, D, kt, sp, false);             // S = scale2 Q K^T
     tile.products(i0, do_rows, do_rs, D, vt, dsp, false);  // dP = dO V^T
-    gradients_of_block(i0, lse2, delta);
+    gradients_of_block(i0, i1, lse2, delta);
     tile.accumulate(i0, sp, do_rows, do_rs, D, dvt);  // dV^T += dO^T P
     tile.accumulate(i0, dsp, q_rows, q_rs, D, dkt);   // dK^T += Q^T dS
     if (dq == nullptr) return;

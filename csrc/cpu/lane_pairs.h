@@ -57,12 +57,13 @@ SWA_OUTLINE void pair_products(LaneTile<Cfg, float>& tile, int64_t n0, const uin
 }
 
 // Step 2c: ot (depth, R) += V^T P^T over pairs of keys of the block at n0;
-// st (keys, R) holds P^T as bf16 values (float32), vp (pairs, depth) the V
-// rows of key pairs, pp (pairs, R) is scratch. A vector's P^T holds the keys
+// st (keys, R) holds P^T as bf16 values (float32; kRound: any float32,
+// rounded to bf16 here), vp (pairs, depth) the V rows of key pairs, pp
+// (pairs, R) is scratch. A vector's P^T holds the keys
 // [p_begin, p_end) of the block (the runs it was computed in); pairs are cut
 // at the rounded-out ends of those ranges, so a pair may reach one key past
 // a vector's range, which then counts as P = 0.
-template <class Cfg>
+template <class Cfg, bool kRound = false>
 SWA_OUTLINE void pair_accumulate(const LaneTile<Cfg, float>& tile, int64_t n0, float* st, uint32_t* pp,
                                  const uint32_t* vp, int64_t depth, float* ot) {
   using Tile = LaneTile<Cfg, float>;
@@ -109,10 +110,11 @@ SWA_OUTLINE void pair_accumulate(const LaneTile<Cfg, float>& tile, int64_t n0, f
       auto edge = [&](int64_t c) {
         const vec lo = kb <= 2 * c && 2 * c < ke ? S::load(sv + 2 * c * R) : S::zero();
         const vec hi = kb <= 2 * c + 1 && 2 * c + 1 < ke ? S::load(sv + (2 * c + 1) * R) : S::zero();
-        store_bf16_pairs(pv + c * R, lo, hi);
+        store_bf16_pairs<kRound>(pv + c * R, lo, hi);
       };
       for (int64_t c = c0; c < ca; ++c) edge(c);
-      for (int64_t c = ca; c < cb; ++c) store_bf16_pairs(pv + c * R, S::load(sv + 2 * c * R), S::load(sv + (2 * c + 1) * R));
+      for (int64_t c = ca; c < cb; ++c)
+        store_bf16_pairs<kRound>(pv + c * R, S::load(sv + 2 * c * R), S::load(sv + (2 * c + 1) * R));
       for (int64_t c = cb; c < c1; ++c) edge(c);
     }
     for (int v = v0; v < v1; v += Cfg::kNV) {  // O^T += VP^T PP

@@ -178,14 +178,25 @@ SWA_INLINE Vec round_to_bf16(Vec x) {
 }
 
 // dst[i] = (lo[i], hi[i]) for i < 16: two float32 vectors (of the kernel's
-// vector type Vec) that hold bf16 values (round_to_bf16) as bf16 pairs.
-template <class Vec>
+// vector type Vec) as bf16 pairs; they hold bf16 values (round_to_bf16)
+// already, or with kRound any float32, rounded here (nearest even).
+template <bool kRound = false, class Vec>
 SWA_INLINE void store_bf16_pairs(uint32_t* dst, Vec lo, Vec hi) {
-  // The high half of lo's bits below the high half of hi's (0xCA: a ? b : c
-  // with a the mask).
-  const __m512i low = _mm512_srli_epi32(_mm512_castps_si512(__m512(lo)), 16);
-  _mm512_store_si512(dst, _mm512_ternarylogic_epi32(_mm512_set1_epi32(int(0xFFFF0000u)),
-                                                    _mm512_castps_si512(__m512(hi)), low, 0xCA));
+  if constexpr (kRound) {
+    // Both rounded into one vector (lo's 16 bf16, then hi's), then
+    // interleaved: element 2i from lo[i], 2i + 1 from hi[i].
+    alignas(64) static constexpr uint16_t kInterleave[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                             21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
+                                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(__m512(hi), __m512(lo));
+    _mm512_store_si512(dst, _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both));
+  } else {
+    // The high half of lo's bits below the high half of hi's (0xCA: a ? b : c
+    // with a the mask).
+    const __m512i low = _mm512_srli_epi32(_mm512_castps_si512(__m512(lo)), 16);
+    _mm512_store_si512(dst, _mm512_ternarylogic_epi32(_mm512_set1_epi32(int(0xFFFF0000u)),
+                                                      _mm512_castps_si512(__m512(hi)), low, 0xCA));
+  }
 }
 
 // dst[c * depth + d] = (a[d], b[d]) for d < depth: two bf16 rows interleaved
@@ -248,7 +259,7 @@ template <int ND, int kMaxNV>
 void value_block_bf16(int, const uint32_t*, int64_t, const uint32_t*, int64_t, int64_t, float*, int64_t);
 template <class Vec>
 Vec round_to_bf16(Vec);
-template <class Vec>
+template <bool = false, class Vec>
 void store_bf16_pairs(uint32_t*, Vec, Vec);
 template <int = 0>
 void interleave_rows_bf16(const uint16_t*, const uint16_t*, int64_t, uint32_t*);
