@@ -14,7 +14,10 @@ banded op (torch.ops.swa.attention) through its differentiable lse:
   global query (Sq == Sk) sees every key, through a dense [g, Sk] block that
   replaces its row. Sizing g (the largest number of global tokens in the
   batch) reads one integer back to the host, whether the counts differ one
-  more.
+  more. When the global tokens are one prefix [0, g) of every sequence
+  (Longformer's [CLS] and question tokens) with Sq == Sk and no dilation,
+  they are the op's sink tokens instead: the band kernel sees them with
+  every row, counted once, and no dense block or merge runs (_global_prefix).
 
 - per-head windows and dilations (window_size entries and dilation as int
   tensors [Hq]): the heads of one dilation run together, their windows
@@ -86,6 +89,12 @@ def longformer_attention(
         dilation = int(dilation)
     global_qkv = _check_global(q, k, v, global_mask, global_q, global_k, global_v)
 
+    prefix = _global_prefix(q, k, global_mask, dilation)
+    if prefix:  # the band kernel takes the global keys as sink tokens
+        out, lse = _attend_any(_FN, q, k, v, left, right, scale, softcap, None, prefix)
+        out, lse = _global_rows(q, k, v, out, lse, _positions(global_mask, prefix), None, global_qkv, scale,
+                                softcap)
+        return _result(out.to(q.dtype), lse.float(), return_lse)
     if isinstance(dilation, Tensor):
         out, lse = _per_head_dilated_band(q, k, v, left, right, dilation, scale, softcap)
     else:
@@ -94,6 +103,30 @@ def longformer_attention(
         out, lse = _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, dilation, scale,
                                       softcap)
     return _result(out, lse.float(), return_lse)
+
+
+def _global_prefix(q, k, global_mask, dilation) -> int:
+    """g when the global positions of every sequence are the same prefix
+    [0, g) (Longformer's [CLS] and question tokens) with Sq == Sk and no
+    dilation, else 0. Then the global keys are the op's sink tokens: every
+    non-global row (position p >= g) sees them, each counted once, inside
+    the band kernel (no dense [Sq, g] block and no merge pass); the rows
+    [0, g) are global and replaced by their dense rows. Two host reads
+    (the count, and whether the mask is that prefix)."""
+    if global_mask is None or not isinstance(dilation, int) or dilation != 1 or q.shape[2] != k.shape[2]:
+        return 0
+    if global_mask.numel() == 0 or q.shape[2] == 0:
+        return 0
+    g = int(global_mask[0].sum())
+    if g == 0 or not bool((global_mask.sum(-1) == g).all() & global_mask[:, :g].all()):
+        return 0
+    return g
+
+
+def _positions(global_mask, g):
+    """[B, g] global positions of each sequence in order, then padding
+    (stable sort: the first g of the positions whose flag is set)."""
+    return torch.sort((~global_mask).to(torch.uint8), dim=-1, stable=True).indices[:, :g]
 
 
 def _check_global(q, k, v, global_mask, global_q, global_k, global_v):
@@ -258,8 +291,7 @@ def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, 
     if g == 0 or Sq == 0:
         return out, lse
     padded = bool((count < g).any())  # (and a second: do the sequences' counts differ?)
-    # The global positions of each sequence first (stable: in order), then padding.
-    positions = torch.sort((~global_mask).to(torch.uint8), dim=-1, stable=True).indices[:, :g]  # [B, g]
+    positions = _positions(global_mask, g)  # [B, g]
     valid = torch.arange(g, device=q.device)[None, :] < count[:, None]  # [B, g]
 
     # Every query row and the global keys outside its band.
@@ -283,21 +315,31 @@ def _add_global_tokens(q, k, v, out, lse, global_mask, global_qkv, left, right, 
         keep = (valid[:, None, :] & ~in_band)[:, None, None]  # [B, 1, 1, Sq, g]
     out_g, lse_g = _softmax_rows(_scores(q, k_g, scale, softcap), v_g, keep)
     out, lse = _merge(out, lse, out_g, lse_g)
-
     if Sq == Sk:  # the global query rows see every key
-        q_rows, k_all, v_all = global_qkv if global_qkv is not None else (q, k, v)
-        index = positions[:, None, :, None].expand(B, Hq, g, D)
-        q_g = q_rows.gather(2, index)
-        everything = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=q.device)
-        out_rows, lse_rows = _softmax_rows(_scores(q_g, k_all, scale, softcap), v_all, everything)
-        lse_index = positions[:, None, :].expand(B, Hq, g)
-        if padded:  # padding entries (past a sequence's count) write back what is there
-            row_valid = valid[:, None, :]  # [B, 1, g]
-            out_rows = torch.where(row_valid[..., None], out_rows, out.gather(2, index))
-            lse_rows = torch.where(row_valid, lse_rows, lse.gather(2, lse_index))
-            out, lse = out.scatter(2, index, out_rows), lse.scatter(2, lse_index, lse_rows)
-        else:
-            # In place: out and lse are the merge's fresh results, which no
-            # backward saved (lerp keeps its inputs and weight).
-            out, lse = out.scatter_(2, index, out_rows), lse.scatter_(2, lse_index, lse_rows)
+        # In place: out and lse are the merge's fresh results, which no
+        # backward saved (lerp keeps its inputs and weight).
+        out, lse = _global_rows(q, k, v, out, lse, positions, valid if padded else None, global_qkv, scale,
+                                softcap, in_place=True)
     return out.to(q.dtype), lse  # lse in the accumulation dtype (the caller returns float32)
+
+
+def _global_rows(q, k, v, out, lse, positions, valid, global_qkv, scale, softcap, in_place=False):
+    """out / lse with the rows at positions [B, g] replaced by their dense
+    rows over every key (through global_qkv when given); valid [B, g] (None:
+    all) marks padding entries, which keep what is there."""
+    B, Hq, _, D = q.shape
+    g = positions.shape[1]
+    q_rows, k_all, v_all = global_qkv if global_qkv is not None else (q, k, v)
+    index = positions[:, None, :, None].expand(B, Hq, g, D)
+    q_g = q_rows.gather(2, index)
+    everything = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=q.device)
+    out_rows, lse_rows = _softmax_rows(_scores(q_g, k_all, scale, softcap), v_all, everything)
+    lse_index = positions[:, None, :].expand(B, Hq, g)
+    if valid is not None:  # padding entries (past a sequence's count) write back what is there
+        row_valid = valid[:, None, :]  # [B, 1, g]
+        out_rows = torch.where(row_valid[..., None], out_rows, out.gather(2, index))
+        lse_rows = torch.where(row_valid, lse_rows, lse.gather(2, lse_index))
+    out_rows, lse_rows = out_rows.to(out.dtype), lse_rows.to(lse.dtype)
+    if in_place and valid is None:
+        return out.scatter_(2, index, out_rows), lse.scatter_(2, lse_index, lse_rows)
+    return out.scatter(2, index, out_rows), lse.scatter(2, lse_index, lse_rows)

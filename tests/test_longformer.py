@@ -36,6 +36,9 @@ def cases(n, seed):
 
 
 CASES = cases(30, seed=11)
+# The global tokens as one prefix of every sequence ([CLS] / question tokens):
+# with Sq == Sk and no dilation they run as the band kernel's sink tokens.
+PREFIX_CASES = [dict(c, globals="prefix") for c in cases(10, seed=12)]
 
 
 def case_id(c):
@@ -55,6 +58,9 @@ def global_mask_of(c, device, seed=0):
     if c["globals"] == "all":
         return torch.ones(B, Sk, dtype=torch.bool, device=device)
     mask = torch.zeros(B, Sk, dtype=torch.bool)
+    if c["globals"] == "prefix":
+        mask[:, :min(Sk, 3)] = True
+        return mask.to(device)
     if c["globals"] == "edges":
         mask[:, [0, Sk - 1, Sk // 2, min(Sk - 1, Sk // 2 + 1)]] = True
         return mask.to(device)
@@ -89,7 +95,7 @@ def reference(q, k, v, mask, projections, c, upcast=True):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", CASES + PREFIX_CASES, ids=case_id)
 def test_forward_matches_reference(case, dtype, device):
     q, k, v, mask, projections = inputs_of(case, dtype, device)
     out, lse = call(q, k, v, mask, projections, case)
@@ -108,7 +114,7 @@ def test_forward_matches_reference(case, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES[:16], ids=case_id)
+@pytest.mark.parametrize("case", CASES[:16] + PREFIX_CASES, ids=case_id)
 def test_backward_matches_reference(case, dtype):
     q, k, v, mask, projections = inputs_of(case, dtype, "cpu", grad=True)
     inputs = (q, k, v) + (tuple(projections) if projections is not None else ())
@@ -332,3 +338,30 @@ def test_per_head_dilation_errors():
         swa_cuda.longformer_attention(q, k, v, (2, 0), dilation=torch.tensor([1, 0]))
     with pytest.raises(TypeError, match="shape \\[2\\]"):
         swa_cuda.longformer_attention(q, k, v, (2, 0), dilation=torch.tensor([1, 2, 3]))
+
+
+def test_global_prefix_runs_in_the_band_kernel(monkeypatch):
+    """A global prefix shared by every sequence (Sq == Sk, no dilation) takes
+    the sink-token path: no dense [Sq, g] block, no merge. Anything else (the
+    counts or positions differ, dilation, Sq != Sk) takes the merge."""
+    from swa_cuda import longformer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the merge path ran")
+
+    q, k, v = make_qkv(2, 2, 1, 40, 40, 16, torch.float32, "cpu", seed=4)
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    mask[:, :5] = True
+    assert longformer._global_prefix(q, k, mask, 1) == 5
+    with monkeypatch.context() as m:
+        m.setattr(longformer, "_add_global_tokens", refuse)
+        out, lse = swa_cuda.longformer_attention(q, k, v, (3, 3), global_mask=mask, return_lse=True)
+    ref, ref_lse = longformer_ref(q, k, v, 3, 3, 1, mask, None, 0.0)
+    assert_fa_rule(out, ref, None, 2, 1e-5, "prefix out")
+    torch.testing.assert_close(lse, ref_lse.float(), rtol=1e-5, atol=1e-5)
+    other = mask.clone()
+    other[1, 4] = False  # counts differ
+    shifted = torch.zeros_like(mask)
+    shifted[:, 1:6] = True  # not a prefix
+    for m_, d, kk in ((other, 1, k), (shifted, 1, k), (mask, 2, k), (mask[:, :30], 1, k[:, :, :30])):
+        assert longformer._global_prefix(q, kk, m_, d) == 0
