@@ -36,11 +36,13 @@ def setup(args, device):
     return dict(n=16384, window=512, dilations=[1, 2, 4], globals=[0, 16], dtype=torch.float32)
 
 
-def global_mask(n, g, device):
-    """g global positions: the first token and g - 1 spread over the sequence."""
+def global_mask(n, g, device, prefix=False):
+    """g global positions: the first token and g - 1 spread over the
+    sequence, or (prefix) the first g tokens ([CLS] and a question: the band
+    kernel's sink tokens, see swa_cuda/longformer.py)."""
     mask = torch.zeros(1, n, dtype=torch.bool, device=device)
     if g:
-        mask[0, torch.linspace(0, n - 1, g).long()] = True
+        mask[0, torch.arange(g) if prefix else torch.linspace(0, n - 1, g).long()] = True
     return mask
 
 
@@ -117,11 +119,16 @@ def main():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, generator=g).to(device=device, dtype=dtype) for _ in range(3))
     fns = {}
-    for gcount in s["globals"]:
-        mask = global_mask(n, gcount, device)
+    # (g, placement): spread over the sequence with every dilation, and as a
+    # prefix (d = 1, where the band kernel takes them; "spread" rows keep the
+    # plain g label in the table, prefix ones "g p").
+    placements = [(gcount, False) for gcount in s["globals"]] + [(gcount, True) for gcount in s["globals"] if gcount]
+    for gcount, prefix in placements:
+        mask = global_mask(n, gcount, device, prefix)
+        label = f"{gcount}p" if prefix else gcount
         if gcount:
-            fns[("dense rows", "forward", 1, gcount)] = dense_rows_callable(q, k, v, mask)
-        for d in s["dilations"]:
+            fns[("dense rows", "forward", 1, label)] = dense_rows_callable(q, k, v, mask)
+        for d in (s["dilations"][:1] if prefix else s["dilations"]):
             def fwd(d=d, mask=mask if gcount else None):
                 with torch.no_grad():
                     return swa_cuda.longformer_attention(q, k, v, (left, right), dilation=d, global_mask=mask)
@@ -132,15 +139,17 @@ def main():
                 out = swa_cuda.longformer_attention(qg, kg, vg, (left, right), dilation=d, global_mask=mask)
                 return torch.autograd.grad(out.float().square().sum(), (qg, kg, vg))
 
-            fns[("ours", "forward", d, gcount)] = fwd
-            fns[("ours", "forward+backward", d, gcount)] = fwd_bwd
+            fns[("ours", "forward", d, label)] = fwd
+            fns[("ours", "forward+backward", d, label)] = fwd_bwd
             try:
                 flex_fn = flex_callable(q, k, v, left, right, d, mask)
                 diff = (flex_fn().float() - fwd().float()).abs().max().item()
                 common.log(f"  flex d={d} g={gcount}: max |flex - ours| = {diff:.2e}")
-                fns[("flex", "forward", d, gcount)] = flex_fn
+                fns[("flex", "forward", d, label)] = flex_fn
             except Exception as e:
                 common.log(f"  flex d={d} g={gcount}: unavailable ({type(e).__name__}: {str(e)[:300]})")
+        if prefix:
+            continue
         try:
             theirs, drop_in = hf_module(n, W, dtype, device)
             hidden = torch.randn(1, n, HEADS * HEAD_DIM, generator=g).to(device=device, dtype=dtype)
@@ -160,14 +169,15 @@ def main():
                 common.log(f"  {key}: failed ({type(e).__name__}: {e})")
                 continue
             best[key] = min(best.get(key, math.inf), ms)
-            common.log(f"  round {r}: {key[0]:12s} {key[1]:16s} d={key[2]} g={key[3]:3d} {ms:9.2f} ms")
+            common.log(f"  round {r}: {key[0]:12s} {key[1]:16s} d={key[2]} g={key[3]!s:>3} {ms:9.2f} ms")
 
     rows = []
     for (impl, direction, d, gcount), ms in best.items():
         band = best.get((impl, direction, 1, 0))
         same_d_band = best.get((impl, direction, d, 0))
         dense = best.get(("dense rows", "forward", 1, gcount)) if direction == "forward" else None
-        row = dict(impl=impl, direction=direction, n=n, window=W, dilation=d, globals=gcount,
+        row = dict(impl=impl, direction=direction, n=n, window=W, dilation=d, globals=int(str(gcount).rstrip("p")),
+                   global_placement="prefix" if str(gcount).endswith("p") else "spread",
                    dtype=str(dtype).replace("torch.", ""), ms=ms,
                    vs_band=ms / band if band and impl in ("ours", "flex") else None,
                    vs_band_plus_dense=(ms / (same_d_band + dense) if gcount and dense and same_d_band
@@ -180,6 +190,7 @@ def main():
             row["flex_over_ours"] = ms / ours if ours else None
         rows.append(row)
     columns = [("impl", "impl", "s"), ("pass", "direction", "s"), ("d", "dilation", "d"), ("g", "globals", "d"),
+               ("placed", "global_placement", "s"),
                ("ms", "ms", ".2f"), ("x band d=1", "vs_band", ".3f"), ("x (band d + dense g)", "vs_band_plus_dense",
                                                                         ".3f"),
                ("flex / ours", "flex_over_ours", ".2f"), ("x transformers", "speedup_vs_transformers", ".2f")]
@@ -191,7 +202,8 @@ def main():
         f"# Longformer patterns: dilation and global tokens\n\n`{common.python_command()}`, {env['device_name']}, "
         f"torch {env['torch']}, {env['cpu_threads']} threads, load {env['load_avg_1min']}, commit "
         f"{env['git_commit']}. B = 1, H = {HEADS}, D = {HEAD_DIM}, {str(dtype).replace('torch.', '')}, n = {n}, "
-        f"window (W/2, W/2) with W = {W}, dilation d, g global tokens (the first token and g - 1 spread out). "
+        f"window (W/2, W/2) with W = {W}, dilation d, g global tokens (the first token and g - 1 spread out; "
+        f"placed 'prefix': the first g tokens, which the band kernel takes as sink tokens). "
         f"Best of {args.rounds} round-robin medians. 'x band d=1': time / the undilated band without global "
         f"tokens (same impl, same pass); 'x (band d + dense g)': time / (the same d without global tokens + "
         f"'dense rows', SDPA of the g global queries over n keys and of n queries over the g keys); "
@@ -200,6 +212,7 @@ def main():
     panels = [dict(title=f"forward, n = {n}, W = {W}", xlabel="dilation d", ylabel="ms", xlog=False, ylog=True,
                    series={f"{impl} g={gcount}": [(r["dilation"], r["ms"]) for r in rows
                                                   if r["impl"] == impl and r["globals"] == gcount
+                                                  and r["global_placement"] == "spread"
                                                   and r["direction"] == "forward"]
                            for impl in ("ours", "flex") for gcount in s["globals"]}),
               dict(title="ours vs its yardsticks", xlabel="dilation d", ylabel="ratio", xlog=False, ylog=False,
@@ -211,6 +224,7 @@ def main():
                            **{f"forward g={gcount}: x (band + dense)": [(r["dilation"], r["vs_band_plus_dense"])
                                                                         for r in rows if r["impl"] == "ours"
                                                                         and r["globals"] == gcount
+                                                                        and r["global_placement"] == "spread"
                                                                         and r["direction"] == "forward"]
                               for gcount in s["globals"] if gcount}})]
     common.plot_panels(stem.with_suffix(".png"), panels, "Longformer patterns")
