@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cstdio>
+
 #include "cpu/decode_problem.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
@@ -25,6 +27,24 @@ constexpr int64_t kMinSplitKeys = 256;
 // waking and joining helpers costs about as much as reading them (B1 Hq8
 // Hkv2 D64 W512 fp32, 0.5 MiB: 15 us on one thread, 26 us on two).
 constexpr int64_t kSerialBytes = int64_t(1) << 20;
+
+// The bytes of the last-level cache that this CPU's core sits on: Linux's
+// sysfs entry of the L3 instance (glibc's sysconf reports a whole chiplet
+// EPYC package's L3 there, 12 times a core's share); 32 MiB where unknown.
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t size = 0;
+    if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
+      long long n = 0;
+      char unit = 0;
+      if (std::fscanf(f, "%lld%c", &n, &unit) >= 1)
+        size = unit == 'K' ? n << 10 : unit == 'M' ? n << 20 : unit == 'G' ? n << 30 : n;
+      std::fclose(f);
+    }
+    return size > 0 ? size : int64_t(32) << 20;
+  }();
+  return bytes;
+}
 
 // Splits of the window per (sequence, kv head): enough tasks for every
 // thread to get several (dynamic balance) when B * Hkv alone gives too few.
@@ -141,6 +161,7 @@ void run_problem(DecodeProblem& p, int64_t count, const DecodeInputs& in, at::Te
   const int64_t threads =
       window_bytes < kSerialBytes || at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
   choose_splits(p, heads, max_keys, threads);
+  p.prefetch = window_bytes > last_level_cache_bytes();
   at::Tensor partial;
   if (p.splits > 1) {
     const auto acc_dtype = p.dtype == at::kDouble ? at::kDouble : at::kFloat;

@@ -307,7 +307,7 @@ struct DecodeKernel {
   SWA_INLINE void run_piece(int64_t j0, int64_t j1, const In* k, int64_t k_rs, const In* v, int64_t v_rs) {
     for (int64_t b0 = j0; b0 < j1; b0 += NB) {
       const int64_t n = std::min(NB, j1 - b0);
-      pf_n = std::min(n, j1 - (b0 + kPrefetchKeys));
+      pf_n = p.prefetch ? std::min(n, j1 - (b0 + kPrefetchKeys)) : 0;
       pf_k = reinterpret_cast<const char*>(k + (b0 + kPrefetchKeys - j0) * k_rs);
       pf_v = reinterpret_cast<const char*>(v + (b0 + kPrefetchKeys - j0) * v_rs);
       pf_k_rs = k_rs * int64_t(sizeof(In));
