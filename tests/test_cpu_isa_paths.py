@@ -202,6 +202,14 @@ def backward_grads_extra(threads):
     left, right = torch.tensor([3, 70, 0, 149]), torch.tensor([0, 2, 0, 0])
     out, lse = torch.ops.swa.attention.per_head(q, k, v, left, right)
     grads.append(torch.ops.swa.attention_backward.per_head(dout, None, q, k, v, out, lse, left, right, None, 0.0))
+    # Sink tokens (the dQ pass takes their pairs; one pass since they are few),
+    # with sink logits, a two-sided window and 3 chunks of keys.
+    q, k, v = (torch.randn(1, h, 2500, 32, generator=g) for h in (4, 2, 2))
+    dout = torch.randn(q.shape, generator=g)
+    for tokens, wl, wr in ((4, 300, 2), (1, 40, 0)):
+        out, lse = torch.ops.swa.attention.sinks(q, k, v, wl, wr, None, 0.0, sinks=sinks, sink_tokens=tokens)
+        grads.append(torch.ops.swa.attention_backward.sinks(dout, None, q, k, v, out, lse, wl, wr, None, 0.0, True,
+                                                            sinks=sinks, sink_tokens=tokens))
     return grads
 
 
@@ -238,7 +246,8 @@ def test_backward_one_pass_matches_two_passes_and_reference(tmp_path):
         for shape, a_grads, c_grads in zip(BACKWARD_SHAPES, a_all, c_all):
             for name, a, c in zip("qkv", a_grads, c_grads):
                 assert max_err(a, c) <= tol * max(1.0, c.abs().max().item()), f"{dtype} d{name} {shape}"
-    for what, a_grads, c_grads in zip(("sink logits", "per-head windows"), one_extra, two_extra):
+    for what, a_grads, c_grads in zip(("sink logits", "per-head windows", "sink tokens 4", "sink tokens 1"),
+                                      one_extra, two_extra):
         for a, c in zip(a_grads, c_grads):
             scale = c.abs().max().item() if c.numel() else 1.0
             assert max_err(a, c) <= 1e-5 * max(1.0, scale), f"{what}: one pass vs two passes"

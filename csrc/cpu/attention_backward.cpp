@@ -48,7 +48,12 @@ void sum_dq_chunks(const BackwardProblem& p, const AttentionShape& shape) {
       int64_t c_first = 0;  // the first chunk whose rows do not end before row i
       for (int64_t i = 0; i < Sq; ++i) {
         while (c_first < p.chunks && p.chunk_rows[2 * c_first + 1] <= i) ++c_first;
-        std::fill(row.begin(), row.end(), T(0));
+        if (p.dq_sinks != nullptr) {  // the dQ pass's sink runs first
+          const T* sink_part = static_cast<const T*>(p.dq_sinks) + (bh * Sq + i) * D;
+          std::copy(sink_part, sink_part + D, row.begin());
+        } else {
+          std::fill(row.begin(), row.end(), T(0));
+        }
         for (int64_t c = c_first; c < p.chunks && p.chunk_rows[2 * c] <= i; ++c) {
           if (i >= p.chunk_rows[2 * c + 1]) continue;  // an empty chunk
           const int64_t count = p.chunk_rows[2 * c + 1] - p.chunk_rows[2 * c];
@@ -167,12 +172,15 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   // One pass where it applies (BackwardProblem::fused_dq): bounded windows
   // (a chunk's rows are then its keys plus the window), chosen by the shape
   // alone so that results do not depend on the thread count.
-  p.fused_dq = packed == nullptr && sink_args.tokens == 0 && p.band.window_left >= 0 && p.band.window_right >= 0 &&
-               fused_dq_enabled();
+  // Sink tokens join when the dQ pass takes their pairs (sink_grads): the
+  // dK/dV tasks then see band rows only, and their chunks' rows stay bounded.
+  p.fused_dq = packed == nullptr && (sink_args.tokens == 0 || p.sink_grads != nullptr) && p.band.window_left >= 0 &&
+               p.band.window_right >= 0 && fused_dq_enabled();
   // bf16 with an even head dim: the one pass on bf16 pairs where the CPU has AVX512-BF16.
   bool dot_pass = false;
 #if defined(__x86_64__) || defined(__i386__)
-  if (cpu_isa() == Isa::kAvx512Bf16 && p.fused_dq && q.scalar_type() == at::kBFloat16 && shape.head_dim % 2 == 0) {
+  if (cpu_isa() == Isa::kAvx512Bf16 && p.fused_dq && sink_args.tokens == 0 && q.scalar_type() == at::kBFloat16 &&
+      shape.head_dim % 2 == 0) {
     dq_pass = backward_dq_tasks_avx512_bf16, dkdv_pass = backward_dkdv_tasks_avx512_bf16;
     dot_pass = true;
   }
@@ -194,7 +202,9 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     p.chunks = (shape.seqlen_k + p.chunk_keys - 1) / p.chunk_keys;
     std::vector<int64_t> chunk_rows(2 * p.chunks), chunk_offset(p.chunks + 1, 0);
     for (int64_t c = 0; c < p.chunks; ++c) {
-      auto rows = SWA_KERNEL_NS::row_range(p.band, c * p.chunk_keys, std::min(shape.seqlen_k, (c + 1) * p.chunk_keys));
+      const int64_t k0 = c * p.chunk_keys, k1 = std::min(shape.seqlen_k, (c + 1) * p.chunk_keys);
+      auto rows = p.sink_grads != nullptr ? SWA_KERNEL_NS::band_row_range(p.band, k0, k1)
+                                          : SWA_KERNEL_NS::row_range(p.band, k0, k1);
       if (rows.empty()) rows.begin = rows.end = 0;
       chunk_rows[2 * c] = rows.begin;
       chunk_rows[2 * c + 1] = rows.end;
@@ -204,7 +214,13 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     p.chunk_offset = chunk_offset.data();
     const at::Tensor dq_chunks = at::empty({shape.batch * shape.heads_kv * chunk_offset[p.chunks]}, q.options().dtype(acc));
     p.dq_chunks = dq_chunks.data_ptr();
-    // delta (and lse2 unless given) from the dQ pass without its sweep 2.
+    at::Tensor dq_sinks;
+    if (p.sink_grads != nullptr) {
+      dq_sinks = at::zeros({shape.batch, shape.heads_q, shape.seqlen_q, shape.head_dim}, q.options().dtype(acc));
+      p.dq_sinks = dq_sinks.data_ptr();
+    }
+    // delta (and lse2 unless given) from the dQ pass without its sweep 2 (with
+    // sink tokens: sweep 2 over the rows' sink runs only, into dq_sinks and sink_grads).
     p.stats_only = true;
     parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
     const int64_t tasks = shape.batch * shape.heads_kv * p.chunks;

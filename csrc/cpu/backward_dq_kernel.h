@@ -194,10 +194,10 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     }
     // Calls f(sink_run, k_rows, k_rs, v_rows, v_rs, n0) per key block of both
     // runs with the tile's lanes set to the run (V rows only when with_v).
-    auto walk = [&](bool with_v, auto&& f) {
+    auto walk = [&](bool with_v, auto&& f, bool sink_run_only = false) {
       for (const bool sink_run : {true, false}) {
         const auto keys = sink_run ? seen.sink : seen.band;
-        if (keys.empty()) continue;
+        if (keys.empty() || (sink_run_only && !sink_run)) continue;
         for (int64_t r = 0; r < rows; ++r) {
           tile.lane_begin[r] = sink_run ? 0 : band.key_begin(m0 + r);
           tile.lane_end[r] = sink_run ? band.sink_end(m0 + r) : band.key_end(m0 + r);
@@ -245,7 +245,9 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       }
     }
 
-    if (p.stats_only) return;  // fused_dq: the dK/dV pass takes dQ
+    // fused_dq: the dK/dV pass takes dQ, here only the sink runs' part (dq_sinks).
+    const bool sink_runs_only = p.stats_only;
+    if (sink_runs_only && (p.dq_sinks == nullptr || seen.sink.empty())) return;
     pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
 
     // Sweep 2: dQ^T; with sink_grads also the sink keys' dK / scale and dV
@@ -270,8 +272,14 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
         this->lane_sum_update(dpt, n0, run.begin, run.end, r0, r1, q_rows, q_rs, sink_dk, D);   // dK / scale += dS^T Q
         this->lane_sum_update(st, n0, run.begin, run.end, r0, r1, do_rows, do_rs, sink_dv, D);  // dV += P^T dO
       }
-    });
+    }, sink_runs_only);
     vec lane_scale[kVecs];
+    if (sink_runs_only) {  // dQ / scale of the sink runs, [B, Hq, Sq, D] rows of T
+      for (int v = 0; v < kVecs; ++v) lane_scale[v] = S::set1(T(1));
+      T* dst = static_cast<T*>(p.dq_sinks) + ((b * p.heads_q + h) * p.seqlen_q + this->q_row0 + m0) * D;
+      unpack_lanes<Cfg, T, T>(dqt, lane_scale, rows, D, dst, D);
+      return;
+    }
     for (int v = 0; v < kVecs; ++v) lane_scale[v] = S::set1(T(p.scale));
     unpack_lanes<Cfg, T, In>(dqt, lane_scale, rows, D, dq, p.dq_stride[2]);
   }

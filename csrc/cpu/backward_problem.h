@@ -39,7 +39,7 @@ struct BackwardProblem {
   // lse rounded to float32 does not give) and float64 ones too (their
   // gradients are not limited by a float32 lse).
   bool lse2_given = false;
-  // One pass (bounded windows, no sink-token runs, not packed): the dK/dV
+  // One pass (bounded windows, not packed; sink tokens only with sink_grads): the dK/dV
   // pass also takes dQ / scale += dS K. A task is a chunk of chunk_keys keys
   // (a multiple of the tile, set by the shape alone) of one kv head, whose
   // tiles go in order; its dQ sums go to its own slice of dq_chunks, rows
@@ -49,7 +49,12 @@ struct BackwardProblem {
   // has a fixed order whatever the thread count. Tasks: (b * heads_kv + kv
   // head) * chunks + chunk. lse2 and delta come first, from the dQ pass run
   // with stats_only (delta and sweep 1, or lse2 read when given; no sweep 2).
+  // With sink tokens (sink_grads) the dQ pass also runs sweep 2 over its
+  // rows' sink runs only, which the dK/dV tasks leave out (band_row_range):
+  // it writes that part of dQ / scale to dq_sinks ([B, Hq, Sq, D] of the
+  // accumulation type), from which the caller starts each row's sum.
   bool fused_dq = false;
+  void* dq_sinks = nullptr;
   bool stats_only = false;
   int64_t chunk_keys = 0, chunks = 0;
   const int64_t* chunk_rows = nullptr;     // [2 * chunks]: row ranges
