@@ -20,11 +20,13 @@
 //     S = Q K^T, dP = dO V^T, dS = P (dP - delta) [...]        (rows, keys)
 //     dV^T += dO^T P, dK^T += Q^T dS                              (D, keys)
 //     dK = scale (dK^T)^T, dV = (dV^T)^T
-//   One pass (BackwardProblem::fused_dq): a dK/dV task is a whole kv head
-//   whose key tiles go in order, and each also adds dQ += dS K (summed over
-//   the lanes) to the rows it sees, so S and dP are computed once: 5 Q.K-sized
-//   products instead of 8 (7 with lse2 given); the dQ pass then only writes
-//   delta and lse2 (stats_only; float32 reads lse2, no sweep 1). bf16 with
+//   One pass (BackwardProblem::fused_dq): a dK/dV task is a chunk of keys of
+//   a kv head whose key tiles go in order (one query head after the other),
+//   and each also adds dQ += dS K (summed over the lanes) to the rows it
+//   sees, so S and dP are computed once: 5 Q.K-sized products instead of 8
+//   (7 with lse2 given); the dQ pass then only writes delta and lse2
+//   (stats_only; float32 and bf16 pairs read lse2, no sweep 1), and with a
+//   few sink tokens also the sink runs' part of dQ, dK and dV. bf16 with
 //   an even head dim runs it on bf16 pairs where the CPU has AVX512-BF16
 //   (kDot, cpu/backward_avx512_bf16.cpp): every product on vdpbf16ps, P and
 //   dS rounded to bf16 for the products that take them, as FlashAttention.
