@@ -72,7 +72,18 @@ def battery():
     left, right = torch.tensor([3, 70, 0, 149]), torch.tensor([0, 2, 0, 0])
     out, lse = torch.ops.swa.attention.per_head(q, k, v, left, right)
     grads.append(torch.ops.swa.attention_backward.per_head(dout, None, q, k, v, out, lse, left, right, None, 0.0))
+    for case, (logits, tokens, cap) in enumerate(SINK_TOKEN_CASES):
+        q, k, v, dout, dlse = inputs(case, SHAPES[case])
+        sinks = torch.linspace(-1.0, 2.0, q.shape[1]) if logits else None
+        out, lse = torch.ops.swa.attention.sinks(q, k, v, 40, 0, None, cap, sinks=sinks, sink_tokens=tokens)
+        grads.append(torch.ops.swa.attention_backward.sinks(dout, dlse, q, k, v, out, lse, 40, 0, None, cap, True,
+                                                            sinks=sinks, sink_tokens=tokens))
     return grads
+
+
+# Sink tokens (the dQ pass takes their pairs, on float32 rows; the band's on
+# bf16 pairs): (with sink logits, sink tokens, softcap) on SHAPES[i].
+SINK_TOKEN_CASES = [(True, 4, 0.0), (False, 1, 5.0), (True, 16, 0.0)]
 
 
 def reference_grads(q, k, v, dout, dlse, fn):
@@ -108,6 +119,13 @@ def check_battery(grads, what):
         a, b, c, [3, 70, 0, 149], [0, 2, 0, 0], upcast=up))
     for name, got, r64, rlp in zip("qkv", grads[len(SHAPES) + 1], ref, low):
         assert_fa_rule(got, r64, rlp, 3, 1e-5, f"{what} per-head windows d{name}")
+    for case, (logits, tokens, cap) in enumerate(SINK_TOKEN_CASES):
+        q, k, v, dout, dlse = inputs(case, SHAPES[case])
+        sinks = torch.linspace(-1.0, 2.0, q.shape[1]) if logits else None
+        ref, low = reference_grads(q, k, v, dout, dlse, lambda a, b, c, up: attention_ref(
+            a, b, c, 40, 0, None, cap, sinks=sinks, sink_tokens=tokens, upcast=up))
+        for name, got, r64, rlp in zip("qkv", grads[len(SHAPES) + 2 + case][:3], ref, low):
+            assert_fa_rule(got, r64, rlp, 3, 1e-5, f"{what} {tokens} sink tokens d{name}")
 
 
 def run_child(tmp_path, isa):

@@ -48,12 +48,7 @@ void sum_dq_chunks(const BackwardProblem& p, const AttentionShape& shape) {
       int64_t c_first = 0;  // the first chunk whose rows do not end before row i
       for (int64_t i = 0; i < Sq; ++i) {
         while (c_first < p.chunks && p.chunk_rows[2 * c_first + 1] <= i) ++c_first;
-        if (p.dq_sinks != nullptr) {  // the dQ pass's sink runs first
-          const T* sink_part = static_cast<const T*>(p.dq_sinks) + (bh * Sq + i) * D;
-          std::copy(sink_part, sink_part + D, row.begin());
-        } else {
-          std::fill(row.begin(), row.end(), T(0));
-        }
+        std::fill(row.begin(), row.end(), T(0));
         for (int64_t c = c_first; c < p.chunks && p.chunk_rows[2 * c] <= i; ++c) {
           if (i >= p.chunk_rows[2 * c + 1]) continue;  // an empty chunk
           const int64_t count = p.chunk_rows[2 * c + 1] - p.chunk_rows[2 * c];
@@ -179,7 +174,7 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
   // bf16 with an even head dim: the one pass on bf16 pairs where the CPU has AVX512-BF16.
   bool dot_pass = false;
 #if defined(__x86_64__) || defined(__i386__)
-  if (cpu_isa() == Isa::kAvx512Bf16 && p.fused_dq && sink_args.tokens == 0 && q.scalar_type() == at::kBFloat16 &&
+  if (cpu_isa() == Isa::kAvx512Bf16 && p.fused_dq && q.scalar_type() == at::kBFloat16 &&
       shape.head_dim % 2 == 0) {
     dq_pass = backward_dq_tasks_avx512_bf16, dkdv_pass = backward_dkdv_tasks_avx512_bf16;
     dot_pass = true;
@@ -214,13 +209,9 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     p.chunk_offset = chunk_offset.data();
     const at::Tensor dq_chunks = at::empty({shape.batch * shape.heads_kv * chunk_offset[p.chunks]}, q.options().dtype(acc));
     p.dq_chunks = dq_chunks.data_ptr();
-    at::Tensor dq_sinks;
-    if (p.sink_grads != nullptr) {
-      dq_sinks = at::zeros({shape.batch, shape.heads_q, shape.seqlen_q, shape.head_dim}, q.options().dtype(acc));
-      p.dq_sinks = dq_sinks.data_ptr();
-    }
+    p.sink_rows_start_slices = p.sink_grads != nullptr;
     // delta (and lse2 unless given) from the dQ pass without its sweep 2 (with
-    // sink tokens: sweep 2 over the rows' sink runs only, into dq_sinks and sink_grads).
+    // sink tokens: sweep 2 over the rows' sink runs only, into the slices' starts and sink_grads).
     p.stats_only = true;
     parallel_workers(q_tasks, default_grain(q_tasks), [&](TaskQueue& queue) { dq_pass(p, queue); });
     const int64_t tasks = shape.batch * shape.heads_kv * p.chunks;

@@ -339,7 +339,15 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         chunk_row0 = p.chunk_rows[2 * c];
         chunk_row_count = p.chunk_rows[2 * c + 1] - chunk_row0;
         chunk_dq = static_cast<T*>(p.dq_chunks) + bh * p.chunk_offset[p.chunks] + p.chunk_offset[c];
-        std::fill(chunk_dq, chunk_dq + p.group * chunk_row_count * D, T(0));
+        if (!p.sink_rows_start_slices) {
+          std::fill(chunk_dq, chunk_dq + p.group * chunk_row_count * D, T(0));
+        } else {  // the dQ pass started the rows that no earlier chunk holds
+          int64_t held = 0;
+          for (int64_t e = 0; e < c; ++e) held = std::max(held, p.chunk_rows[2 * e + 1]);
+          const int64_t zero_rows = std::clamp<int64_t>(held - chunk_row0, 0, chunk_row_count);
+          for (int64_t g = 0; g < p.group; ++g)
+            std::fill(chunk_dq + g * chunk_row_count * D, chunk_dq + (g * chunk_row_count + zero_rows) * D, T(0));
+        }
         const int64_t k0 = c * p.chunk_keys, k1 = std::min(p.seqlen_k, (c + 1) * p.chunk_keys);
         for (int64_t g = 0; g < p.group; ++g) {
           for (int64_t n0 = k0; n0 < k1; n0 += R) {

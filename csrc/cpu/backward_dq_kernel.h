@@ -10,7 +10,9 @@ namespace swa::cpu::SWA_CPU_ISA_NS {
 // The dQ pass of one instruction set (Cfg) and accumulation type T; kDot:
 // bf16 inputs, sweep 1 only (stats_only) with S on bf16 pairs, the same
 // scores bit for bit as the dK/dV pass's kDot products (the pair products
-// are exact, summed in the same order, then scaled).
+// are exact, summed in the same order, then scaled); with sink tokens also
+// sweep 2 over the rows' sink runs, on T rows (the dK/dV pass leaves those
+// pairs out, so no score needs to match its products).
 template <class Cfg, class T, bool kDot = false>
 struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   using Base = BackwardCommon<Cfg, T>;
@@ -24,7 +26,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   using Base::p;
   using Base::R;
 
-  AlignedBuffer<T> lane_buf, item_buf, conv_buf, row_buf;
+  AlignedBuffer<T> lane_buf, item_buf, conv_buf, row_buf, start_buf;
   T* qt;   // (D, R)       scaled Q^T
   T* dot;  // (D, R)       dO^T
   T* dqt;  // (D, R)       dQ^T / scale
@@ -48,6 +50,7 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
         item_buf(2 * kItems * R),
         conv_buf(Base::is_16bit(prob.dtype) ? 2 * kItems * prob.head_dim : 1),
         row_buf(Base::is_16bit(prob.dtype) && prob.sink_grads != nullptr ? 2 * R * prob.head_dim : 1),
+        start_buf(prob.sink_rows_start_slices ? R * prob.head_dim : 1),
         pair_buf(kDot ? prob.head_dim / 2 * R : 1) {
     qp = pair_buf.data;
     qrb = row_buf.data;
@@ -147,6 +150,24 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     tile.accumulate(n0, dpt, k_rows, k_rs, D, dqt);  // dQ^T += K^T dS^T
   }
 
+  // sink_rows_start_slices: rows [m0, m0 + rows) of head h of batch b
+  // (rows x D at src, or zeros if null) start each row's first slice of
+  // dq_chunks, that of the first chunk whose rows hold it.
+  SWA_INLINE void start_slices(int64_t b, int64_t h, int64_t m0, const T* src) const {
+    const int64_t hk = h / p.group, g = h % p.group;
+    T* head_slices = static_cast<T*>(p.dq_chunks) + (b * p.heads_kv + hk) * p.chunk_offset[p.chunks];
+    int64_t held = 0;  // rows [0, held) are held by an earlier chunk
+    for (int64_t c = 0; c < p.chunks && held < m0 + rows; ++c) {
+      const int64_t begin = p.chunk_rows[2 * c], end = p.chunk_rows[2 * c + 1];
+      const int64_t f0 = std::max({begin, held, m0}), f1 = std::min(end, m0 + rows);
+      held = std::max(held, end);
+      if (f0 >= f1) continue;
+      T* dst = head_slices + p.chunk_offset[c] + (g * (end - begin) + (f0 - begin)) * D;
+      if (src == nullptr) std::fill(dst, dst + (f1 - f0) * D, T(0));
+      else std::copy(src + (f0 - m0) * D, src + (f1 - m0) * D, dst);
+    }
+  }
+
   // One task: rows [m0, m0 + rows) of head h of batch b.
   template <class In>
   SWA_INLINE void run_tile(int64_t task, int64_t b, int64_t h, int64_t m0) {
@@ -160,10 +181,11 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     T* lse2_out = this->stats(p.lse2, b, h) + m0;
     T* delta_out = this->stats(p.delta, b, h) + m0;
 
-    // delta = rowsum(dO * O) - dlse (rows as T; kb and vb are free until the sweeps).
+    // delta = rowsum(dO * O) - dlse (rows as T; kb and vb are free until the
+    // sweeps; with sink_grads dorb keeps the dO rows for them).
     for (int v = 0; v < kVecs; ++v) delta[v] = S::zero();
     int64_t dout_rs, o_rs;
-    const T* dout_rows = this->rows_of(dout, p.dout_stride[2], 0, rows, kb, dout_rs);
+    const T* dout_rows = this->rows_of(dout, p.dout_stride[2], 0, rows, p.sink_grads != nullptr ? dorb : kb, dout_rs);
     const T* o_rows = this->rows_of(out, p.out_stride[2], 0, rows, vb, o_rs);
     for (int64_t r = 0; r < rows; ++r) {
       T dot_row = row_dot(dout_rows + r * dout_rs, o_rows + r * o_rs);
@@ -186,11 +208,19 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
     const int64_t hk = h / p.group;
     const In* k = static_cast<const In*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1] + this->k_row0 * p.k_stride[2];
     const In* vv = static_cast<const In*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1] + this->k_row0 * p.v_stride[2];
+    // With sink_grads and a sink run the Q rows as T (qrb), for qt and the sink keys' dK.
+    int64_t q_rs = 0;
+    const T* q_rows = p.sink_grads != nullptr && !seen.sink.empty() ? this->rows_of(q, p.q_stride[2], 0, rows, qrb, q_rs)
+                                                                    : nullptr;
+    const auto pack_qt = [&] {
+      if (q_rows != nullptr) pack_lanes<Cfg, T, T>(q_rows, q_rs, rows, D, this->scale2, qt);
+      else pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
+    };
     if constexpr (kDot) {
-      TORCH_CHECK(p.stats_only, "swa::attention_backward: the bf16 dot-product dQ pass is sweep 1 only");
+      TORCH_CHECK(p.stats_only, "swa::attention_backward: the bf16 dot-product dQ pass is the one pass's stats pass");
       if (!p.lse2_given) pack_pair_lanes<R>(reinterpret_cast<const uint16_t*>(q), p.q_stride[2], rows, D / 2, qp);
     } else {
-      pack_lanes<Cfg, T, In>(q, p.q_stride[2], rows, D, this->scale2, qt);
+      pack_qt();
     }
     // Calls f(sink_run, k_rows, k_rs, v_rows, v_rs, n0) per key block of both
     // runs with the tile's lanes set to the run (V rows only when with_v).
@@ -208,7 +238,8 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
           tile.make_runs(n0, n1);
           if (tile.nruns == 0) continue;
           int64_t k_rs = p.k_stride[2], v_rs = 0;
-          const T* k_rows = kDot ? nullptr : this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
+          // kDot: sweep 1 reads the bf16 bits in place; sweep 2 (sink runs) takes T rows.
+          const T* k_rows = kDot && !with_v ? nullptr : this->rows_of(k, p.k_stride[2], n0, n1, kb, k_rs);
           const T* v_rows = with_v ? this->rows_of(vv, p.v_stride[2], n0, n1, vb, v_rs) : nullptr;
           f(sink_run, k_rows, k_rs, v_rows, v_rs, n0);
         }
@@ -245,22 +276,22 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       }
     }
 
-    // fused_dq: the dK/dV pass takes dQ, here only the sink runs' part (dq_sinks).
+    // fused_dq: the dK/dV pass takes dQ, here only the sink runs' part, which
+    // starts the rows' slices (sink_rows_start_slices).
     const bool sink_runs_only = p.stats_only;
-    if (sink_runs_only && (p.dq_sinks == nullptr || seen.sink.empty())) return;
-    pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
+    if (sink_runs_only && !p.sink_rows_start_slices) return;
+    if (sink_runs_only && seen.sink.empty()) return start_slices(b, h, m0, nullptr);
+    if (p.sink_grads != nullptr) pack_lanes<Cfg, T, T>(dout_rows, dout_rs, rows, D, T(1), dot);
+    else pack_lanes<Cfg, T, In>(dout, p.dout_stride[2], rows, D, T(1), dot);
+    if constexpr (kDot) pack_qt();  // sweep 1 took pairs
 
     // Sweep 2: dQ^T; with sink_grads also the sink keys' dK / scale and dV
     // through the rows' sink runs, dK += dS^T Q and dV += P^T dO summed over
     // the lanes, into the task's [2][S][D] (zeroed by the caller).
     for (int64_t i = 0; i < D * R; ++i) dqt[i] = T(0);
     T* sink_dk = p.sink_grads != nullptr ? static_cast<T*>(p.sink_grads) + task * 2 * band.sink_tokens * D : nullptr;
-    const T *q_rows = nullptr, *do_rows = nullptr;
-    int64_t q_rs = 0, do_rs = 0;
-    if (sink_dk != nullptr && !seen.sink.empty()) {
-      q_rows = this->rows_of(q, p.q_stride[2], 0, rows, qrb, q_rs);
-      do_rows = this->rows_of(dout, p.dout_stride[2], 0, rows, dorb, do_rs);
-    }
+    const T* do_rows = dout_rows;  // as T, with q_rows, for the sink keys' dK / dV (sink_grads)
+    const int64_t do_rs = dout_rs;
     walk(true, [&](bool sink_run, const T* k_rows, int64_t k_rs, const T* v_rows, int64_t v_rs, int64_t n0) {
       const bool sink_pairs = sink_run && sink_dk != nullptr;
       gradient_block(n0, k_rows, k_rs, v_rows, v_rs, sink_pairs);
@@ -274,11 +305,10 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
       }
     }, sink_runs_only);
     vec lane_scale[kVecs];
-    if (sink_runs_only) {  // dQ / scale of the sink runs, [B, Hq, Sq, D] rows of T
+    if (sink_runs_only) {  // dQ / scale of the sink runs: the start of the rows' slices
       for (int v = 0; v < kVecs; ++v) lane_scale[v] = S::set1(T(1));
-      T* dst = static_cast<T*>(p.dq_sinks) + ((b * p.heads_q + h) * p.seqlen_q + this->q_row0 + m0) * D;
-      unpack_lanes<Cfg, T, T>(dqt, lane_scale, rows, D, dst, D);
-      return;
+      unpack_lanes<Cfg, T, T>(dqt, lane_scale, rows, D, start_buf.data, D);
+      return start_slices(b, h, m0, start_buf.data);
     }
     for (int v = 0; v < kVecs; ++v) lane_scale[v] = S::set1(T(p.scale));
     unpack_lanes<Cfg, T, In>(dqt, lane_scale, rows, D, dq, p.dq_stride[2]);

@@ -26,7 +26,8 @@
 //   sees, so S and dP are computed once: 5 Q.K-sized products instead of 8
 //   (7 with lse2 given); the dQ pass then only writes delta and lse2
 //   (stats_only; float32 and bf16 pairs read lse2, no sweep 1), and with a
-//   few sink tokens also the sink runs' part of dQ, dK and dV. bf16 with
+//   few sink tokens also the sink runs' part of dQ, dK and dV (on T rows
+//   for kDot as well). bf16 with
 //   an even head dim runs it on bf16 pairs where the CPU has AVX512-BF16
 //   (kDot, cpu/backward_avx512_bf16.cpp): every product on vdpbf16ps, P and
 //   dS rounded to bf16 for the products that take them, as FlashAttention.

@@ -50,11 +50,14 @@ struct BackwardProblem {
   // head) * chunks + chunk. lse2 and delta come first, from the dQ pass run
   // with stats_only (delta and sweep 1, or lse2 read when given; no sweep 2).
   // With sink tokens (sink_grads) the dQ pass also runs sweep 2 over its
-  // rows' sink runs only, which the dK/dV tasks leave out (band_row_range):
-  // it writes that part of dQ / scale to dq_sinks ([B, Hq, Sq, D] of the
-  // accumulation type), from which the caller starts each row's sum.
+  // rows' sink runs only, which the dK/dV tasks leave out (band_row_range),
+  // and writes that part of dQ / scale (0 for rows without one) as the start
+  // of each row's first slice, that of the first chunk whose rows hold it
+  // (sink_rows_start_slices): the dK/dV tasks then zero only the rows of their
+  // slice that an earlier chunk holds, and no buffer beside the slices is
+  // written, zeroed or read.
   bool fused_dq = false;
-  void* dq_sinks = nullptr;
+  bool sink_rows_start_slices = false;
   bool stats_only = false;
   int64_t chunk_keys = 0, chunks = 0;
   const int64_t* chunk_rows = nullptr;     // [2 * chunks]: row ranges
