@@ -16,6 +16,7 @@
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
 #include "cpu/tensor_rows.h"
+#include "cpu/workspace.h"
 #include "ops/checks.h"
 #include "ops/sinks.h"
 
@@ -207,8 +208,9 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     }
     p.chunk_rows = chunk_rows.data();
     p.chunk_offset = chunk_offset.data();
-    const at::Tensor dq_chunks = at::empty({shape.batch * shape.heads_kv * chunk_offset[p.chunks]}, q.options().dtype(acc));
-    p.dq_chunks = dq_chunks.data_ptr();
+    Buffer dq_chunks_owner;  // when the slices are larger than the thread's workspace keeps
+    p.dq_chunks = workspace(shape.batch * shape.heads_kv * chunk_offset[p.chunks] * int64_t(c10::elementSize(acc)),
+                            dq_chunks_owner);
     p.sink_rows_start_slices = p.sink_grads != nullptr;
     // delta (and lse2 unless given) from the dQ pass without its sweep 2 (with
     // sink tokens: sweep 2 over the rows' sink runs only, into the slices' starts and sink_grads).
