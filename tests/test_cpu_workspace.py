@@ -41,11 +41,15 @@ def run_child(env_value, code):
 
 
 def test_kept_workspace_matches_no_workspace(tmp_path):
-    path = tmp_path / "fresh.pt"
-    run = run_child("0", f"import torch, test_cpu_workspace as t\ntorch.save(t.all_grads(), {str(path)!r})\n")
-    assert run.returncode == 0, run.stderr[-3000:]
-    fresh = torch.load(path)
-    kept = all_grads() + all_grads()  # the second round reuses what the first kept
+    results = {}
+    for value in ("0", "256"):  # none kept; kept (each process sets its own, whatever the caller's environment)
+        path = tmp_path / f"grads_{value}.pt"
+        # The second round reuses what the first kept.
+        run = run_child(value, f"import torch, test_cpu_workspace as t\n"
+                               f"torch.save(t.all_grads() + t.all_grads(), {str(path)!r})\n")
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[value] = torch.load(path)
+    fresh, kept = results["0"][:len(CASES)], results["256"]
     for i, got in enumerate(kept):
         for name, a, b in zip("qkv", got, fresh[i % len(CASES)]):
             assert torch.equal(a, b), f"case {i % len(CASES)} d{name} differs from the run without a workspace"
