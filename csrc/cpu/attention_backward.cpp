@@ -196,7 +196,8 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
     const int64_t span = p.band.window_left + p.band.window_right + 1;
     p.chunk_keys = (std::max<int64_t>(16 * kTileLanes, span) + kTileLanes - 1) / kTileLanes * kTileLanes;
     p.chunks = (shape.seqlen_k + p.chunk_keys - 1) / p.chunk_keys;
-    std::vector<int64_t> chunk_rows(2 * p.chunks), chunk_offset(p.chunks + 1, 0);
+    std::vector<int64_t> chunk_rows(2 * p.chunks), chunk_offset(p.chunks + 1, 0), chunk_first_row(p.chunks);
+    int64_t held = 0;  // rows [0, held) are held by an earlier chunk
     for (int64_t c = 0; c < p.chunks; ++c) {
       const int64_t k0 = c * p.chunk_keys, k1 = std::min(shape.seqlen_k, (c + 1) * p.chunk_keys);
       auto rows = p.sink_grads != nullptr ? SWA_KERNEL_NS::band_row_range(p.band, k0, k1)
@@ -205,9 +206,12 @@ BackwardResult attention_backward_run(const char* op, const at::Tensor& grad_out
       chunk_rows[2 * c] = rows.begin;
       chunk_rows[2 * c + 1] = rows.end;
       chunk_offset[c + 1] = chunk_offset[c] + p.group * (rows.end - rows.begin) * shape.head_dim;
+      chunk_first_row[c] = std::clamp(held, rows.begin, rows.end);
+      held = std::max(held, rows.end);
     }
     p.chunk_rows = chunk_rows.data();
     p.chunk_offset = chunk_offset.data();
+    p.chunk_first_row = chunk_first_row.data();
     Buffer dq_chunks_owner;  // when the slices are larger than the thread's workspace keeps
     p.dq_chunks = workspace(shape.batch * shape.heads_kv * chunk_offset[p.chunks] * int64_t(c10::elementSize(acc)),
                             dq_chunks_owner);

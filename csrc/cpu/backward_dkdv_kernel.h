@@ -342,9 +342,7 @@ struct BackwardDkdvKernel : BackwardCommon<Cfg, T> {
         if (!p.sink_rows_start_slices) {
           std::fill(chunk_dq, chunk_dq + p.group * chunk_row_count * D, T(0));
         } else {  // the dQ pass started the rows that no earlier chunk holds
-          int64_t held = 0;
-          for (int64_t e = 0; e < c; ++e) held = std::max(held, p.chunk_rows[2 * e + 1]);
-          const int64_t zero_rows = std::clamp<int64_t>(held - chunk_row0, 0, chunk_row_count);
+          const int64_t zero_rows = p.chunk_first_row[c] - chunk_row0;
           for (int64_t g = 0; g < p.group; ++g)
             std::fill(chunk_dq + g * chunk_row_count * D, chunk_dq + (g * chunk_row_count + zero_rows) * D, T(0));
         }

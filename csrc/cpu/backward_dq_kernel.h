@@ -156,11 +156,9 @@ struct BackwardDqKernel : BackwardCommon<Cfg, T> {
   SWA_INLINE void start_slices(int64_t b, int64_t h, int64_t m0, const T* src) const {
     const int64_t hk = h / p.group, g = h % p.group;
     T* head_slices = static_cast<T*>(p.dq_chunks) + (b * p.heads_kv + hk) * p.chunk_offset[p.chunks];
-    int64_t held = 0;  // rows [0, held) are held by an earlier chunk
-    for (int64_t c = 0; c < p.chunks && held < m0 + rows; ++c) {
+    for (int64_t c = 0; c < p.chunks; ++c) {
       const int64_t begin = p.chunk_rows[2 * c], end = p.chunk_rows[2 * c + 1];
-      const int64_t f0 = std::max({begin, held, m0}), f1 = std::min(end, m0 + rows);
-      held = std::max(held, end);
+      const int64_t f0 = std::max(p.chunk_first_row[c], m0), f1 = std::min(end, m0 + rows);
       if (f0 >= f1) continue;
       T* dst = head_slices + p.chunk_offset[c] + (g * (end - begin) + (f0 - begin)) * D;
       if (src == nullptr) std::fill(dst, dst + (f1 - f0) * D, T(0));

@@ -62,6 +62,9 @@ struct BackwardProblem {
   int64_t chunk_keys = 0, chunks = 0;
   const int64_t* chunk_rows = nullptr;     // [2 * chunks]: row ranges
   const int64_t* chunk_offset = nullptr;   // [chunks + 1]: prefix sums of group * rows * head_dim
+  // [chunks]: chunk c holds rows [chunk_first_row[c], chunk_rows[2c + 1])
+  // first (no earlier chunk holds them; sink_rows_start_slices).
+  const int64_t* chunk_first_row = nullptr;
   void* dq_chunks = nullptr;               // accumulation type; slice of task t at
                                            // ((b * heads_kv + hk) * chunk_offset[chunks] + chunk_offset[c])
   int64_t heads_q, heads_kv, group, seqlen_q, seqlen_k, head_dim, m_blocks, n_blocks;
