@@ -1,4 +1,5 @@
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,26 @@ def cpu_flags():
 # The flags each CPU kernel build needs (csrc/cpu/isa.cpp), by SWA_CPU_ISA name.
 ISA_FLAGS = {"avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw", "fma", "bmi2"},
              "avx2": {"avx2", "fma", "bmi2"}, "baseline": set()}
+
+
+def run_in_threads(work, count, timeout=300):
+    """Calls work(i) for i in range(count), each in a thread of its own, all
+    at once; fails on any exception or a thread still running after timeout s."""
+    errors = []
+
+    def run(i):
+        try:
+            work(i)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=timeout)
+    assert not errors, errors
+    assert all(not w.is_alive() for w in workers), "a thread did not finish"
 
 
 def make_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, device,

@@ -4,12 +4,12 @@ the helpers correctly, and a process forked after the helpers started (a
 DataLoader worker, a multiprocessing child) still runs the ops."""
 
 import multiprocessing as mp
-import threading
 
 import pytest
 import torch
 
 import swa_cuda
+from conftest import run_in_threads
 
 
 def _problem(seed=0):
@@ -36,22 +36,14 @@ def test_thread_count_does_not_change_results():
 def test_concurrent_calls_from_python_threads():
     problems = [_problem(seed) for seed in range(4)]
     expected = [torch.ops.swa.attention(q, k, v, 40, 0)[0] for q, k, v in problems]
-    results, errors = [None] * 4, []
+    results = [None] * 4
 
     def run(i):
-        try:
-            q, k, v = problems[i]
-            for _ in range(5):
-                results[i] = torch.ops.swa.attention(q, k, v, 40, 0)[0]
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        q, k, v = problems[i]
+        for _ in range(5):
+            results[i] = torch.ops.swa.attention(q, k, v, 40, 0)[0]
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=300)
-    assert not errors and all(not w.is_alive() for w in workers)
+    run_in_threads(run, 4)
     for got, want in zip(results, expected):
         assert torch.equal(got, want)
 

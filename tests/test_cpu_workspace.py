@@ -7,12 +7,12 @@ the variable is refused by name."""
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import torch
 
 import swa_cuda  # noqa: F401  (registers torch.ops.swa)
+from conftest import run_in_threads
 
 # (seqlen, heads_q, heads_kv, window_left, dtype): the one pass, larger and
 # smaller slices in turn.
@@ -57,20 +57,12 @@ def test_kept_workspace_matches_no_workspace(tmp_path):
 
 def test_threads_each_use_their_own_workspace():
     expected = all_grads()
-    results, errors = {}, []
+    results = {}
 
     def work(t):
-        try:
-            results[t] = [grads((t + j) % len(CASES)) for j in range(len(CASES))]
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        results[t] = [grads((t + j) % len(CASES)) for j in range(len(CASES))]
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    run_in_threads(work, 3)
     for t, got in results.items():
         for j, g in enumerate(got):
             for name, a, b in zip("qkv", g, expected[(t + j) % len(CASES)]):
